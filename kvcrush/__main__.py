@@ -1,0 +1,3 @@
+from kvcrush.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Budget rules (spec section 1 and section 3, step 1).
+
+The budget `T` is the number of tokens each KV head of each layer keeps, counted *including* sink,
+recent and KVCrush tokens, so two policies with the same budget hold the same number of bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kvcrush.errors import BudgetError
+
+
+def parse_budget(text: str | float | int) -> float | int:
+    """Read a budget as people type it: `0.25`, `25%` (fractions) or `512` (tokens)."""
+    if isinstance(text, bool):
+        raise BudgetError("Budget must be a number, not a boolean.")
+    if isinstance(text, (int, float)):
+        return validate_budget(text)
+    raw = str(text).strip()
+    if not raw:
+        raise BudgetError("Budget is empty: give a fraction like 0.25, a percentage like 25% or a token count.")
+    try:
+        if raw.endswith("%"):
+            return validate_budget(float(raw[:-1]) / 100.0)
+        value = float(raw)
+    except ValueError:
+        raise BudgetError(f"Budget {raw!r} is not a number: use 0.25, 25% or a token count like 512.") from None
+    if value.is_integer() and value > 1 and "." not in raw:
+        return validate_budget(int(value))
+    return validate_budget(value)
+
+
+def validate_budget(budget: float | int) -> float | int:
+    """Check a budget's range without knowing the prompt length; returns it unchanged."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise BudgetError(f"Budget must be a fraction in (0, 1] or a whole number of tokens, got {budget!r}.")
+    if isinstance(budget, float) and not math.isfinite(budget):
+        raise BudgetError(f"Budget must be finite, got {budget}.")
+    if isinstance(budget, int):
+        if budget < 1:
+            raise BudgetError(f"A token budget must be at least 1, got {budget}.")
+        return budget
+    if not 0.0 < budget <= 1.0:
+        raise BudgetError(
+            f"A fractional budget must be in (0, 1] (a share of the prompt), got {budget}; "
+            "pass an integer for a token count."
+        )
+    return budget
+
+
+def resolve_budget(budget: float | int, n_tokens: int) -> int:
+    """Tokens per KV head: a fraction means `ceil(fraction * N)`, never below 1; may exceed N (no-op)."""
+    validate_budget(budget)
+    if isinstance(budget, int):
+        return budget
+    return max(1, math.ceil(budget * n_tokens - 1e-9))
+
+
+def round_half_up(value: float) -> int:
+    """Deterministic rounding for budget splits (Python's `round` rounds halves to even)."""
+    return int(math.floor(value + 0.5))
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """How one layer's budget `T` splits into `sink + recent + importance + crush`.
+
+    `sink` and `recent` are clipped so they never exceed `T` (sink first); `crush` is
+    `round(crush_fraction * (T - sink - recent))`; `no_op` is set when `T >= N`.
+    """
+
+    n_tokens: int
+    budget: int
+    sink: int
+    recent: int
+    importance: int
+    crush: int
+    no_op: bool
+
+    @property
+    def middle_start(self) -> int:
+        return self.sink
+
+    @property
+    def middle_end(self) -> int:
+        return self.n_tokens - self.recent
+
+    @property
+    def middle_budget(self) -> int:
+        return self.importance + self.crush
+
+
+def plan_budget(n_tokens: int, budget_tokens: int, sink: int, recent: int, crush_fraction: float = 0.0) -> BudgetPlan:
+    """Split `budget_tokens` for a layer of `n_tokens` (spec section 3, step 1)."""
+    if not 0.0 <= crush_fraction <= 1.0:
+        raise BudgetError(f"crush_fraction must be in [0, 1], got {crush_fraction}.")
+    if sink < 0 or recent < 0:
+        raise BudgetError(f"sink and recent must be >= 0, got sink={sink}, recent={recent}.")
+    if budget_tokens >= n_tokens:
+        keep_sink = min(sink, n_tokens)
+        return BudgetPlan(n_tokens, n_tokens, keep_sink, n_tokens - keep_sink, 0, 0, True)
+    keep_sink = min(sink, budget_tokens)
+    keep_recent = min(recent, budget_tokens - keep_sink)
+    middle = budget_tokens - keep_sink - keep_recent
+    crush = round_half_up(crush_fraction * middle)
+    return BudgetPlan(n_tokens, budget_tokens, keep_sink, keep_recent, middle - crush, crush, False)

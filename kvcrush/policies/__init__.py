@@ -1,0 +1,73 @@
+"""Eviction policies, one per file, and `make_policy` to build any of them from strings."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from kvcrush.budget import parse_budget
+from kvcrush.errors import PolicyError
+from kvcrush.policies.base import Policy
+from kvcrush.policies.full import FullCache
+from kvcrush.policies.h2o import HeavyHitters
+from kvcrush.policies.knorm import KeyNorm
+from kvcrush.policies.kvcrush import KVCrush
+from kvcrush.policies.pyramidkv import PyramidKV
+from kvcrush.policies.random import RandomEviction
+from kvcrush.policies.snapkv import SnapKV
+from kvcrush.policies.streaming import StreamingLLM
+from kvcrush.policies.tova import TOVA
+
+BASELINES: dict[str, type[Policy]] = {
+    cls.name: cls
+    for cls in (FullCache, RandomEviction, StreamingLLM, HeavyHitters, SnapKV, PyramidKV, TOVA, KeyNorm)
+}
+POLICIES: dict[str, type[Policy]] = {**BASELINES, KVCrush.name: KVCrush}
+BASE_CHOICES = tuple(name for name in BASELINES if name != "full")
+
+
+def _option_names(cls: type[Policy]) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def make_policy(name: str, budget: float | int | str = 0.25, **options: Any) -> Policy:
+    """Build a policy from strings, as the CLI and the app do.
+
+    `make_policy("kvcrush", budget=0.25, base="snapkv", crush_fraction=0.25, anchor="alternating",
+    granularity="token")`. For `kvcrush`, options the base policy understands (window, sink, ...)
+    go to the base; the rest go to KVCrush. Unknown names and options raise `PolicyError`.
+    """
+    key = str(name).strip().lower()
+    if key not in POLICIES:
+        raise PolicyError(f"Unknown policy {name!r}; choose one of {', '.join(POLICIES)}.")
+    budget_value = parse_budget(budget)
+    options = {k: v for k, v in options.items() if v is not None}
+    if key != KVCrush.name:
+        return _build(POLICIES[key], budget_value, options)
+
+    base_name = str(options.pop("base", "snapkv")).strip().lower()
+    if base_name not in BASE_CHOICES:
+        raise PolicyError(f"Unknown base policy {base_name!r} for kvcrush; choose one of {', '.join(BASE_CHOICES)}.")
+    base_cls = BASELINES[base_name]
+    crush_options = _option_names(KVCrush) - {"base", "sink", "recent", "budget"}
+    base_options = {k: v for k, v in options.items() if k not in crush_options}
+    own_options = {k: v for k, v in options.items() if k in crush_options}
+    base = _build(base_cls, budget_value, base_options)
+    return _build(KVCrush, budget_value, {**own_options, "base": base})
+
+
+def _build(cls: type[Policy], budget: float | int, options: dict[str, Any]) -> Policy:
+    unknown = set(options) - _option_names(cls)
+    if unknown:
+        allowed = sorted(_option_names(cls) - {"budget"})
+        raise PolicyError(f"{cls.name} does not take {', '.join(sorted(unknown))}; options: {', '.join(allowed)}.")
+    try:
+        return cls(budget=budget, **options)
+    except TypeError as error:
+        raise PolicyError(f"Bad options for {cls.name}: {error}") from None
+
+
+__all__ = [
+    "Policy", "FullCache", "RandomEviction", "StreamingLLM", "HeavyHitters", "SnapKV", "PyramidKV", "TOVA",
+    "KeyNorm", "KVCrush", "BASELINES", "POLICIES", "BASE_CHOICES", "make_policy",
+]

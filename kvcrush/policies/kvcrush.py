@@ -1,0 +1,170 @@
+"""`kvcrush`: a base policy's importance selection plus representatives of what it evicts.
+
+Jha, Gobriel, Talamanova, Jain, "KVCrush: Key value cache size-reduction using similarity in
+head-behaviour" (2025), as the project spec (sections 3 and 4) pins it down:
+
+1. `T = sink + recent + T_imp + T_crush`, `T_crush = round(crush_fraction * (T - sink - recent))`.
+2. Each KV head keeps its top `T_imp` middle tokens by the base policy's scores.
+3. Candidates are the middle tokens that no head kept.
+4. Every middle token gets a binary signature over heads (in the top half of that head's scores?).
+5-7. Candidates are ordered by Hamming distance to an anchor and evenly spaced picks are kept.
+8. The representatives join every head's kept set; budget they do not use returns to step 2.
+
+At block granularity (paged caches) the unit is `block_size` consecutive middle tokens: a block's
+score is the sum of its tokens' scores, its signature the token-major concatenation of their bits,
+and whole blocks are kept. The `M mod block_size` middle tokens next to the recent window cannot
+form a block and stay with the recent window, so every head keeps the same number of tokens,
+`sink + recent + (M mod B) + whole blocks <= T`, short of `T` by less than one block.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from kvcrush import crush
+from kvcrush.attention import LayerInputs
+from kvcrush.budget import BudgetPlan, round_half_up
+from kvcrush.errors import BudgetError, PolicyError
+from kvcrush.policies.base import MiddleSelection, Policy
+from kvcrush.policies.snapkv import SnapKV
+
+SIGNATURE_HEADS = ("query", "kv")
+GRANULARITIES = ("token", "block")
+
+
+@dataclass
+class _Grouping:
+    """Signatures, anchor, distances, candidates and picks over units (tokens or blocks)."""
+
+    bits: torch.Tensor
+    anchor: torch.Tensor
+    distances: torch.Tensor
+    candidates: torch.Tensor
+    representatives: torch.Tensor
+    buckets: list[torch.Tensor]
+
+
+@dataclass
+class KVCrush(Policy):
+    name = "kvcrush"
+
+    base: Policy = field(default_factory=SnapKV)
+    crush_fraction: float = 0.25
+    anchor: str = "alternating"
+    signature_heads: str = "query"
+    granularity: str = "token"
+    block_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.base, Policy) or not self.base.evicts or isinstance(self.base, KVCrush):
+            raise PolicyError("KVCrush needs an evicting base policy such as snapkv, h2o or tova.")
+        if not 0.0 <= float(self.crush_fraction) <= 1.0:
+            raise BudgetError(f"crush_fraction must be in [0, 1], got {self.crush_fraction}.")
+        if self.anchor not in crush.ANCHOR_MODES:
+            raise PolicyError(f"Unknown anchor mode {self.anchor!r}; choose one of {', '.join(crush.ANCHOR_MODES)}.")
+        if self.signature_heads not in SIGNATURE_HEADS:
+            raise PolicyError(f"signature_heads must be 'query' or 'kv', got {self.signature_heads!r}.")
+        if self.granularity not in GRANULARITIES:
+            raise PolicyError(f"granularity must be 'token' or 'block', got {self.granularity!r}.")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise BudgetError(f"block_size must be a whole number of tokens >= 1, got {self.block_size!r}.")
+        self.base.budget = self.budget
+        self.sink = self.base.sink
+
+    # The base decides what matters; KVCrush only changes how the budget is spent.
+    def score(self, layer: LayerInputs) -> torch.Tensor:
+        return self.base.score(layer)
+
+    def kv_scores(self, scores: torch.Tensor, layer: LayerInputs) -> torch.Tensor:
+        return self.base.kv_scores(scores, layer)
+
+    def recent_tokens(self, layer: LayerInputs) -> int:
+        return self.base.recent_tokens(layer)
+
+    def layer_budget(self, n_tokens: int, layer_idx: int, n_layers: int) -> int:
+        return self.base.layer_budget(n_tokens, layer_idx, n_layers)
+
+    def crush_fraction_for_plan(self) -> float:
+        return float(self.crush_fraction)
+
+    def _signature_scores(self, kv_scores: torch.Tensor, head_scores: torch.Tensor) -> torch.Tensor:
+        """Key-only bases (knorm, random, streaming) score per KV head, so both choices coincide."""
+        return kv_scores if self.signature_heads == "kv" else head_scores
+
+    def _group(self, bits: torch.Tensor, kept_units: torch.Tensor, n_units: int, count: int) -> _Grouping:
+        """Steps 3, 5, 6, 7: candidates are units no head kept; pick `count` along the distance order."""
+        kept_any = torch.zeros(n_units, dtype=torch.bool)
+        kept_any[kept_units.reshape(-1).to("cpu")] = True
+        candidates = (~kept_any).nonzero().flatten()
+        anchor_bits = crush.anchor(bits, self.anchor, self.seed)
+        distances = crush.hamming(bits, anchor_bits)
+        picks = crush.representatives(distances, candidates, count)
+        groups = crush.buckets(distances, candidates, count)
+        return _Grouping(bits, anchor_bits, distances, candidates, picks, groups)
+
+    @staticmethod
+    def _fill(unit_scores: torch.Tensor, representatives: torch.Tensor, count: int) -> torch.Tensor:
+        """Each head's top `count` units other than the representatives, then the representatives."""
+        masked = unit_scores.clone()
+        masked[:, representatives] = float("-inf")
+        top = crush.stable_top_indices(masked, count)
+        return torch.cat([top, representatives.expand(unit_scores.shape[0], -1)], dim=1)
+
+    def select_middle(
+        self, plan: BudgetPlan, middle_kv_scores: torch.Tensor, middle_head_scores: torch.Tensor
+    ) -> MiddleSelection:
+        if self.granularity == "block":
+            return self._select_blocks(plan, middle_kv_scores, middle_head_scores)
+        n_middle = middle_kv_scores.shape[1]
+        importance = crush.stable_top_indices(middle_kv_scores, plan.importance)
+        start = time.perf_counter()
+        bits = crush.signatures(self._signature_scores(middle_kv_scores, middle_head_scores))
+        grouping = self._group(bits, importance, n_middle, plan.crush)
+        crush_s = time.perf_counter() - start
+        picks = grouping.representatives
+        kept = self._fill(middle_kv_scores, picks, plan.middle_budget - picks.numel())
+        return MiddleSelection(
+            kept=kept, crush_used=int(picks.numel()), signatures=bits, anchor=grouping.anchor,
+            distances=grouping.distances, candidates=grouping.candidates, representatives=picks,
+            buckets=grouping.buckets, crush_s=crush_s,
+        )
+
+    def _select_blocks(
+        self, plan: BudgetPlan, middle_kv_scores: torch.Tensor, middle_head_scores: torch.Tensor
+    ) -> MiddleSelection:
+        size = self.block_size
+        n_middle = middle_kv_scores.shape[1]
+        n_blocks, leftover = divmod(n_middle, size)
+        block_tokens = plan.middle_budget - leftover
+        if block_tokens < 0:
+            raise BudgetError(
+                f"Budget {plan.budget} is too small for blocks of {size}: sink ({plan.sink}), recent "
+                f"({plan.recent}) and the {leftover} tokens that do not fill a block already need "
+                f"{plan.sink + plan.recent + leftover}. Raise the budget or lower the block size."
+            )
+        n_keep = block_tokens // size
+        n_crush = round_half_up(self.crush_fraction * n_keep)
+        whole = n_blocks * size
+        block_scores = middle_kv_scores[:, :whole].reshape(-1, n_blocks, size).sum(dim=-1)
+        importance = crush.stable_top_indices(block_scores, n_keep - n_crush)
+
+        start = time.perf_counter()
+        signature_scores = self._signature_scores(middle_kv_scores, middle_head_scores)[:, :whole]
+        token_bits = crush.signatures(signature_scores)
+        grouping = self._group(crush.block_signatures(token_bits, size), importance, n_blocks, n_crush)
+        crush_s = time.perf_counter() - start
+
+        picks = grouping.representatives
+        kept_blocks = self._fill(block_scores, picks, n_keep - picks.numel())
+        kept = (kept_blocks[..., None] * size + torch.arange(size)).reshape(kept_blocks.shape[0], -1)
+        starts = torch.arange(n_blocks) * size
+        return MiddleSelection(
+            kept=kept, crush_used=int(picks.numel()) * size, signatures=token_bits, anchor=grouping.anchor,
+            distances=grouping.distances, candidates=grouping.candidates, representatives=picks,
+            buckets=grouping.buckets, blocks=torch.stack([starts, starts + size], dim=1),
+            extra_recent=leftover, crush_s=crush_s,
+        )

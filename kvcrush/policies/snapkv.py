@@ -1,0 +1,70 @@
+"""`snapkv`: attention from an observation window of the last prompt queries, pooled.
+
+Li et al., "SnapKV: LLM Knows What You are Looking for Before Generation" (2024). Each query head's
+attention from the window is averaged over the window's queries, smoothed with a 1-D pool
+(kernel 5, same padding) so neighbours of important tokens survive, then averaged per GQA group.
+
+Window: query-agnostic (default), the last `window` context tokens, which are always kept;
+query-aware, exactly the question's tokens (whatever their count), kept outside the budget.
+Pooling is `max` by default as the spec says; `avg` (zero-padded) reproduces kvpress's SnapKVPress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kvcrush.attention import LayerInputs, window_attention
+from kvcrush.errors import PolicyError
+from kvcrush.policies.base import Policy
+
+
+@dataclass
+class SnapKV(Policy):
+    name = "snapkv"
+    recent: int | None = None  # None: the observation window (query-agnostic) or nothing (query-aware)
+    window: int = 32
+    kernel: int = 5
+    pooling: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise PolicyError(f"window must be at least 1 token, got {self.window}.")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise PolicyError(f"kernel must be a positive odd number, got {self.kernel}.")
+        if self.pooling not in ("max", "avg"):
+            raise PolicyError(f"pooling must be 'max' or 'avg', got {self.pooling!r}.")
+        super().__post_init__()
+
+    def observation_window(self, layer: LayerInputs) -> tuple[int, int]:
+        """`[start, end)` of the queries whose attention scores the context."""
+        if layer.query_aware and layer.n_total > layer.n_context:
+            return layer.n_context, layer.n_total
+        return max(0, layer.n_context - self.window), layer.n_context
+
+    def recent_tokens(self, layer: LayerInputs) -> int:
+        if self.recent is not None:
+            return self.recent
+        start, end = self.observation_window(layer)
+        return 0 if layer.query_aware else end - start
+
+    def pool(self, scores: torch.Tensor) -> torch.Tensor:
+        """Smooth `[heads, n]` scores along tokens with same padding."""
+        if self.kernel == 1 or scores.shape[-1] == 0:
+            return scores
+        padding = self.kernel // 2
+        if self.pooling == "max":
+            return F.max_pool1d(scores[None], self.kernel, stride=1, padding=padding)[0]
+        return F.avg_pool1d(scores[None], self.kernel, stride=1, padding=padding)[0]
+
+    def score(self, layer: LayerInputs) -> torch.Tensor:
+        """`[query_heads, n_context]`: pooled window attention; window tokens in the context rank first."""
+        start, end = self.observation_window(layer)
+        attention = window_attention(layer, start, end)[:, : layer.n_context]
+        prefix = min(start, layer.n_context)
+        pooled = self.pool(attention[:, :prefix])
+        top = pooled.max() + 1 if pooled.numel() else torch.tensor(1.0)
+        return torch.cat([pooled, top.expand(attention.shape[0], layer.n_context - prefix)], dim=1)
+

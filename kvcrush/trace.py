@@ -1,0 +1,178 @@
+"""What a compression run records (spec section 5): the UI renders these and never recomputes them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+# Per-token status codes, in the order the UI's legend shows them.
+EVICTED, SINK, RECENT, IMPORTANT, REPRESENTATIVE, PROTECTED = range(6)
+STATUS_NAMES = ("evicted", "sink", "recent", "kept (importance)", "KVCrush representative", "question")
+
+
+@dataclass
+class LayerTrace:
+    """One layer's decisions. Positions are absolute token indices in the prompt.
+
+    scores: `[kv_heads, M]` base importance of the M middle tokens `[middle_start, middle_end)`.
+    signatures: `[M, H]` bool head signatures (KVCrush only), H query or KV heads.
+    anchor: `[width]` bool; width H (token level) or `block_size * H` (block level).
+    distances: `[units]` Hamming distance of every middle unit (token or block) to the anchor.
+    candidates / representatives: unit ids (token positions, or block ids at block level).
+    buckets: for each representative, the candidate units it stands in for.
+    blocks: `[n_blocks, 2]` start/end token positions of each block (block level only).
+    kept: `[kv_heads, T]` kept context positions per KV head, ascending.
+    """
+
+    layer: int
+    n_tokens: int
+    budget: int
+    sink: int
+    recent: int
+    importance: int
+    crush: int
+    crush_used: int
+    no_op: bool
+    kept: torch.Tensor
+    scores: torch.Tensor | None = None
+    signatures: torch.Tensor | None = None
+    anchor: torch.Tensor | None = None
+    distances: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
+    representatives: torch.Tensor | None = None
+    buckets: list[torch.Tensor] = field(default_factory=list)
+    granularity: str = "token"
+    block_size: int = 1
+    blocks: torch.Tensor | None = None
+    score_s: float = 0.0
+    select_s: float = 0.0
+    crush_s: float = 0.0
+
+    @property
+    def middle_start(self) -> int:
+        return self.sink
+
+    @property
+    def middle_end(self) -> int:
+        return self.n_tokens - self.recent
+
+    def unit_tokens(self, units: torch.Tensor | None) -> torch.Tensor:
+        """Token positions covered by candidate/representative units (identity at token level)."""
+        if units is None or units.numel() == 0:
+            return torch.zeros(0, dtype=torch.long)
+        if self.granularity == "token" or self.blocks is None:
+            return units.long()
+        spans = self.blocks[units.long()]
+        return torch.cat([torch.arange(int(s), int(e)) for s, e in spans.tolist()])
+
+    def representative_tokens(self) -> torch.Tensor:
+        return self.unit_tokens(self.representatives)
+
+    def token_status(self, head: int) -> torch.Tensor:
+        """`[n_tokens]` status code of every context token for one KV head (see STATUS_NAMES)."""
+        status = torch.full((self.n_tokens,), EVICTED, dtype=torch.int8)
+        status[self.kept[head].long()] = IMPORTANT
+        status[self.representative_tokens()] = REPRESENTATIVE
+        status[: self.sink] = SINK
+        if self.recent:
+            status[self.n_tokens - self.recent :] = RECENT
+        return status
+
+    def kept_fraction(self) -> torch.Tensor:
+        """`[kv_heads]` share of context tokens each head keeps."""
+        return torch.full((self.kept.shape[0],), self.kept.shape[1] / max(self.n_tokens, 1))
+
+
+@dataclass
+class Timings:
+    """Seconds measured with `time.perf_counter` around the real work."""
+
+    prefill_s: float = 0.0
+    score_s: float = 0.0
+    select_s: float = 0.0
+    crush_s: float = 0.0
+    decode_s: float = 0.0
+    decode_tokens: int = 0
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.select_s + self.decode_s
+
+    @property
+    def decode_per_token_s(self) -> float:
+        return self.decode_s / self.decode_tokens if self.decode_tokens else 0.0
+
+
+@dataclass
+class RunTrace:
+    """A whole run: the prompt's tokens, the policy, and every layer's decisions."""
+
+    policy: dict[str, Any]
+    model: str
+    token_strings: list[str]
+    n_context: int
+    n_question: int
+    query_aware: bool
+    layers: list[LayerTrace] = field(default_factory=list)
+
+    def kept_matrix(self) -> torch.Tensor:
+        """`[layers, kv_heads]` share of context tokens kept by each head."""
+        return torch.stack([layer.kept_fraction() for layer in self.layers])
+
+
+@dataclass
+class GenerationResult:
+    """The outcome of `kvcrush.generate`."""
+
+    text: str
+    new_token_ids: list[int]
+    kv_bytes_before: int
+    kv_bytes_after: int
+    timings: Timings
+    trace: RunTrace
+    reference_nll: float | None = None
+
+    @property
+    def prefill_s(self) -> float:
+        return self.timings.prefill_s
+
+    @property
+    def select_s(self) -> float:
+        return self.timings.select_s
+
+    @property
+    def decode_s(self) -> float:
+        return self.timings.decode_s
+
+    @property
+    def compression(self) -> float:
+        """KV bytes after / before."""
+        return self.kv_bytes_after / self.kv_bytes_before if self.kv_bytes_before else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses and tensors to plain JSON types (tensors become nested lists)."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+__all__ = [
+    "EVICTED", "SINK", "RECENT", "IMPORTANT", "REPRESENTATIVE", "PROTECTED", "STATUS_NAMES",
+    "LayerTrace", "RunTrace", "Timings", "GenerationResult", "to_jsonable", "asdict",
+]
