@@ -1,0 +1,54 @@
+"""KV-cache memory arithmetic: what a budget saves for a given model shape and context length."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1, "int8": 1, "int4": 0.5}
+
+
+@dataclass(frozen=True)
+class KVShape:
+    """The shape that sets KV-cache size: `2 * layers * kv_heads * head_dim * bytes` per token."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: str = "bfloat16"
+
+    def bytes_per_token(self) -> float:
+        return 2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[self.dtype]
+
+
+@dataclass(frozen=True)
+class MemoryProjection:
+    tokens: int
+    kept_tokens: int
+    full_bytes: float
+    compressed_bytes: float
+
+    @property
+    def saved_bytes(self) -> float:
+        return self.full_bytes - self.compressed_bytes
+
+    @property
+    def ratio(self) -> float:
+        return self.full_bytes / self.compressed_bytes if self.compressed_bytes else float("inf")
+
+
+def project(shape: KVShape, tokens: int, budget_fraction: float, batch: int = 1) -> MemoryProjection:
+    """KV bytes of a full versus a compressed cache at `tokens` context, for `batch` sequences."""
+    if tokens < 1 or not 0 < budget_fraction <= 1 or batch < 1:
+        raise ValueError("tokens and batch must be >= 1 and the budget fraction in (0, 1].")
+    kept = max(1, round(tokens * budget_fraction))
+    per_token = shape.bytes_per_token() * batch
+    return MemoryProjection(tokens, kept, per_token * tokens, per_token * kept)
+
+
+PRESET_SHAPES = {
+    "Llama-3-8B": KVShape(32, 8, 128),
+    "Llama-3-70B": KVShape(80, 8, 128),
+    "Mistral-7B": KVShape(32, 8, 128),
+    "Qwen2-7B": KVShape(28, 4, 128),
+    "SmolLM2-135M": KVShape(30, 3, 64, "float32"),
+}
