@@ -39,17 +39,20 @@ NEEDLE_TEMPLATE = "One of the special magic numbers for {key} is: {value}."
 NEEDLE_QUESTION = "What is the special magic number for {key} mentioned in the provided text?"
 
 # Word lists for needle keys ("adjective-noun", as RULER's word-pair keys). Kept short and plain.
-_ADJECTIVES = (
-    "amber", "ancient", "brave", "bright", "calm", "clever", "crimson", "curious", "distant", "eager",
-    "fancy", "gentle", "golden", "hollow", "humble", "icy", "jolly", "lively", "lucky", "misty",
-    "noble", "orange", "polite", "quiet", "rapid", "rustic", "silent", "silver", "smooth", "sturdy",
-    "swift", "tender", "velvet", "vivid", "wicked", "wooden", "young", "zesty",
+_ADJECTIVES = tuple(
+    (
+        "amber ancient brave bright calm clever crimson curious distant eager fancy gentle golden "
+        "hollow humble icy jolly lively lucky misty noble orange polite quiet rapid rustic silent "
+        "silver smooth sturdy swift tender velvet vivid wicked wooden young zesty"
+    ).split()
 )
-_NOUNS = (
-    "anchor", "badger", "banjo", "beacon", "canyon", "castle", "comet", "cricket", "dolphin", "falcon",
-    "fountain", "garden", "glacier", "harbor", "helmet", "island", "kettle", "lantern", "meadow",
-    "mirror", "noodle", "orchard", "otter", "pebble", "pepper", "quilt", "raven", "saddle", "spider",
-    "teapot", "tractor", "trolley", "tulip", "violin", "walrus", "willow", "yacht", "zeppelin",
+_NOUNS = tuple(
+    (
+        "anchor badger banjo beacon canyon castle comet cricket dolphin falcon fountain garden "
+        "glacier harbor helmet island kettle lantern meadow mirror noodle orchard otter pebble "
+        "pepper quilt raven saddle spider teapot tractor trolley tulip violin walrus willow yacht "
+        "zeppelin"
+    ).split()
 )
 
 # Sentence boundary: end punctuation followed by whitespace. The needle goes at the match's end.
@@ -258,7 +261,9 @@ def needle_example(tokenizer: Tokenizer, n_tokens: int, depth: float, seed: int)
     needle = NEEDLE_TEMPLATE.format(key=key, value=value)
     needle_len = len(tokenizer.encode(" " + needle + " ", add_special_tokens=False))
     if n_tokens < needle_len + 16:
-        raise KVCrushError(f"A needle prompt needs at least {needle_len + 16} tokens, got n_tokens={n_tokens}.")
+        raise KVCrushError(
+            f"A needle prompt needs at least {needle_len + 16} tokens, got n_tokens={n_tokens}."
+        )
     offset = random.Random(f"needle-offset-{seed}").randrange(_FILLER_OFFSET_RANGE)
     n_filler = n_tokens - needle_len
     context = ""
@@ -298,9 +303,8 @@ def squad_examples(n: int, seed: int) -> list[Example]:
     examples = []
     for index in _sample_indices(len(items), n, seed, "SQuAD"):
         qid, title, context, question, answers = items[index]
-        examples.append(
-            Example(name=f"SQuAD {title} ({qid})", context=context, question=question, answers=answers, kind="squad")
-        )
+        name = f"SQuAD {title} ({qid})"
+        examples.append(Example(name=name, context=context, question=question, answers=answers, kind="squad"))
     return examples
 
 

@@ -1,0 +1,171 @@
+"""Tests for benchmarks.kvpress_runner on a tiny randomly initialised Llama (CPU, a few seconds)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from benchmarks.kvpress_runner import (
+    EAGER_PRESSES,
+    KVPRESS_PRESSES,
+    make_press,
+    prefill_with_press,
+    press_kept_indices,
+    run_press,
+)
+
+N_CONTEXT = 200
+N_QUESTION = 12
+
+
+class IdsTokenizer:
+    """Stands in for a tokenizer: the runner only decodes new ids."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return " ".join(str(i) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+        intermediate_size=128,
+        max_position_embeddings=2048,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def token_ids() -> tuple[list[int], list[int], list[int]]:
+    """Context, question and continuation ids (random, avoiding the special ids 0-2)."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 49152, (N_CONTEXT + N_QUESTION + 20,), generator=generator).tolist()
+    return ids[:N_CONTEXT], ids[N_CONTEXT : N_CONTEXT + N_QUESTION], ids[N_CONTEXT + N_QUESTION :]
+
+
+def test_ratio_zero_matches_generate(tiny_llama, token_ids):
+    context, question, _ = token_ids
+    result = run_press(tiny_llama, IdsTokenizer(), "snapkv", 0.0, context, question, max_new_tokens=12)
+    with torch.no_grad():
+        generated = tiny_llama.generate(
+            input_ids=torch.tensor([context + question]), max_new_tokens=12, do_sample=False, pad_token_id=0
+        )
+    assert result.new_token_ids == generated[0, len(context) + len(question) :].tolist()
+    assert result.text == " ".join(str(i) for i in result.new_token_ids)
+    assert result.kept_per_layer == [N_CONTEXT, N_CONTEXT]
+    assert result.kv_bytes_after == result.kv_bytes_before
+    assert result.nll is None
+
+
+def test_ratio_zero_without_question_matches_generate(tiny_llama, token_ids):
+    context, _, _ = token_ids
+    result = run_press(tiny_llama, None, "knorm", 0.0, context, None, max_new_tokens=6)
+    with torch.no_grad():
+        generated = tiny_llama.generate(
+            input_ids=torch.tensor([context]), max_new_tokens=6, do_sample=False, pad_token_id=0
+        )
+    assert result.new_token_ids == generated[0, len(context) :].tolist()
+    assert result.text == ""
+
+
+@pytest.mark.parametrize("n_context", [200, 201])
+def test_half_compression_halves_the_cache(tiny_llama, token_ids, n_context):
+    context, question, _ = token_ids
+    context = (context * 2)[:n_context]
+    result = run_press(tiny_llama, None, "knorm", 0.5, context, question, max_new_tokens=4)
+    assert result.kept_per_layer == [int(n_context * 0.5)] * 2
+    # 2 layers x (keys + values) x [1, 2 kv heads, N, 16 head dim] float32
+    assert result.kv_bytes_before == 2 * 2 * 2 * n_context * 16 * 4
+    assert result.kv_bytes_after / result.kv_bytes_before == pytest.approx(0.5, abs=0.01)
+    assert 1 <= len(result.new_token_ids) <= 4
+    assert result.prefill_s > 0 and result.decode_s > 0
+
+
+@pytest.mark.parametrize("press_name", sorted(KVPRESS_PRESSES))
+def test_every_press_runs_and_scores_a_continuation(tiny_llama, token_ids, press_name):
+    context, question, continuation = token_ids
+    answer = run_press(tiny_llama, IdsTokenizer(), press_name, 0.25, context, question, max_new_tokens=5)
+    assert answer.kept_per_layer == [int(N_CONTEXT * 0.75)] * 2
+    assert 1 <= len(answer.new_token_ids) <= 5
+    scored = run_press(tiny_llama, None, press_name, 0.25, context, None, continuation_ids=continuation)
+    assert scored.nll is not None and math.isfinite(scored.nll) and scored.nll > 0
+    assert scored.new_token_ids == [] and scored.text == ""
+    # the model is back on sdpa after an eager-only press
+    assert tiny_llama.config._attn_implementation == "sdpa"
+
+
+def test_continuation_nll_at_ratio_zero_equals_full_forward(tiny_llama, token_ids):
+    context, _, continuation = token_ids
+    result = run_press(tiny_llama, None, "knorm", 0.0, context, None, continuation_ids=continuation)
+    with torch.no_grad():
+        logits = tiny_llama(input_ids=torch.tensor([context + continuation])).logits[0]
+    log_probs = torch.log_softmax(logits[len(context) - 1 : -1].float(), dim=-1)
+    expected = -log_probs.gather(-1, torch.tensor(continuation).unsqueeze(-1)).mean().item()
+    assert result.nll == pytest.approx(expected, rel=1e-4)
+
+
+def test_window_size_reaches_snapkv_only():
+    assert make_press("snapkv", 0.5, window_size=8).window_size == 8
+    assert make_press("snapkv", 0.5).window_size == 64
+    assert not hasattr(make_press("knorm", 0.5, window_size=8), "window_size")
+    with pytest.raises(ValueError):
+        make_press("no-such-press", 0.5)
+    with pytest.raises(ValueError):
+        make_press("knorm", 1.0)
+
+
+@pytest.mark.parametrize("press_name", sorted(KVPRESS_PRESSES))
+def test_kept_indices_match_the_compressed_cache(tiny_llama, token_ids, press_name):
+    context, _, _ = token_ids
+    kept = press_kept_indices(tiny_llama, press_name, 0.5, context)
+    full_cache, _, _ = prefill_with_press(tiny_llama, None, context, eager=press_name in EAGER_PRESSES)
+    press_cache, _, _ = prefill_with_press(
+        tiny_llama, make_press(press_name, 0.5), context, eager=press_name in EAGER_PRESSES
+    )
+    assert len(kept) == 2
+    for indices, full, pressed in zip(kept, full_cache.layers, press_cache.layers, strict=True):
+        assert indices.shape == (2, N_CONTEXT // 2)
+        assert torch.all(indices[:, 1:] > indices[:, :-1])  # sorted, unique
+        # the press's cached keys are exactly the full keys at these indices (in top-k order)
+        for head in range(2):
+            distances = torch.cdist(
+                pressed.keys[0, head], full.keys[0, head], compute_mode="donot_use_mm_for_euclid_dist"
+            )
+            nearest = distances.argmin(dim=-1)
+            assert distances.min(dim=-1).values.max() < 1e-5
+            assert torch.equal(nearest.sort().values, indices[head])
+
+
+def test_kept_indices_knorm_are_smallest_key_norms(tiny_llama, token_ids):
+    context, _, _ = token_ids
+    kept = press_kept_indices(tiny_llama, "knorm", 0.5, context)
+    full_cache, _, _ = prefill_with_press(tiny_llama, None, context)
+    for indices, layer in zip(kept, full_cache.layers, strict=True):
+        norms = layer.keys[0].norm(dim=-1)  # [kv_heads, tokens]
+        expected = norms.topk(N_CONTEXT // 2, dim=-1, largest=False).indices.sort(dim=-1).values
+        assert torch.equal(indices, expected)
+
+
+def test_kept_indices_streaming_keeps_sinks_and_recent(tiny_llama, token_ids):
+    context, _, _ = token_ids
+    kept = press_kept_indices(tiny_llama, "streaming", 0.5, context, n_sink=4)
+    expected = list(range(4)) + list(range(N_CONTEXT - (N_CONTEXT // 2 - 4), N_CONTEXT))
+    for indices in kept:
+        for head in indices:
+            assert head.tolist() == expected
+
+
+def test_kept_indices_ratio_zero_keeps_everything(tiny_llama, token_ids):
+    context, _, _ = token_ids
+    for indices in press_kept_indices(tiny_llama, "snapkv", 0.0, context):
+        assert indices.shape == (2, N_CONTEXT)
+        assert torch.equal(indices[1], torch.arange(N_CONTEXT))
