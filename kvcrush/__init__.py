@@ -17,7 +17,7 @@ from kvcrush.errors import (
     PolicyError,
     PromptError,
 )
-from kvcrush.generate import RunCancelled, generate, kv_bytes
+from kvcrush.generate import RunCancelled, generate, generate_encoded, kv_bytes
 from kvcrush.models import LoadedModel, load_model
 from kvcrush.policies import BASE_CHOICES, POLICIES, Policy, make_policy
 from kvcrush.prompts import encode_prompt
@@ -25,7 +25,7 @@ from kvcrush.trace import GenerationResult, LayerTrace, RunTrace, Timings
 
 __all__ = [
     "anchor", "block_signatures", "buckets", "hamming", "representatives", "signatures",
-    "parse_budget", "resolve_budget", "generate", "kv_bytes", "RunCancelled", "load_model", "LoadedModel",
+    "parse_budget", "resolve_budget", "generate", "generate_encoded", "kv_bytes", "RunCancelled", "load_model", "LoadedModel",
     "make_policy", "Policy", "POLICIES", "BASE_CHOICES", "encode_prompt",
     "GenerationResult", "LayerTrace", "RunTrace", "Timings",
     "KVCrushError", "BudgetError", "PolicyError", "PromptError", "ModelError", "DataUnavailableError",

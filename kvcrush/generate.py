@@ -285,17 +285,38 @@ def generate(
     `reference_ids` (e.g. the full cache's answer) adds their teacher-forced NLL to the result.
     The model's lock is held for the whole run, so concurrent callers queue instead of mixing hooks.
     """
-    policy = _as_policy(policy)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise PromptError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}.")
     encoded = encode_prompt(model.tokenizer, prompt, question, chat_template)
-    check_length(model, len(encoded.all_ids), max_new_tokens)
+    return generate_encoded(model, encoded, policy, max_new_tokens, query_aware, reference_ids, progress,
+                            should_stop)
+
+
+def generate_encoded(
+    model: LoadedModel,
+    encoded: EncodedPrompt,
+    policy: Policy | str,
+    max_new_tokens: int = 64,
+    query_aware: bool = False,
+    reference_ids: list[int] | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> GenerationResult:
+    """`generate` on token ids already split into context and tail (see `kvcrush.encode_prompt`).
+
+    `max_new_tokens=0` only prefills and compresses (useful with `reference_ids` to score a
+    continuation, as the benchmark's likelihood task does).
+    """
+    policy = _as_policy(policy)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise PromptError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}.")
+    if encoded.n_context == 0:
+        raise PromptError("The prompt is empty: paste or upload some text to compress.")
+    check_length(model, len(encoded.all_ids) + len(reference_ids or []), max_new_tokens)
     with model.lock:
         state = prefill(model, encoded, policy, query_aware, progress, should_stop)
         nll = None
         if reference_ids:
-            nll = teacher_forced_nll(model, _clone_state(state), reference_ids)
-        new_ids = decode_greedy(model, state, max_new_tokens, progress, should_stop)
+            nll = teacher_forced_nll(model, _clone_state(state) if max_new_tokens else state, reference_ids)
+        new_ids = decode_greedy(model, state, max_new_tokens, progress, should_stop) if max_new_tokens else []
     text = model.tokenizer.decode(new_ids, skip_special_tokens=True)
     tokens = [model.tokenizer.decode([i]) for i in encoded.context_ids]
     trace = RunTrace(

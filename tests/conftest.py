@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny random Llama for fast tests, the packaged SmolLM2 for end-to-end ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kvcrush
+from kvcrush.attention import LayerInputs
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> kvcrush.LoadedModel:
+    """2 layers, 4 query heads, 2 KV heads, random weights, the packaged tokenizer."""
+    return kvcrush.load_model("random:tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def packaged_lm() -> kvcrush.LoadedModel:
+    """The real SmolLM2-135M-Instruct, converted once from the shipped GGUF."""
+    return kvcrush.load_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def essay_prompt() -> str:
+    """About 600 tokens of real essay text."""
+    from kvcrush.data import essay_text
+
+    return essay_text()[:2600]
+
+
+class _Config:
+    def __init__(self, query_heads: int) -> None:
+        self.num_attention_heads = query_heads
+
+
+class _ScoreOnlyModule(torch.nn.Module):
+    """Stands in for an attention module when a test feeds scores directly (no attention is computed)."""
+
+    def __init__(self, query_heads: int) -> None:
+        super().__init__()
+        self.config = _Config(query_heads)
+
+
+def synthetic_layer(n_tokens: int, kv_heads: int = 2, query_heads: int = 4, n_total: int | None = None,
+                    layer_idx: int = 0, n_layers: int = 1, query_aware: bool = False) -> LayerInputs:
+    """A `LayerInputs` with random keys, for policies whose scores a test overrides."""
+    total = n_total or n_tokens
+    generator = torch.Generator().manual_seed(1234)
+    keys = torch.randn(1, kv_heads, total, 8, generator=generator)
+    return LayerInputs(
+        module=_ScoreOnlyModule(query_heads), layer_idx=layer_idx, n_layers=n_layers,
+        hidden_states=torch.zeros(1, total, 16), keys=keys, values=keys.clone(),
+        cos=torch.ones(1, total, 8), sin=torch.zeros(1, total, 8), n_context=n_tokens, window_start=n_tokens,
+        query_aware=query_aware,
+    )
