@@ -25,7 +25,8 @@ from kvcrush.trace import GenerationResult, LayerTrace, RunTrace, Timings
 
 __all__ = [
     "anchor", "block_signatures", "buckets", "hamming", "representatives", "signatures",
-    "parse_budget", "resolve_budget", "generate", "generate_encoded", "kv_bytes", "RunCancelled", "load_model", "LoadedModel",
+    "parse_budget", "resolve_budget", "generate", "generate_encoded", "kv_bytes", "RunCancelled",
+    "load_model", "LoadedModel",
     "make_policy", "Policy", "POLICIES", "BASE_CHOICES", "encode_prompt",
     "GenerationResult", "LayerTrace", "RunTrace", "Timings",
     "KVCrushError", "BudgetError", "PolicyError", "PromptError", "ModelError", "DataUnavailableError",
