@@ -20,9 +20,10 @@ class LayerInputs:
     hidden_states: `[1, L, hidden]` the attention layer's input for all L prefilled tokens.
     keys, values: `[1, kv_heads, L, head_dim]` post-RoPE cache entries of this layer.
     cos, sin: `[1, L, head_dim]` rotary embeddings of the L positions.
-    n_context: the first `n_context` tokens are under the budget; the rest (the question in
-        query-aware mode) is always kept.
-    window_start: first token of the observation window (window policies attend from there on).
+    n_context: the first `n_context` tokens are under the budget (all L of them after prefill).
+    window_start: first token of the question in query-aware mode (the observation window, always
+        kept as part of the budget); equal to `n_context` when there is no such window.
+    query_aware: whether `[window_start, n_context)` is the question.
     """
 
     module: nn.Module
@@ -53,6 +54,11 @@ class LayerInputs:
     @property
     def n_total(self) -> int:
         return self.keys.shape[2]
+
+    @property
+    def protected_tail(self) -> int:
+        """Question tokens at the end that every policy keeps in query-aware mode."""
+        return self.n_context - self.window_start if self.query_aware else 0
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,15 @@ class _HookState:
     policy_s: float = 0.0
 
 
+def _layer_bytes(layer, n_tokens: int | None = None) -> int:
+    """Bytes of one cache layer's keys and values (the first `n_tokens` rows when given)."""
+    total = 0
+    for tensor in (layer.keys, layer.values):
+        rows = tensor if n_tokens is None else tensor[:, :, :n_tokens]
+        total += rows.numel() * rows.element_size()
+    return total
+
+
 def _gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """tensor `[1, kv_heads, L, d]`, index `[kv_heads, T]` -> `[1, kv_heads, T, d]`."""
     expanded = index[None, :, :, None].expand(1, -1, -1, tensor.shape[-1])
@@ -88,27 +97,21 @@ def _compress_hook(state: _HookState):
         start = time.perf_counter()
         layer_cache = kwargs["past_key_values"].layers[module.layer_idx]
         cos, sin = kwargs["position_embeddings"]
-        n_context = state.encoded.n_context
+        n_prefilled = layer_cache.keys.shape[2]
         inputs = LayerInputs(
             module=module, layer_idx=module.layer_idx, n_layers=state.n_layers,
             hidden_states=kwargs["hidden_states"], keys=layer_cache.keys, values=layer_cache.values,
-            cos=cos, sin=sin, n_context=n_context,
-            window_start=n_context,
+            cos=cos, sin=sin, n_context=n_prefilled, window_start=state.encoded.n_context,
             query_aware=state.query_aware, seed=state.policy.seed,
         )
         with torch.no_grad():
             trace = state.policy.compress(inputs)
-        state.bytes_before += layer_cache.keys.numel() * layer_cache.keys.element_size() * 2
+        state.bytes_before += _layer_bytes(layer_cache)
         if not trace.no_op:
-            keys = layer_cache.keys
-            kept = trace.kept.to(keys.device)
-            n_total = keys.shape[2]
-            if n_total > n_context:  # the query-aware question stays whole
-                tail = torch.arange(n_context, n_total, device=keys.device).expand(kept.shape[0], -1)
-                kept = torch.cat([kept, tail], dim=1)
-            layer_cache.keys = _gather_rows(keys, kept)
+            kept = trace.kept.to(layer_cache.keys.device)
+            layer_cache.keys = _gather_rows(layer_cache.keys, kept)
             layer_cache.values = _gather_rows(layer_cache.values, kept)
-        state.bytes_after += layer_cache.keys.numel() * layer_cache.keys.element_size() * 2
+        state.bytes_after += _layer_bytes(layer_cache)
         state.layers.append(trace)
         state.policy_s += time.perf_counter() - start
         if state.progress is not None:
@@ -183,8 +186,9 @@ def prefill(
         if not policy.evicts:
             output = model(input_ids=_ids(encoded.all_ids, device), past_key_values=cache, use_cache=True)
             next_logits = output.logits[0, -1].float()
-            layers = _no_op_traces(lm.n_layers, n_context, lm.kv_heads)
-            before = after = kv_bytes(cache)
+            n_budgeted = n_context + n_tail if state.query_aware else n_context
+            layers = _no_op_traces(lm.n_layers, n_budgeted, lm.kv_heads)
+            before = after = sum(_layer_bytes(layer, n_budgeted) for layer in cache.layers)
             if progress is not None:
                 progress("prefill", lm.n_layers, lm.n_layers)
         else:
@@ -196,12 +200,10 @@ def prefill(
             finally:
                 for hook in hooks:
                     hook.remove()
-            compressed = kv_bytes(cache)
+            before, after = state.bytes_before, state.bytes_after
             next_logits = output.logits[0, -1].float()
             if not state.query_aware and n_tail:
                 next_logits = extend_cache(lm, cache, encoded.tail_ids, n_context)[-1]
-            after = kv_bytes(cache)
-            before = state.bytes_before + (after - compressed)
             layers = state.layers
     elapsed = time.perf_counter() - start
 
@@ -318,9 +320,10 @@ def generate_encoded(
             nll = teacher_forced_nll(model, _clone_state(state) if max_new_tokens else state, reference_ids)
         new_ids = decode_greedy(model, state, max_new_tokens, progress, should_stop) if max_new_tokens else []
     text = model.tokenizer.decode(new_ids, skip_special_tokens=True)
-    tokens = [model.tokenizer.decode([i]) for i in encoded.context_ids]
+    budgeted = encoded.all_ids if query_aware and encoded.tail_ids else encoded.context_ids
+    tokens = [model.tokenizer.decode([i]) for i in budgeted]
     trace = RunTrace(
-        policy=policy.describe(), model=model.name, token_strings=tokens, n_context=encoded.n_context,
+        policy=policy.describe(), model=model.name, token_strings=tokens, n_context=len(budgeted),
         n_question=len(encoded.tail_ids), query_aware=query_aware, layers=state.layers,
     )
     return GenerationResult(text, new_ids, state.kv_bytes_before, state.kv_bytes_after, state.timings, trace, nll)

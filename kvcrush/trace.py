@@ -108,7 +108,11 @@ class Timings:
 
 @dataclass
 class RunTrace:
-    """A whole run: the prompt's tokens, the policy, and every layer's decisions."""
+    """A whole run: the prompt's tokens, the policy, and every layer's decisions.
+
+    token_strings / n_context: the tokens under the budget (query-aware: context and question, the
+    last `n_question` of them being the question); n_question: question tokens (and template suffix).
+    """
 
     policy: dict[str, Any]
     model: str
@@ -125,7 +129,12 @@ class RunTrace:
 
 @dataclass
 class GenerationResult:
-    """The outcome of `kvcrush.generate`."""
+    """The outcome of `kvcrush.generate`.
+
+    `kv_bytes_before` / `kv_bytes_after`: bytes of the keys and values of the tokens under the budget
+    (the context; the context and the question in query-aware mode) right before and after eviction,
+    read from the real cache tensors. A question appended afterwards costs every policy the same.
+    """
 
     text: str
     new_token_ids: list[int]

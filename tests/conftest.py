@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 import kvcrush
 from kvcrush.attention import LayerInputs
@@ -54,3 +55,28 @@ def synthetic_layer(n_tokens: int, kv_heads: int = 2, query_heads: int = 4, n_to
         cos=torch.ones(1, total, 8), sin=torch.zeros(1, total, 8), n_context=n_tokens, window_start=n_tokens,
         query_aware=query_aware,
     )
+
+
+def capture_layer_inputs(lm, input_ids: torch.Tensor) -> tuple[list[LayerInputs], tuple]:
+    """Run one eager forward with attention outputs and capture what each attention layer saw."""
+    captured: list[LayerInputs] = []
+
+    def hook(module, args, kwargs, output):
+        layer_cache = kwargs["past_key_values"].layers[module.layer_idx]
+        cos, sin = kwargs["position_embeddings"]
+        n = input_ids.shape[1]
+        captured.append(LayerInputs(module, module.layer_idx, lm.n_layers, kwargs["hidden_states"],
+                                    layer_cache.keys, layer_cache.values, cos, sin, n, n, False))
+
+    model = lm.model
+    handles = [layer.self_attn.register_forward_hook(hook, with_kwargs=True) for layer in model.model.layers]
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            output = model(input_ids=input_ids, past_key_values=DynamicCache(config=model.config),
+                           output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
+        for handle in handles:
+            handle.remove()
+    return captured, output.attentions

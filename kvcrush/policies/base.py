@@ -97,9 +97,8 @@ class Policy:
         """Score one layer and decide which context tokens each KV head keeps."""
         n_context = layer.n_context
         budget_tokens = self.layer_budget(n_context, layer.layer_idx, layer.n_layers)
-        plan = plan_budget(
-            n_context, budget_tokens, self.sink, self.recent_tokens(layer), self.crush_fraction_for_plan()
-        )
+        recent = max(self.recent_tokens(layer), layer.protected_tail)
+        plan = plan_budget(n_context, budget_tokens, self.sink, recent, self.crush_fraction_for_plan())
         if plan.no_op or not self.evicts:
             everything = torch.arange(n_context).expand(layer.kv_heads, n_context).clone()
             return LayerTrace(layer.layer_idx, n_context, n_context, plan.sink, n_context - plan.sink, 0, 0, 0,

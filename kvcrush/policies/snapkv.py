@@ -4,8 +4,8 @@ Li et al., "SnapKV: LLM Knows What You are Looking for Before Generation" (2024)
 attention from the window is averaged over the window's queries, smoothed with a 1-D pool
 (kernel 5, same padding) so neighbours of important tokens survive, then averaged per GQA group.
 
-Window: query-agnostic (default), the last `window` context tokens, which are always kept;
-query-aware, exactly the question's tokens (whatever their count), kept outside the budget.
+Window: query-agnostic (default), the last `window` context tokens; query-aware, exactly the
+question's tokens (whatever their count). Either way the window is kept, inside the budget.
 Pooling is `max` by default as the spec says; `avg` (zero-padded) reproduces kvpress's SnapKVPress.
 """
 
@@ -40,15 +40,15 @@ class SnapKV(Policy):
 
     def observation_window(self, layer: LayerInputs) -> tuple[int, int]:
         """`[start, end)` of the queries whose attention scores the context."""
-        if layer.query_aware and layer.n_total > layer.n_context:
-            return layer.n_context, layer.n_total
+        if layer.protected_tail:
+            return layer.window_start, layer.n_context
         return max(0, layer.n_context - self.window), layer.n_context
 
     def recent_tokens(self, layer: LayerInputs) -> int:
         if self.recent is not None:
             return self.recent
         start, end = self.observation_window(layer)
-        return 0 if layer.query_aware else end - start
+        return end - start
 
     def pool(self, scores: torch.Tensor) -> torch.Tensor:
         """Smooth `[heads, n]` scores along tokens with same padding."""

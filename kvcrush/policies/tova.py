@@ -20,7 +20,7 @@ from kvcrush.policies.base import Policy
 @dataclass
 class TOVA(Policy):
     name = "tova"
-    recent: int | None = None  # None: the last token itself (query-agnostic) or nothing (query-aware)
+    recent: int | None = None  # None: the last token itself (the question, query-aware)
     head_reduction: str = "group"
 
     def __post_init__(self) -> None:
@@ -31,11 +31,11 @@ class TOVA(Policy):
     def recent_tokens(self, layer: LayerInputs) -> int:
         if self.recent is not None:
             return self.recent
-        return 0 if layer.query_aware and layer.n_total > layer.n_context else 1
+        return max(1, layer.protected_tail)
 
     def score(self, layer: LayerInputs) -> torch.Tensor:
         """`[query_heads, n_context]` attention of the last query."""
-        last = layer.n_total - 1 if layer.query_aware else layer.n_context - 1
+        last = layer.n_context - 1
         return window_attention(layer, last, last + 1)[:, : layer.n_context]
 
     def kv_scores(self, scores: torch.Tensor, layer: LayerInputs) -> torch.Tensor:

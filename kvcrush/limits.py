@@ -1,0 +1,351 @@
+"""Resource limits and exposure rules, in one place.
+
+Three things live here:
+
+- **Preflight memory check.** `preflight(lm, n_tokens, max_new_tokens, policy)` estimates what a run
+  needs *before* it starts (the full KV cache, the prefill's logits and per-layer activations, the
+  policy's scoring working set) and refuses with the numbers when that does not fit in the memory
+  available now. The model's weights are already loaded, so they are already out of the available
+  figure and are not counted again. The estimate is deliberately a little pessimistic
+  (`SAFETY_FACTOR`); it is an estimate, not a guarantee.
+- **Upload limit.** `MAX_TEXT_BYTES` (2 MiB, defined in `kvcrush.textio` and re-exported here) is the
+  one documented limit on text the library, the CLI and the app accept. `.streamlit/config.toml`
+  sets `server.maxUploadSize` (MiB) just above it so Streamlit refuses anything far larger before
+  it is read, and the app's own `decode_text` check gives the exact message for the rest.
+- **Which model names the shared web app accepts.** The library and the CLI load any local folder
+  the user names (that is their purpose). The app is used by anonymous people at once, so
+  `check_app_model_name` only lets it read local folders under `KVCRUSH_MODEL_DIRS`
+  (default: the kvcrush cache folder), only builds random shapes whose weights fit in memory, and
+  only fetches Hugging Face ids when `KVCRUSH_APP_ALLOW_HUB=1`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kvcrush.errors import ModelError, PromptError
+from kvcrush.textio import MAX_TEXT_BYTES
+
+__all__ = [
+    "MAX_TEXT_BYTES", "SAFETY_FACTOR", "MemoryEstimate", "available_memory", "estimate_run_memory",
+    "preflight", "max_tokens_that_fit", "weights_bytes", "allowed_model_dirs", "allowed_model_path",
+    "check_app_model_name", "format_bytes",
+]
+
+SAFETY_FACTOR = 1.25  # the estimate leaves out allocator slack, temporaries and Python objects
+FIXED_OVERHEAD = 64 * 1024 * 1024  # tokenizer output, traces, decode-step tensors
+SCORE_COPIES = 3  # attention logits, masked logits and softmax exist together for a moment
+
+
+def format_bytes(n: float) -> str:
+    """`1536 -> '1.5 KiB'`: binary units, one decimal."""
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:,.0f} bytes" if unit == "bytes" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} GiB"  # pragma: no cover
+
+
+# --- available memory ------------------------------------------------------------------------------
+
+
+def _linux_mem_available() -> int | None:
+    """`MemAvailable` from /proc/meminfo, capped by a cgroup v2 / v1 memory limit when there is one."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+            else:
+                return None
+    except (OSError, ValueError):
+        return None
+    limit = _cgroup_headroom()
+    return available if limit is None else min(available, limit)
+
+
+def _cgroup_headroom() -> int | None:
+    """Bytes left under this container's memory limit, or None when unlimited or unknown."""
+    pairs = (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    )
+    for limit_file, usage_file in pairs:
+        try:
+            raw = Path(limit_file).read_text().strip()
+            if raw == "max":
+                return None
+            limit, usage = int(raw), int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit >= 1 << 60:  # cgroup v1 reports "unlimited" as a huge number
+            return None
+        return max(0, limit - usage)
+    return None
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes a run may still allocate on `device`, or None when it cannot be told (then no check).
+
+    CUDA: free memory from `torch.cuda.mem_get_info`. CPU: `MemAvailable` from /proc/meminfo
+    (Linux; capped by the cgroup limit inside containers). Elsewhere: None.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            free, _total = torch.cuda.mem_get_info(device)
+        except (RuntimeError, AssertionError):
+            return None
+        return int(free)
+    if device.type == "cpu" and os.path.exists("/proc/meminfo"):
+        return _linux_mem_available()
+    return None
+
+
+# --- the estimate ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a run needs beyond the loaded weights, by part. `total` includes the safety factor."""
+
+    tokens: int
+    kv_cache: int
+    logits: int
+    activations: int
+    attention: int
+    scoring: int
+
+    @property
+    def raw(self) -> int:
+        return self.kv_cache + self.logits + self.activations + self.attention + self.scoring + FIXED_OVERHEAD
+
+    @property
+    def total(self) -> int:
+        return int(self.raw * SAFETY_FACTOR)
+
+    def parts(self) -> str:
+        items = [("KV cache", self.kv_cache), ("prefill logits", self.logits), ("activations", self.activations),
+                 ("attention matrices", self.attention), ("scoring", self.scoring)]
+        return ", ".join(f"{name} {format_bytes(size)}" for name, size in items if size)
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.tensor([], dtype=dtype).element_size()
+
+
+def _scoring_rows(policy: Any, n_tokens: int) -> int:
+    """How many query rows a policy's score() attends with at once (0: it reads keys only)."""
+    base = getattr(policy, "base", None)
+    if base is not None and getattr(policy, "name", "") == "kvcrush":
+        policy = base
+    name = getattr(policy, "name", "")
+    if name == "h2o":
+        return min(n_tokens, int(getattr(policy, "chunk_size", 256)))
+    if name in ("snapkv", "pyramidkv"):
+        return min(n_tokens, int(getattr(policy, "window", 32)))
+    if name == "tova":
+        return 1
+    return 0
+
+
+def estimate_run_memory(lm: Any, n_tokens: int, max_new_tokens: int, policy: Any = None) -> MemoryEstimate:
+    """What a `generate` run of `n_tokens` prompt tokens and `max_new_tokens` needs, by part.
+
+    - KV cache: `lm.kv_bytes_per_token() * (n_tokens + max_new_tokens)` (the full cache exists
+      before compression), plus one layer's gathered copy while a layer is compressed.
+    - Prefill logits: `[n_tokens, vocab]` in the model's dtype (the forward returns all positions).
+    - Activations of one layer at a time: residual stream, q/k/v with their rotated copies, MLP.
+    - Attention matrices `[query_heads, N, N]` only with eager attention (SDPA does not keep them).
+    - Scoring: H2O's query chunks `[query_heads, chunk, N]` and SnapKV's window `[query_heads, window, N]`
+      in float32 (times `SCORE_COPIES`), the expanded float32 keys `[query_heads, N, head_dim]`, and
+      the sort indices of the selection (`[query_heads, N]` int64, twice).
+    """
+    config = lm.config
+    n = int(n_tokens)
+    total_tokens = n + int(max_new_tokens)
+    element = _element_size(lm.dtype)
+    hidden = int(config.hidden_size)
+    intermediate = int(getattr(config, "intermediate_size", 4 * hidden))
+    vocab = int(config.vocab_size)
+    q_heads, kv_heads, head_dim = int(lm.query_heads), int(lm.kv_heads), int(lm.head_dim)
+    per_token = int(lm.kv_bytes_per_token())
+
+    kv_cache = per_token * total_tokens + per_token * n // max(1, int(lm.n_layers))
+    logits = n * vocab * element
+    qkv = n * (q_heads + 2 * kv_heads) * head_dim * element * 2
+    activations = n * (4 * hidden + 4 * intermediate) * element + qkv
+    eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
+    attention = q_heads * n * n * element * 2 if eager else 0
+
+    scoring = 0
+    if policy is not None and getattr(policy, "evicts", False):
+        rows = _scoring_rows(policy, n)
+        scoring = q_heads * n * 8 * 2  # argsort indices of the selection and the signatures
+        if rows:
+            scoring += q_heads * n * head_dim * 4  # keys expanded to query heads, float32
+            scoring += SCORE_COPIES * q_heads * rows * n * 4
+    return MemoryEstimate(n, kv_cache, logits, activations, attention, scoring)
+
+
+def max_tokens_that_fit(lm: Any, max_new_tokens: int, policy: Any, available: int) -> int:
+    """The longest prompt (tokens) whose estimate fits in `available` bytes (0 if none does)."""
+    low, high = 0, max(1, int(lm.max_tokens))
+    if estimate_run_memory(lm, 1, max_new_tokens, policy).total > available:
+        return 0
+    while low < high:
+        middle = (low + high + 1) // 2
+        if estimate_run_memory(lm, middle, max_new_tokens, policy).total <= available:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def preflight(
+    lm: Any,
+    n_tokens: int,
+    max_new_tokens: int,
+    policy: Any = None,
+    available: Callable[[torch.device], int | None] | None = None,
+) -> MemoryEstimate:
+    """Refuse a run that would not fit in memory, before it allocates anything.
+
+    Raises `PromptError` with the estimate, the memory available and what to do. Returns the
+    estimate when it fits (or when the available memory cannot be read on this platform).
+    `available` defaults to `available_memory` (looked up at call time, so tests can replace it).
+    """
+    estimate = estimate_run_memory(lm, n_tokens, max_new_tokens, policy)
+    reader = available or _module_available_memory
+    free = reader(lm.device)
+    if free is None or estimate.total <= free:
+        return estimate
+    fits = max_tokens_that_fit(lm, max_new_tokens, policy, free)
+    advice = (
+        f"Shorten the prompt to about {fits:,} tokens or fewer"
+        if fits > 0
+        else "Even a one-token prompt does not fit"
+    )
+    raise PromptError(
+        f"Not enough memory for this run: {n_tokens:,} prompt tokens + {max_new_tokens:,} new tokens need "
+        f"about {format_bytes(estimate.total)} ({estimate.parts()}, plus {SAFETY_FACTOR:g}x headroom) but only "
+        f"{format_bytes(free)} is available on {lm.device}. {advice}, lower max_new_tokens, close other "
+        f"programs or use a smaller model."
+    )
+
+
+def _module_available_memory(device: torch.device) -> int | None:
+    # Looked up through the module so monkeypatching `kvcrush.limits.available_memory` takes effect.
+    return globals()["available_memory"](device)
+
+
+# --- models the shared web app may load ------------------------------------------------------------
+
+MODEL_DIRS_ENV = "KVCRUSH_MODEL_DIRS"
+ALLOW_HUB_ENV = "KVCRUSH_APP_ALLOW_HUB"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def allowed_model_dirs() -> list[Path]:
+    """Folders the app may read models from: `$KVCRUSH_MODEL_DIRS` (os.pathsep-separated), else the cache."""
+    from kvcrush.models.loading import cache_dir
+
+    raw = os.environ.get(MODEL_DIRS_ENV, "")
+    dirs = [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()] or [cache_dir()]
+    return [Path(os.path.realpath(d)) for d in dirs]
+
+
+def _looks_like_path(name: str) -> bool:
+    """The same rule `load_model` uses: a name that starts like a path, or names something that exists."""
+    return name.startswith((".", "/", "~", "\\")) or Path(name).expanduser().exists()
+
+
+def allowed_model_path(name: str) -> bool:
+    """True iff `name` resolves (symlinks followed, `..` collapsed) inside one of `allowed_model_dirs()`."""
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        return False
+    resolved = Path(os.path.realpath(Path(name.strip()).expanduser()))
+    return any(resolved == root or resolved.is_relative_to(root) for root in allowed_model_dirs())
+
+
+def weights_bytes(config: Any, dtype: torch.dtype = torch.float32) -> int:
+    """Approximate bytes of a decoder-only transformer's weights, from its config."""
+    hidden = int(config.hidden_size)
+    layers = int(config.num_hidden_layers)
+    q_heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", q_heads) or q_heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // q_heads)
+    intermediate = int(getattr(config, "intermediate_size", 4 * hidden))
+    vocab = int(config.vocab_size)
+    attention = hidden * (q_heads + 2 * kv_heads) * head_dim + q_heads * head_dim * hidden
+    per_layer = attention + 3 * hidden * intermediate + 2 * hidden
+    embeddings = vocab * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+    return (layers * per_layer + embeddings + hidden) * _element_size(dtype)
+
+
+def check_app_model_name(
+    name: str | None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> str | None:
+    """Validate a model name typed into the shared web app; returns it stripped, or raises `ModelError`.
+
+    Allowed: the packaged default (None, "", "packaged", ...); `random:SHAPE` for a known shape whose
+    weights fit in the memory available on `device`; a local folder under `KVCRUSH_MODEL_DIRS`
+    (default: the kvcrush cache folder, `$KVCRUSH_CACHE` or ~/.cache/kvcrush); a Hugging Face id
+    only when `KVCRUSH_APP_ALLOW_HUB=1` (downloads land in the Hugging Face cache, nowhere else).
+    Any other local path is refused without touching it beyond resolving its name.
+    """
+    from kvcrush.models.loading import PACKAGED_ALIASES, RANDOM_PREFIX
+    from kvcrush.models.shapes import SHAPES
+
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ModelError(f"Model name must be text, got {type(name).__name__}.")
+    key = name.strip()
+    if key.lower() in PACKAGED_ALIASES:
+        return key
+    if len(key) > 512 or "\x00" in key or any(ord(c) < 32 for c in key):
+        raise ModelError("That model name contains control characters or is too long.")
+    if key.startswith(RANDOM_PREFIX):
+        shape = key[len(RANDOM_PREFIX):]
+        if shape not in SHAPES:
+            raise ModelError(f"Unknown random shape {shape!r}; choose one of {', '.join(SHAPES)}.")
+        from kvcrush.models.shapes import shape_config
+
+        needed = weights_bytes(shape_config(shape), dtype)
+        free = available_memory(device)
+        if free is not None and needed * SAFETY_FACTOR > free:
+            raise ModelError(
+                f"random:{shape} needs about {format_bytes(needed)} of weights but only {format_bytes(free)} "
+                f"is available on {torch.device(device)}; pick a smaller shape."
+            )
+        return key
+    if _looks_like_path(key):
+        if not allowed_model_path(key):
+            roots = ", ".join(str(d) for d in allowed_model_dirs())
+            raise ModelError(
+                f"This app only loads model folders under {roots}. Ask the person running it to put the "
+                f"model there or to add its folder to {MODEL_DIRS_ENV}."
+            )
+        return key
+    if not _HUB_ID.match(key) or ".." in key:
+        raise ModelError(
+            f"{key!r} is neither a Hugging Face id (organisation/name), a random:SHAPE, nor an allowed folder."
+        )
+    if os.environ.get(ALLOW_HUB_ENV, "").strip().lower() not in ("1", "true", "yes"):
+        raise ModelError(
+            f"This app does not download models from the Hugging Face Hub (set {ALLOW_HUB_ENV}=1 when starting "
+            f"it to allow that), so {key!r} cannot be used; pick the packaged model or a folder under "
+            f"{', '.join(str(d) for d in allowed_model_dirs())}."
+        )
+    return key
+
