@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from kvcrush.attention import accumulated_attention, attention_probs, window_attention
 from tests.conftest import capture_layer_inputs
 

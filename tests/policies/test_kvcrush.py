@@ -38,8 +38,8 @@ def test_representatives_come_from_the_evicted_set_and_join_every_head():
     scores = random_scores(4, n, seed=11)
     trace = crushed(scores, budget=16, recent=4, crush_fraction=0.25).compress(synthetic_layer(n))
     base_only = GivenScores(budget=16, recent=4, scores=scores)
-    base_plan_importance = trace.importance
-    base_kept = crush.stable_top_indices(base_only.kv_scores(scores, synthetic_layer(n))[:, : n - 4], base_plan_importance)
+    kv_scores = base_only.kv_scores(scores, synthetic_layer(n))[:, : n - 4]
+    base_kept = crush.stable_top_indices(kv_scores, trace.importance)
     evicted = set(range(n - 4)) - set(base_kept.flatten().tolist())
     assert set(trace.candidates.tolist()) == evicted
     assert trace.representatives.numel() == trace.crush == 3

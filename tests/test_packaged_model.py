@@ -1,0 +1,63 @@
+"""End to end on the real packaged SmolLM2-135M-Instruct (CPU, fp32): needle, real eviction, bytes."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+import kvcrush
+from kvcrush.data import needle_example
+from kvcrush.generate import cache_lengths, prefill
+from kvcrush.prompts import encode_prompt
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def needle(packaged_lm):
+    return needle_example(packaged_lm.tokenizer, 1500, 0.5, seed=0)
+
+
+def test_packaged_model_shape(packaged_lm):
+    assert (packaged_lm.n_layers, packaged_lm.query_heads, packaged_lm.kv_heads, packaged_lm.head_dim) == (30, 9, 3, 64)
+    assert packaged_lm.dtype.is_floating_point and str(packaged_lm.device) == "cpu"
+
+
+def test_full_cache_retrieves_the_needle(packaged_lm, needle):
+    result = kvcrush.generate(packaged_lm, needle.context, "full", max_new_tokens=40, question=needle.question)
+    assert needle.answers[0] in result.text
+
+
+def test_kvcrush_half_budget_really_halves_the_cache(packaged_lm, needle):
+    encoded = encode_prompt(packaged_lm.tokenizer, needle.context, needle.question)
+    policy = kvcrush.make_policy("kvcrush", budget=0.5, base="snapkv")
+    state = prefill(packaged_lm, encoded, policy, query_aware=True)
+    n_tokens = len(encoded.all_ids)
+    t = math.ceil(0.5 * n_tokens)
+    assert cache_lengths(state.cache) == [t] * 30
+    for layer, cached in zip(state.layers, state.cache.layers, strict=True):
+        assert cached.keys.shape == (1, 3, t, 64) and cached.values.shape == (1, 3, t, 64)
+        assert layer.kept.shape == (3, t)
+        assert layer.representatives.numel() == layer.crush_used > 0
+    assert abs(state.kv_bytes_after - state.kv_bytes_before / 2) <= 0.02 * state.kv_bytes_before / 2
+    assert state.kv_bytes_before == n_tokens * packaged_lm.kv_bytes_per_token()
+
+
+def test_cli_runs_a_needle_prompt_at_quarter_budget(tmp_path, packaged_lm, needle):
+    prompt_file = tmp_path / "needle.txt"
+    prompt_file.write_text(needle.context, encoding="utf-8")
+    command = [sys.executable, "-m", "kvcrush", "generate", "--policy", "kvcrush", "--base", "snapkv",
+               "--budget", "0.25", "--prompt-file", str(prompt_file), "--question", needle.question,
+               "--max-new-tokens", "40"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "KV bytes after" in completed.stdout and "(25." in completed.stdout
+    assert "magic number" in completed.stdout.lower()
+
+    completed = subprocess.run(command + ["--json", "--max-new-tokens", "4"], capture_output=True, text=True,
+                               timeout=300)
+    data = json.loads(completed.stdout)
+    assert data["kv_bytes_after"] < data["kv_bytes_before"] * 0.26
+    assert len(data["trace"]["layers"]) == 30
