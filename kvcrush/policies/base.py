@@ -19,6 +19,11 @@ from kvcrush.errors import BudgetError
 from kvcrush.trace import LayerTrace
 
 
+def _on_cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """Traces live on the CPU so the UI and JSON export never touch accelerator memory."""
+    return None if tensor is None else tensor.to("cpu")
+
+
 @dataclass
 class MiddleSelection:
     """What a selection step decided over the middle tokens (offsets relative to `middle_start`).
@@ -135,9 +140,9 @@ class Policy:
             no_op=False,
             kept=kept,
             scores=kv_scores[:, lo : hi - selection.extra_recent].to("cpu"),
-            signatures=selection.signatures,
-            anchor=selection.anchor,
-            distances=selection.distances,
+            signatures=_on_cpu(selection.signatures),
+            anchor=_on_cpu(selection.anchor),
+            distances=_on_cpu(selection.distances),
             candidates=absolute(selection.candidates),
             representatives=absolute(selection.representatives),
             buckets=[absolute(b) for b in (selection.buckets or [])],
