@@ -21,12 +21,15 @@ def parse_budget(text: str | float | int) -> float | int:
     raw = str(text).strip()
     if not raw:
         raise BudgetError("Budget is empty: give a fraction like 0.25, a percentage like 25% or a token count.")
+    percent = raw.endswith("%")
     try:
-        if raw.endswith("%"):
-            return validate_budget(float(raw[:-1]) / 100.0)
-        value = float(raw)
+        value = float(raw[:-1].strip() if percent else raw)
     except ValueError:
         raise BudgetError(f"Budget {raw!r} is not a number: use 0.25, 25% or a token count like 512.") from None
+    if percent:
+        if math.isfinite(value) and not 0.0 < value <= 100.0:
+            raise BudgetError(f"A percentage budget must be in (0%, 100%], got {raw}.")
+        return validate_budget(value / 100.0)
     if value.is_integer() and value > 1 and "." not in raw:
         return validate_budget(int(value))
     return validate_budget(value)
@@ -42,6 +45,10 @@ def validate_budget(budget: float | int) -> float | int:
         if budget < 1:
             raise BudgetError(f"A token budget must be at least 1, got {budget}.")
         return budget
+    if budget <= 0.0:
+        raise BudgetError(
+            f"A budget must be positive: a fraction in (0, 1] like 0.25 or a token count like 512, got {budget:g}."
+        )
     if not 0.0 < budget <= 1.0:
         raise BudgetError(
             f"A fractional budget must be in (0, 1] (a share of the prompt), got {budget}; "

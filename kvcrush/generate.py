@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 from kvcrush.attention import LayerInputs
 from kvcrush.errors import KVCrushError, PromptError
+from kvcrush.limits import preflight
 from kvcrush.models.loading import LoadedModel
 from kvcrush.policies import Policy, make_policy
 from kvcrush.prompts import EncodedPrompt, encode_prompt
@@ -313,6 +314,7 @@ def generate_encoded(
     if encoded.n_context == 0:
         raise PromptError("The prompt is empty: paste or upload some text to compress.")
     check_length(model, len(encoded.all_ids) + len(reference_ids or []), max_new_tokens)
+    preflight(model, len(encoded.all_ids) + len(reference_ids or []), max_new_tokens, policy)
     with model.lock:
         state = prefill(model, encoded, policy, query_aware, progress, should_stop)
         nll = None

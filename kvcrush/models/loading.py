@@ -192,7 +192,40 @@ def _check_config(config: Any, name: str) -> None:
         )
 
 
-def _local_or_hub_config(name: str) -> Any:
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_offline() -> bool:
+    """True when the user asked for offline mode (`HF_HUB_OFFLINE=1` or `TRANSFORMERS_OFFLINE=1`)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return constants.HF_HUB_OFFLINE or any(flag.strip().lower() in ("1", "true", "yes", "on") for flag in flags)
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One HEAD request to the Hub endpoint (honours HF_ENDPOINT and proxy variables), bounded by `timeout`.
+
+    Without this probe an unknown id on a machine without network takes about 25 s to fail, because
+    huggingface_hub retries five times with backoff.
+    """
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _local_or_hub_config(name: str) -> tuple[Any, bool]:
+    """The config of a local folder or Hugging Face id, and whether to load the rest from local files only.
+
+    Hub ids are looked up in the local Hugging Face cache first; the network is only tried when offline
+    mode is off and the Hub answers within `HUB_PROBE_TIMEOUT_S`, so a bad id fails in seconds.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
     from transformers import AutoConfig
 
     path = Path(name).expanduser()
@@ -207,10 +240,52 @@ def _local_or_hub_config(name: str) -> Any:
                 f"{name!r} has no .safetensors weights. Pickle checkpoints (.bin, .pt) are never loaded; "
                 "convert the model to safetensors first."
             )
+    else:
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            raise ModelError(
+                f"Model {name!r} was not found: it is not a local folder and not a valid Hugging Face id "
+                "(organisation/name)."
+            ) from None
+    source = str(path) if looks_like_path else name
     try:
-        return AutoConfig.from_pretrained(str(path) if looks_like_path else name, trust_remote_code=False)
+        try:
+            cached = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=True)
+        except OSError:
+            if looks_like_path:
+                raise
+            cached = None
+        if looks_like_path:
+            return cached, True
+        offline = _hub_offline()
+        online = not offline and _hub_reachable()
+        if cached is not None:
+            return cached, not online
+        if offline:
+            raise ModelError(
+                f"Model {name!r} is not a local folder and not in the local Hugging Face cache, and offline "
+                "mode (HF_HUB_OFFLINE) is on. Download it where there is network, or pass a local folder."
+            )
+        if not online:
+            raise ModelError(
+                f"Model {name!r} is not a local folder or in the local Hugging Face cache, and the Hugging Face "
+                "Hub cannot be reached from this machine. Check the name, or pass a local folder."
+            )
+        return AutoConfig.from_pretrained(source, trust_remote_code=False), False
+    except ModelError:
+        raise
     except ValueError as error:
-        raise ModelError(f"{name!r} needs code this library will not run or does not know: {error}") from None
+        if "trust_remote_code" in str(error) or "custom code" in str(error):
+            raise ModelError(
+                f"{name} asks to run its own code (custom configuration or model classes); remote code is never "
+                f"run here. Use a model with a built-in architecture ({', '.join(SUPPORTED_TYPES)})."
+            ) from None
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(
+            f"{name!r} is not a model this library can load (supported architectures: "
+            f"{', '.join(SUPPORTED_TYPES)}): {detail}"
+        ) from None
     except OSError:
         raise ModelError(
             f"Model {name!r} was not found: not a local folder with config.json and not a reachable "
@@ -261,15 +336,15 @@ def load_model(
         tokenizer = packaged_tokenizer()
         label = key
     else:
-        config = _local_or_hub_config(key)
+        config, local_only = _local_or_hub_config(key)
         _check_config(config, key)
         source = str(Path(key).expanduser()) if Path(key).expanduser().exists() else key
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=resolved_dtype, use_safetensors=True, trust_remote_code=False,
-                attn_implementation="sdpa",
+                attn_implementation="sdpa", local_files_only=local_only,
             )
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
         except (OSError, ValueError) as error:
             raise ModelError(f"Could not load {key!r} from safetensors weights: {error}") from None
         label = key
