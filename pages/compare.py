@@ -1,0 +1,117 @@
+"""Compare: two to four policies at the same budget, against the full cache, plus a memory projection."""
+
+from __future__ import annotations
+
+import html
+from itertools import combinations
+
+import pandas as pd
+import streamlit as st
+
+import kvcrush
+from kvcrush.metrics import contains_answer, kept_jaccard, token_agreement
+from ui import export, memory_panel, page, plots, runs, textdiff
+from ui import model as model_ui
+from ui.colors import policy_color
+from ui.fmt import bytes_text, ratio, seconds
+from ui.state import RunRequest, results
+
+DEFAULT = ["kvcrush", "snapkv"]
+
+st.title("Compare")
+config, lm = page.context()
+if config.prompt is None:
+    st.info(config.prompt_error or "Choose a prompt in the sidebar.")
+    st.stop()
+
+names = list(kvcrush.POLICIES)
+top = st.columns([3, 1])
+chosen = top[0].multiselect("Policies to compare (2 to 4, all at the sidebar's budget)", names, default=DEFAULT,
+                            max_selections=4, key="cmp_policies")
+clicked = top[1].button("Run comparison", key="cmp_run", type="primary")
+requests = {n: RunRequest.from_config(config, config.policy.with_name(n)) for n in chosen}
+full_request = RunRequest.from_config(config, config.policy.with_name("full"))
+flag = config.run_request
+
+records = None
+if len(chosen) < 2:
+    st.warning("Pick at least two policies.")
+else:
+    unique = list({r.key: r for r in [full_request, *requests.values()]}.values())
+    store = results()
+    ready = all(store.get(r.key) is not None for r in unique) and flag != "force"
+    if ready or config.options.auto_run or flag or clicked:
+        found = runs.run_all(lm, unique, force=flag == "force", what="compare · ")
+        if found is not None:
+            by_key = {r.request.key: r for r in found}
+            full = by_key[full_request.key]
+            records = {n: by_key[r.key] for n, r in requests.items()}
+    else:
+        st.info("Press **Run comparison** (or **Run** in the sidebar) to compute these policies.")
+
+if records is not None:
+    answers = config.prompt.answers
+    st.markdown(f"**Full cache** ({bytes_text(full.result.kv_bytes_before)} of KV):")
+    page.generated(full, answers)
+    st.caption("Below, each policy's text against the full cache's: underlined blue words are new, "
+               "struck-through vermillion words are missing.")
+    columns = st.columns(len(records))
+    rows = []
+    for column, (name, record) in zip(columns, records.items(), strict=True):
+        result = record.result
+        agreement = token_agreement(result.new_token_ids, full.result.new_token_ids)
+        found = any(contains_answer(result.text, a) for a in answers) if answers else None
+        with column.container(key=f"cmp_col_{name}", border=True):
+            st.html(f'<div style="font-weight:700;border-bottom:4px solid {policy_color(name)};">'
+                    f"{html.escape(record.label)} · {html.escape(record.request.policy.budget_text)}</div>")
+            st.html(textdiff.diff_html(result.text, full.result.text))
+            sub = st.columns(2)
+            sub[0].metric("KV after", bytes_text(result.kv_bytes_after),
+                          help=f"before: {bytes_text(result.kv_bytes_before)}")
+            sub[1].metric("Reduction", ratio(result.kv_bytes_before, result.kv_bytes_after))
+            sub = st.columns(2)
+            sub[0].metric("Agreement", f"{agreement:.0%}", help="Share of generated tokens equal to the full cache's.")
+            sub[1].metric("Prefill+select", seconds(result.timings.prefill_s + result.timings.select_s))
+            if found is not None:
+                st.caption("answer found" if found else "answer not found")
+        timings = result.timings
+        rows.append({
+            "policy": record.label, "budget": record.request.policy.budget_text,
+            "kv_bytes_before": result.kv_bytes_before, "kv_bytes_after": result.kv_bytes_after,
+            "reduction": result.kv_bytes_before / max(result.kv_bytes_after, 1),
+            "prefill_s": timings.prefill_s, "select_s": timings.select_s, "score_s": timings.score_s,
+            "crush_s": timings.crush_s, "decode_s": timings.decode_s, "decode_tokens": timings.decode_tokens,
+            "agreement_with_full": agreement, "word_similarity_with_full": textdiff.similarity(result.text,
+                                                                                              full.result.text),
+            "answer_found": found, "text": result.text,
+        })
+    table = pd.DataFrame(rows)
+    labels = [r.label for r in records.values()]
+    left, right = st.columns(2)
+    left.plotly_chart(plots.policy_bars(labels, [r.result.kv_bytes_after / 1024**2 for r in records.values()],
+                                        "KV cache after compression", "MiB", ".2f"),
+                      key="cmp_bytes", config={"displayModeBar": False})
+    right.plotly_chart(plots.timing_bars(labels, {
+        "prefill": [r.result.timings.prefill_s for r in records.values()],
+        "select": [r.result.timings.select_s for r in records.values()],
+        "decode": [r.result.timings.decode_s for r in records.values()],
+    }), key="cmp_times", config={"displayModeBar": False})
+
+    pairs = {}
+    for a, b in combinations(records.values(), 2):
+        if len(a.result.trace.layers) == len(b.result.trace.layers):
+            pairs[f"{a.label} vs {b.label}"] = [kept_jaccard(x, y) for x, y in
+                                                 zip(a.result.trace.layers, b.result.trace.layers, strict=True)]
+    if pairs:
+        st.plotly_chart(plots.jaccard_lines(pairs), key="cmp_jaccard", config={"displayModeBar": False})
+    with st.expander("Comparison table and downloads"):
+        st.dataframe(table, hide_index=True, key="cmp_table")
+        export.csv_button(table, "comparison", "cmp_csv")
+        if pairs:
+            jaccard = pd.DataFrame(pairs)
+            jaccard.insert(0, "layer", range(len(jaccard)))
+            export.csv_button(jaccard, "kept-jaccard-per-layer", "cmp_jaccard_csv", "Download Jaccard per layer (CSV)")
+
+n_context = model_ui.count_tokens(lm, config.prompt.context, config.prompt.question)[0]
+st.subheader("What this budget saves on a larger model")
+memory_panel.render(memory_panel.budget_fraction(config.policy.budget, n_context), config.policy.budget_text)

@@ -1,0 +1,108 @@
+"""Tokens: the prompt coloured by what one layer's KV head kept, a layer x head grid, a whole-prompt strip."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from kvcrush.trace import EVICTED
+from ui import export, page, pick, plots, runs
+from ui import tokens as tok
+
+WINDOWS = (200, 400, 600)
+GRID_KEY = "tok_grid"
+GRID_APPLIED = "_tok_grid_applied"
+COLOR_BY = {"agreement with the other heads": "agreement", "share of tokens kept": "kept"}
+
+
+def _apply_grid_click() -> None:
+    """A click (or box selection) on the grid picks that layer and head before the pickers render."""
+    event = st.session_state.get(GRID_KEY)
+    try:
+        points = [p for p in event["selection"]["points"] if p.get("curve_number", 0) == 0]
+    except (TypeError, KeyError):
+        return
+    if not points:
+        return
+    marker = (int(points[0]["x"]), int(points[0]["y"]))
+    if marker != st.session_state.get(GRID_APPLIED):
+        st.session_state[GRID_APPLIED] = marker
+        pick.select("tok", layer_value=marker[1], head_value=marker[0])
+
+
+def _window(token_strings: list[str], n_tokens: int) -> tuple[int, int]:
+    cols = st.columns([1, 1.4, 3])
+    size = cols[0].selectbox("Tokens per window", WINDOWS, index=1, key="tok_window")
+    needle = cols[1].text_input("Find text", key="tok_find", placeholder="e.g. magic number")
+    if needle and needle != st.session_state.get("_tok_found"):
+        st.session_state["_tok_found"] = needle
+        position = tok.find_token(token_strings, needle)
+        if position is None:
+            st.toast(f"{needle!r} is not in the prompt.")
+        else:
+            st.session_state["tok_start"] = max(0, min(position - size // 4, n_tokens - 1))
+    if n_tokens <= size:
+        return 0, n_tokens
+    if st.session_state.get("tok_start", 0) >= n_tokens:
+        st.session_state["tok_start"] = 0
+    start = cols[2].slider("Window start (token position)", 0, n_tokens - 1, 0, step=10, key="tok_start")
+    return start, min(n_tokens, start + size)
+
+
+st.title("Tokens")
+config, lm = page.context()
+record = runs.current_run(config, lm)
+if record is None:
+    st.stop()
+result = record.result
+trace = result.trace
+page.summary(record)
+page.generated(record, config.prompt.answers if config.prompt else ())
+
+_apply_grid_click()
+n_layers, kv_heads = len(trace.layers), trace.layers[0].kept.shape[0]
+left, right = st.columns([3, 1.25], gap="medium")
+with left:
+    chooser = st.columns([1, 1, 3])
+    layer_index = pick.layer("tok", n_layers, chooser[0])
+    head_index = pick.head("tok", kv_heads, chooser[1])
+    layer = trace.layers[layer_index]
+    table = tok.token_table(trace, layer, head_index)
+    status = table["status_code"].to_numpy()
+    status_counts = tok.counts(status)
+    kept = int((status != EVICTED).sum())
+    chooser[2].markdown(
+        f"<div style='padding-top:1.9rem'>Layer {layer_index}, KV head {head_index}: <b>{kept:,}</b> of "
+        f"{layer.n_tokens:,} tokens kept ({kept / max(layer.n_tokens, 1):.1%}), budget {layer.budget:,}"
+        f"{' (no eviction: budget ≥ prompt)' if layer.no_op else ''}</div>",
+        unsafe_allow_html=True,
+    )
+    st.html(tok.legend_html(status_counts))
+    start, end = _window(trace.token_strings, layer.n_tokens)
+    st.caption(f"Tokens {start:,}–{end - 1:,} of {layer.n_tokens:,} · {page.trace_notes(trace)} · "
+               "hover a token for its score, signature and distance")
+    with st.container(key="token_view"):
+        st.html(tok.tokens_html(table, start, end))
+
+with right:
+    color_label = st.radio("Grid colour", list(COLOR_BY), key="tok_grid_color", horizontal=False)
+    kept_share, agreement = tok.head_grid_values(trace)
+    values = agreement if COLOR_BY[color_label] == "agreement" else kept_share
+    figure = plots.head_grid(values, kept_share, agreement, (layer_index, head_index),
+                             "agreement" if COLOR_BY[color_label] == "agreement" else "kept")
+    st.plotly_chart(figure, key=GRID_KEY, on_select="rerun", selection_mode="points",
+                    config={"displayModeBar": False})
+    st.caption("Click a square to show that layer and head.")
+
+statuses = tok.status_matrix(trace, head_index)
+strip_title = f"Every layer's decisions for KV head {head_index} (outlined: this layer and window)"
+st.plotly_chart(plots.status_strip(statuses, layer_index, (start, end), strip_title),
+                key="tok_strip", config={"displayModeBar": False})
+
+with st.expander("Token table and downloads"):
+    st.dataframe(table.drop(columns=["status_code"]).iloc[start:end], hide_index=True, key="tok_table")
+    cols = st.columns(3)
+    with cols[0]:
+        export.trace_json_button(result, f"{record.label}-{record.request.policy.budget_text}", "tok_json")
+    with cols[1]:
+        export.csv_button(table.drop(columns=["status_code"]),
+                          f"tokens-layer{layer_index}-head{head_index}-{record.label}", "tok_csv")

@@ -1,0 +1,45 @@
+"""Benchmark CSVs written under `benchmarks/` (by the benchmark scripts), newest first."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent / "benchmarks"
+FOLDER_ENV = "KVCRUSH_APP_BENCHMARKS"
+X_GUESSES = ("budget_fraction", "budget", "compression", "kept_fraction", "context_tokens", "n_tokens")
+Y_GUESSES = ("score", "accuracy", "needle_accuracy", "f1", "agreement", "token_agreement", "nll", "reference_nll")
+FILTERS = ("task", "dataset", "length", "engine")  # one plot per value of these (e.g. results.csv has many tasks)
+
+
+def folder() -> Path:
+    """benchmarks/ next to the app, or KVCRUSH_APP_BENCHMARKS."""
+    return Path(os.environ.get(FOLDER_ENV, ROOT)).expanduser()
+
+
+def find_csvs(root: Path | None = None) -> list[Path]:
+    root = folder() if root is None else root
+    if not root.is_dir():
+        return []
+    return sorted(root.rglob("*.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def slug(path: Path) -> str:
+    """A short stable name for widget keys."""
+    return hashlib.sha1(str(path).encode()).hexdigest()[:10]
+
+
+def load(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def guess(frame: pd.DataFrame) -> tuple[str | None, str | None, str | None]:
+    """(x, y, colour) column guesses for a quality-versus-budget plot."""
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+    x = next((c for c in X_GUESSES if c in numeric), numeric[0] if numeric else None)
+    y = next((c for c in Y_GUESSES if c in numeric and c != x), next((c for c in numeric if c != x), None))
+    color = "policy" if "policy" in frame.columns else None
+    return x, y, color

@@ -1,0 +1,27 @@
+"""Downloads: the current trace as JSON, tables as CSV (generated only when clicked)."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import streamlit as st
+
+from kvcrush.trace import GenerationResult
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
+
+
+def trace_json_button(result: GenerationResult, name: str, key: str) -> None:
+    st.download_button(
+        "Download trace (JSON)", data=lambda: result.to_json(), file_name=f"kvcrush-trace-{slug(name)}.json",
+        mime="application/json", key=key, on_click="ignore",
+        help="The whole run: generated text, bytes, timings and every layer's decisions.",
+    )
+
+
+def csv_button(frame: pd.DataFrame, name: str, key: str, label: str = "Download table (CSV)") -> None:
+    st.download_button(label, data=lambda: frame.to_csv(index=False), file_name=f"{slug(name)}.csv",
+                       mime="text/csv", key=key, on_click="ignore")

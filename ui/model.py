@@ -1,0 +1,132 @@
+"""The model, loaded once per process and shared by every session; built-in examples per tokenizer.
+
+`kvcrush.generate` holds `lm.lock` for a whole run, so sessions sharing one `LoadedModel` queue
+instead of mixing their hooks. Names typed into the app go through `kvcrush.limits` first when that
+module is present (which folders and hub ids a shared app may load).
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+import torch
+
+import kvcrush
+from kvcrush.errors import KVCrushError
+from kvcrush.models.loading import resolve_device
+from ui.state import ModelChoice
+
+MODEL_ENV = "KVCRUSH_APP_MODEL"
+EXAMPLE_ENV = "KVCRUSH_APP_EXAMPLE"
+MAX_NEW_ENV = "KVCRUSH_APP_MAX_NEW_TOKENS"
+DEFAULT_EXAMPLE = "Needle in essays (~1k tokens)"
+
+
+def default_model_name() -> str:
+    """'' means the packaged SmolLM2-135M-Instruct; tests set KVCRUSH_APP_MODEL=random:tiny."""
+    return os.environ.get(MODEL_ENV, "").strip()
+
+
+def default_example() -> str:
+    return os.environ.get(EXAMPLE_ENV, DEFAULT_EXAMPLE)
+
+
+def default_max_new_tokens() -> int:
+    """32 (needle answers need it); KVCRUSH_APP_MAX_NEW_TOKENS changes the default (tests use fewer)."""
+    try:
+        return max(1, min(512, int(os.environ.get(MAX_NEW_ENV, "32"))))
+    except ValueError:
+        return 32
+
+
+def device_options() -> list[str]:
+    return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _check_name(name: str | None, device: str) -> None:
+    try:
+        from kvcrush import limits
+    except ImportError:  # the robustness module is optional for the app
+        return
+    check = getattr(limits, "check_app_model_name", None)
+    if check is not None:
+        resolved = resolve_device(None if device == "auto" else device)
+        check(name, resolved)
+
+
+_LOADED: set[tuple[str | None, str]] = set()  # keys loaded before in this process: no spinner needed
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _load(name: str | None, device: str) -> kvcrush.LoadedModel:
+    return kvcrush.load_model(name, device=None if device == "auto" else device)
+
+
+def get_model(choice: ModelChoice) -> kvcrush.LoadedModel:
+    """Load (first time in this process) or reuse the model; raises `KVCrushError` with a message."""
+    _check_name(choice.load_name, choice.device)
+    label = choice.load_name or "the packaged SmolLM2-135M-Instruct"
+    key = (choice.load_name, choice.device)
+    try:
+        if key in _LOADED:
+            return _load(*key)
+        with st.spinner(f"Loading {label} (once per server process)…"):
+            lm = _load(*key)
+        _LOADED.add(key)
+        return lm
+    except KVCrushError:
+        raise
+    except (OSError, RuntimeError, ValueError) as error:
+        raise kvcrush.ModelError(f"Could not load {label}: {error}") from None
+
+
+def preflight(lm: kvcrush.LoadedModel, n_tokens: int, max_new_tokens: int, policy: kvcrush.Policy) -> None:
+    """Refuse runs that would not fit in memory (when `kvcrush.limits` provides the check)."""
+    try:
+        from kvcrush import limits
+    except ImportError:
+        return
+    check = getattr(limits, "preflight", None)
+    if check is not None:
+        check(lm, n_tokens, max_new_tokens, policy)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _examples(model_name: str, _tokenizer) -> dict:
+    from kvcrush import data
+
+    return data.builtin_examples(_tokenizer)
+
+
+def builtin_examples(lm: kvcrush.LoadedModel) -> tuple[dict, str | None]:
+    """(name -> Example, error message or None): the picker stays usable when data is missing."""
+    try:
+        return _examples(lm.name, lm.tokenizer), None
+    except ImportError:
+        return {}, "Built-in examples are not available (kvcrush.data is missing)."
+    except KVCrushError as error:
+        return {}, str(error)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _count_tokens(model_name: str, _tokenizer, context: str, question: str | None) -> tuple[int, int]:
+    encoded = kvcrush.encode_prompt(_tokenizer, context, question)
+    return encoded.n_context, len(encoded.tail_ids)
+
+
+def count_tokens(lm: kvcrush.LoadedModel, context: str, question: str | None) -> tuple[int, int]:
+    """(context tokens under the budget, question/template tokens always kept)."""
+    return _count_tokens(lm.name, lm.tokenizer, context, question)
+
+
+def describe(lm: kvcrush.LoadedModel) -> str:
+    device = "CUDA" if lm.device.type == "cuda" else lm.device.type.upper()
+    dtype = str(lm.dtype).replace("torch.", "")
+    return (f"**{lm.name}** on **{device}** ({dtype}): {lm.n_layers} layers, {lm.query_heads} query heads, "
+            f"{lm.kv_heads} KV heads, head dim {lm.head_dim}")
+
+
+def loaded(choice: ModelChoice) -> kvcrush.LoadedModel:
+    """The model app.py already loaded for this rerun (a cache hit, no spinner)."""
+    return _load(choice.load_name, choice.device)

@@ -1,0 +1,282 @@
+"""Plotly figure builders. Colours come from `ui.colors` only, so statuses and policies look the
+same on every page. Builders take plain arrays, never recompute a policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from kvcrush.trace import EVICTED, IMPORTANT, REPRESENTATIVE, STATUS_NAMES
+from ui.colors import (
+    CONTINUOUS_SCALE,
+    OKABE_ITO,
+    SEQUENCE,
+    STATUS_COLORS,
+    STATUS_LABELS,
+    STATUS_SHORT,
+    bucket_color,
+    policy_color,
+    status_colorscale,
+)
+from ui.units import UnitView
+
+N_STATUS = len(STATUS_NAMES)
+MAX_HOVER_CELLS = 150_000
+BIT_SCALE = [[0.0, "#F7F7F7"], [0.5, "#F7F7F7"], [0.5, OKABE_ITO["blue"]], [1.0, OKABE_ITO["blue"]]]
+
+
+def _layout(fig: go.Figure, height: int, **kwargs) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), template="plotly_white", **kwargs)
+    return fig
+
+
+def status_strip(statuses: np.ndarray, layer: int, window: tuple[int, int], title: str) -> go.Figure:
+    """All layers x all tokens of one KV head, coloured by status; the window and layer are outlined."""
+    n_layers, n_tokens = statuses.shape
+    hover = None
+    if statuses.size <= MAX_HOVER_CELLS:
+        names = np.array([STATUS_SHORT[i] for i in range(N_STATUS)], dtype=object)
+        hover = names[statuses]
+    fig = go.Figure(go.Heatmap(
+        z=statuses, zmin=-0.5, zmax=N_STATUS - 0.5, colorscale=status_colorscale(), showscale=False,
+        text=hover, hovertemplate="layer %{y} · token %{x}<br>%{text}<extra></extra>" if hover is not None
+        else "layer %{y} · token %{x}<extra></extra>", xgap=0, ygap=1,
+    ))
+    start, end = window
+    fig.add_shape(type="rect", x0=start - 0.5, x1=end - 0.5, y0=-0.5, y1=n_layers - 0.5,
+                  line=dict(color=OKABE_ITO["black"], width=2))
+    fig.add_shape(type="rect", x0=-0.5, x1=n_tokens - 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                  line=dict(color=OKABE_ITO["vermillion"], width=2))
+    fig.update_yaxes(autorange="reversed", title="layer")
+    fig.update_xaxes(title="token position")
+    return _layout(fig, int(min(420, max(150, 70 + 9 * n_layers))), title=title)
+
+
+def head_grid(values: np.ndarray, kept: np.ndarray, agreement: np.ndarray, selected: tuple[int, int],
+              color_label: str) -> go.Figure:
+    """Layer x KV-head grid of square markers (selectable points; heatmap selections do not work)."""
+    n_layers, n_heads = values.shape
+    layers, heads = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+    height = int(min(900, max(220, 110 + 22 * n_layers)))
+    size = max(8, min(34, int((height - 110) / max(n_layers, 1) * 0.85)))
+    fig = go.Figure(go.Scatter(
+        x=heads.ravel(), y=layers.ravel(), mode="markers",
+        marker=dict(symbol="square", size=size, color=values.ravel(), colorscale=CONTINUOUS_SCALE, cmin=0, cmax=1,
+                    colorbar=dict(title=color_label, thickness=12)),
+        customdata=np.stack([kept.ravel(), agreement.ravel()], axis=1),
+        hovertemplate="layer %{y} · head %{x}<br>keeps %{customdata[0]:.1%} of tokens"
+                      "<br>agreement with other heads %{customdata[1]:.2f}<extra></extra>",
+        name="heads",
+    ))
+    layer, head = selected
+    fig.add_trace(go.Scatter(
+        x=[head], y=[layer], mode="markers", hoverinfo="skip", showlegend=False, name="selected",
+        marker=dict(symbol="square-open", size=size + 6, color=OKABE_ITO["vermillion"], line=dict(width=3)),
+    ))
+    fig.update_xaxes(title="KV head", tickmode="array", tickvals=list(range(n_heads)), range=[-0.6, n_heads - 0.4])
+    fig.update_yaxes(title="layer", range=[n_layers - 0.5, -0.5], dtick=1 if n_layers <= 32 else 4)
+    return _layout(fig, height, showlegend=False)  # Streamlit sets clickmode/dragmode for point selection
+
+
+def signature_heatmap(view: UnitView, rows: np.ndarray, title: str) -> go.Figure:
+    """Status | distance | signature bits for the given unit rows, with the anchor as its own row."""
+    labels = [f"#{view.starts[i]} {view.labels[i]}" for i in rows]
+    fig = make_subplots(rows=2, cols=3, shared_xaxes="columns", shared_yaxes="rows", horizontal_spacing=0.01,
+                        vertical_spacing=0.02, column_widths=[0.05, 0.07, 0.88],
+                        row_heights=[0.04, 0.96] if len(rows) > 60 else [0.12, 0.88],
+                        subplot_titles=("status", "distance", "signature bits (1 = in the head's top half)"))
+    width = max(1, view.bits.shape[1])
+    fig.add_trace(go.Heatmap(z=[[None]], x=["s"], y=["anchor"], showscale=False, hoverinfo="skip",
+                             name="anchor label"), row=1, col=1)
+    fig.add_trace(go.Heatmap(z=[[view.anchor.sum()]], x=["d"], y=["anchor"], name="anchor set bits",
+                             colorscale=CONTINUOUS_SCALE, showscale=False, zmin=0, zmax=width,
+                             hovertemplate="anchor: %{z} set bits<extra></extra>"), row=1, col=2)
+    fig.add_trace(go.Heatmap(z=view.anchor[None, :], x=view.bit_labels, y=["anchor"], name="anchor",
+                             colorscale=BIT_SCALE, zmin=0, zmax=1, showscale=False,
+                             hovertemplate="anchor · %{x}: %{z}<extra></extra>"), row=1, col=3)
+    status = view.status[rows]
+    fig.add_trace(go.Heatmap(
+        z=status[:, None], x=["s"], y=labels, name="status", zmin=-0.5, zmax=N_STATUS - 0.5,
+        colorscale=status_colorscale(), showscale=False, text=[[STATUS_LABELS[int(s)]] for s in status],
+        hovertemplate="%{y}<br>%{text}<extra></extra>"), row=2, col=1)
+    fig.add_trace(go.Heatmap(
+        z=view.distances[rows][:, None], x=["d"], y=labels, name="distance", colorscale=CONTINUOUS_SCALE, zmin=0,
+        zmax=width, showscale=False, hovertemplate="%{y}<br>distance to anchor %{z}<extra></extra>"), row=2, col=2)
+    fig.add_trace(go.Heatmap(
+        z=view.bits[rows], x=view.bit_labels, y=labels, name="bits", colorscale=BIT_SCALE, zmin=0, zmax=1,
+        showscale=False, xgap=2 if len(view.bit_labels) <= 40 else 0,
+        hovertemplate="%{y} · %{x}: %{z}<extra></extra>"), row=2, col=3)
+    show_ticks = len(rows) <= 60
+    fig.update_yaxes(autorange="reversed", showticklabels=show_ticks, row=2, col=1)
+    fig.update_yaxes(showticklabels=True, row=1, col=1)
+    fig.update_xaxes(showticklabels=False, row=2, col=1)
+    fig.update_xaxes(showticklabels=False, row=2, col=2)
+    fig.update_xaxes(showticklabels=len(view.bit_labels) <= 40, row=2, col=3)
+    for annotation in fig.layout.annotations:
+        annotation.font.size = 11
+    height = int(min(1400, max(320, 140 + 13 * len(rows))))
+    return _layout(fig, height, title=title)
+
+
+def distance_histogram(view: UnitView) -> go.Figure:
+    """Hamming distances to the anchor: representatives, the evicted candidates they stand for, kept units."""
+    fig = go.Figure()
+    groups = [
+        ("KVCrush representative", view.candidate & (view.status == REPRESENTATIVE), STATUS_COLORS[REPRESENTATIVE],
+         True),
+        ("evicted candidate", view.candidate & (view.status == EVICTED), "#9a9a9a", True),
+        ("kept by importance", ~view.candidate & (view.status == IMPORTANT), STATUS_COLORS[IMPORTANT], "legendonly"),
+    ]
+    for name, mask, color, visible in groups:
+        fig.add_trace(go.Histogram(x=view.distances[mask], name=f"{name} ({int(mask.sum())})", marker_color=color,
+                                   xbins=dict(start=-0.5, size=1), visible=visible))
+    fig.update_layout(barmode="stack", bargap=0.05)
+    fig.update_xaxes(title="Hamming distance to the anchor")
+    fig.update_yaxes(title="units")
+    return _layout(fig, 330, title="Distance of the evicted candidates to the anchor",
+                   legend=dict(orientation="h", y=-0.25))
+
+
+def bucket_figure(view: UnitView) -> go.Figure:
+    """Candidates in KVCrush's order (distance, position): buckets alternate colours, stars are representatives."""
+    candidates = np.flatnonzero(view.candidate)
+    ranked = candidates[np.lexsort((view.starts[candidates], view.distances[candidates]))]
+    buckets = view.bucket[ranked]
+    colors = [bucket_color(int(b)) if b >= 0 else "#cccccc" for b in buckets]
+    text = [f"#{view.starts[i]} {view.labels[i]}<br>bucket {view.bucket[i]} · distance {view.distances[i]}"
+            for i in ranked]
+    fig = go.Figure(go.Scattergl(
+        x=np.arange(len(ranked)), y=view.distances[ranked], mode="markers", name="evicted candidate",
+        marker=dict(color=colors, size=6), text=text, hovertemplate="%{text}<extra></extra>",
+    ))
+    reps = np.flatnonzero(view.status[ranked] == REPRESENTATIVE)
+    fig.add_trace(go.Scattergl(
+        x=reps, y=view.distances[ranked][reps], mode="markers", name="representative",
+        marker=dict(symbol="star", size=13, color=STATUS_COLORS[REPRESENTATIVE], line=dict(color="#000", width=1)),
+        text=[text[i] for i in reps], hovertemplate="representative<br>%{text}<extra></extra>",
+    ))
+    fig.update_xaxes(title="candidate rank (sorted by distance, then position)")
+    fig.update_yaxes(title="distance to anchor")
+    return _layout(fig, 330, title="Buckets along the distance order", legend=dict(orientation="h", y=-0.25))
+
+
+def embedding_scatter(coords: np.ndarray, view: UnitView, color_by: str, method: str) -> go.Figure:
+    """2-D map of the signatures; colour by status, bucket or distance; representatives as stars."""
+    text = np.array([f"#{s} {label}<br>distance {d} · bucket {b}"
+                     for s, label, d, b in zip(view.starts, view.labels, view.distances, view.bucket, strict=True)])
+    fig = go.Figure()
+    if color_by == "bucket":
+        outside = view.bucket < 0
+        fig.add_trace(go.Scattergl(x=coords[outside, 0], y=coords[outside, 1], mode="markers", name="not a candidate",
+                                   marker=dict(color="#d9d9d9", size=5), text=text[outside],
+                                   hovertemplate="%{text}<extra></extra>"))
+        inside = ~outside
+        fig.add_trace(go.Scattergl(x=coords[inside, 0], y=coords[inside, 1], mode="markers",
+                                   name="candidates by bucket",
+                                   marker=dict(color=[bucket_color(int(b)) for b in view.bucket[inside]], size=6),
+                                   text=text[inside], hovertemplate="%{text}<extra></extra>"))
+    elif color_by == "distance":
+        fig.add_trace(go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", name="units",
+                                   marker=dict(color=view.distances, colorscale=CONTINUOUS_SCALE, size=6,
+                                               colorbar=dict(title="distance", thickness=12)),
+                                   text=text, hovertemplate="%{text}<extra></extra>"))
+    else:
+        for code in (IMPORTANT, EVICTED):
+            mask = view.status == code
+            fig.add_trace(go.Scattergl(x=coords[mask, 0], y=coords[mask, 1], mode="markers",
+                                       name=f"{STATUS_LABELS[code]} ({int(mask.sum())})",
+                                       marker=dict(color=STATUS_COLORS[code] if code != EVICTED else "#9a9a9a", size=6),
+                                       text=text[mask], hovertemplate="%{text}<extra></extra>"))
+    reps = view.status == REPRESENTATIVE
+    fig.add_trace(go.Scattergl(x=coords[reps, 0], y=coords[reps, 1], mode="markers",
+                               name=f"KVCrush representative ({int(reps.sum())})",
+                               marker=dict(symbol="star", size=12, color=STATUS_COLORS[REPRESENTATIVE],
+                                           line=dict(color="#000", width=1)),
+                               text=text[reps], hovertemplate="representative<br>%{text}<extra></extra>"))
+    fig.update_xaxes(showticklabels=False, title=f"{method} 1")
+    fig.update_yaxes(showticklabels=False, title=f"{method} 2")
+    return _layout(fig, 480, title=f"{method} map of the signatures", legend=dict(orientation="h", y=-0.12))
+
+
+def policy_bars(labels: Sequence[str], values: Sequence[float], title: str, axis: str, fmt: str = "") -> go.Figure:
+    fig = go.Figure(go.Bar(x=list(labels), y=list(values), marker_color=[policy_color(n) for n in labels],
+                           text=[format(v, fmt) if fmt else v for v in values], textposition="outside"))
+    fig.update_yaxes(title=axis)
+    return _layout(fig, 300, title=title, showlegend=False)
+
+
+def timing_bars(labels: Sequence[str], stages: dict[str, Sequence[float]]) -> go.Figure:
+    """One small bar chart per stage (prefill, select, decode), bars coloured by policy."""
+    fig = make_subplots(rows=1, cols=len(stages), subplot_titles=[f"{s} (s)" for s in stages])
+    for col, values in enumerate(stages.values(), start=1):
+        fig.add_trace(go.Bar(x=list(labels), y=list(values), marker_color=[policy_color(n) for n in labels],
+                             showlegend=False, hovertemplate="%{x}: %{y:.3f} s<extra></extra>"), row=1, col=col)
+    _layout(fig, 320, title="Time per stage")
+    fig.update_layout(margin=dict(l=10, r=10, t=80, b=10))
+    return fig
+
+
+def jaccard_lines(series: dict[str, Sequence[float]]) -> go.Figure:
+    fig = go.Figure()
+    for i, (name, values) in enumerate(series.items()):
+        dash = ["solid", "dash", "dot"][i // len(SEQUENCE) % 3]
+        fig.add_trace(go.Scatter(x=list(range(len(values))), y=list(values), mode="lines+markers", name=name,
+                                 line=dict(color=SEQUENCE[i % len(SEQUENCE)], dash=dash)))
+    n_layers = max((len(v) for v in series.values()), default=1)
+    fig.update_xaxes(title="layer", tickmode="linear", dtick=max(1, n_layers // 15))
+    fig.update_yaxes(title="Jaccard of kept sets (mean over KV heads)", range=[0, 1.02])
+    return _layout(fig, 340, title="Overlap of kept sets per layer", legend=dict(orientation="h", y=-0.25))
+
+
+def sweep_lines(rows: list[dict], metrics: dict[str, str]) -> go.Figure:
+    """Metric vs budget, one line per policy; `metrics` maps column -> axis title."""
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics.values()))
+    policies = list(dict.fromkeys(r["policy"] for r in rows if r["policy"] != "full"))
+    full = next((r for r in rows if r["policy"] == "full"), None)
+    for col, metric in enumerate(metrics, start=1):
+        for policy in policies:
+            points = sorted((r["budget_fraction"], r[metric]) for r in rows if r["policy"] == policy
+                            and r.get(metric) is not None)
+            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                                     name=policy, legendgroup=policy, showlegend=col == 1,
+                                     line=dict(color=policy_color(policy))), row=1, col=col)
+        if full is not None and full.get(metric) is not None:
+            fig.add_hline(y=full[metric], line=dict(color=policy_color("full"), dash="dash"),
+                          annotation_text="full cache", row=1, col=col)
+        fig.update_xaxes(title="budget (share of prompt)", tickformat=".0%", range=[0, 1.03], row=1, col=col)
+    _layout(fig, 380, title="Quality versus budget", legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(margin=dict(l=10, r=10, t=80, b=10))
+    return fig
+
+
+def memory_curve(tokens: Sequence[int], full: Sequence[float], compressed: Sequence[float], marker: int,
+                 label: str) -> go.Figure:
+    fig = go.Figure()
+    gib = 1024**3
+    fig.add_trace(go.Scatter(x=list(tokens), y=[v / gib for v in full], name="full cache", mode="lines",
+                             line=dict(color=policy_color("full"))))
+    fig.add_trace(go.Scatter(x=list(tokens), y=[v / gib for v in compressed], name=label, mode="lines",
+                             line=dict(color=policy_color("kvcrush"))))
+    fig.add_vline(x=marker, line=dict(color="#666", dash="dot"))
+    fig.update_xaxes(type="log", title="context tokens")
+    fig.update_yaxes(title="KV cache (GiB)")
+    return _layout(fig, 320, title="KV cache size versus context", legend=dict(orientation="h", y=-0.25))
+
+
+def benchmark_figure(frame, x: str, y: str, color: str | None) -> go.Figure:
+    """Mean of `y` per `x` (and per `color` group), one line per group."""
+    keys = [color, x] if color else [x]
+    means = frame.groupby(keys, dropna=False)[y].mean().reset_index()
+    fig = go.Figure()
+    groups = means.groupby(color, dropna=False) if color else [("all", means)]
+    for name, part in groups:
+        part = part.sort_values(x)
+        label = str(name[0] if isinstance(name, tuple) else name)
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=label,
+                                 line=dict(color=policy_color(label)) if color == "policy" else None))
+    fig.update_xaxes(title=x)
+    fig.update_yaxes(title=f"mean {y}")
+    return _layout(fig, 360, title=f"{y} versus {x}")

@@ -1,0 +1,185 @@
+"""Per-token views of a recorded trace: status arrays, a table, and escaped HTML spans.
+
+All values come from the trace (`token_status`, `scores`, `signatures`, `distances`, `buckets`);
+this module only lays them out per token for display.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kvcrush.metrics import kept_mask
+from kvcrush.trace import EVICTED, IMPORTANT, SINK, LayerTrace, RunTrace
+from ui.colors import SHOWN_STATUSES, STATUS_COLORS, STATUS_LABELS, STATUS_SHORT, STATUS_TEXT_COLORS
+
+
+def layer_status(layer: LayerTrace, head: int) -> np.ndarray:
+    """`[n_tokens]` status codes for one KV head. A no-op layer (budget >= prompt) keeps everything,
+    which the view shows as kept rather than as one long 'recent' window."""
+    if layer.no_op:
+        status = np.full(layer.n_tokens, IMPORTANT, dtype=np.int8)
+        status[: layer.sink] = SINK
+        return status
+    return layer.token_status(head).numpy()
+
+
+def status_matrix(trace: RunTrace, head: int) -> np.ndarray:
+    """`[layers, n_tokens]` status codes of one KV head across all layers."""
+    return np.stack([layer_status(layer, head) for layer in trace.layers])
+
+
+def _middle(values: torch.Tensor | None, layer: LayerTrace, fill: float = np.nan) -> np.ndarray:
+    full = np.full(layer.n_tokens, fill, dtype=np.float64)
+    if values is not None and values.numel():
+        data = values.float().numpy()
+        full[layer.middle_start : layer.middle_start + len(data)] = data
+    return full
+
+
+def token_distances(layer: LayerTrace) -> np.ndarray:
+    """Hamming distance to the anchor per token (a block's distance for each of its tokens)."""
+    if layer.distances is None:
+        return np.full(layer.n_tokens, np.nan)
+    if layer.granularity == "block" and layer.blocks is not None:
+        full = np.full(layer.n_tokens, np.nan)
+        for (start, end), distance in zip(layer.blocks.tolist(), layer.distances.tolist(), strict=True):
+            full[start:end] = distance
+        return full
+    return _middle(layer.distances, layer)
+
+
+def token_signatures(layer: LayerTrace) -> list[str]:
+    """Each token's signature as a bit string ('' outside the middle or without signatures)."""
+    out = [""] * layer.n_tokens
+    if layer.signatures is None:
+        return out
+    bits = layer.signatures.to(torch.uint8).numpy()
+    chars = np.where(bits > 0, "1", "0")
+    for offset, row in enumerate(chars):
+        out[layer.middle_start + offset] = "".join(row)
+    return out
+
+
+def token_buckets(layer: LayerTrace) -> np.ndarray:
+    """Index of the bucket each evicted candidate token belongs to (-1 elsewhere)."""
+    full = np.full(layer.n_tokens, -1, dtype=np.int64)
+    for index, bucket in enumerate(layer.buckets):
+        full[layer.unit_tokens(bucket).numpy()] = index
+    return full
+
+
+def token_table(trace: RunTrace, layer: LayerTrace, head: int) -> pd.DataFrame:
+    """One row per context token with everything the hover shows (also the CSV export)."""
+    status = layer_status(layer, head)
+    heads = layer.kept.shape[0]
+    per_head = {f"score_h{h}": _middle(None if layer.scores is None else layer.scores[h], layer) for h in range(heads)}
+    return pd.DataFrame({
+        "position": np.arange(layer.n_tokens),
+        "token": trace.token_strings[: layer.n_tokens],
+        "status": [STATUS_LABELS[int(s)] for s in status],
+        "status_code": status,
+        "score": per_head[f"score_h{head}"],
+        "signature": token_signatures(layer),
+        "distance": token_distances(layer),
+        "bucket": token_buckets(layer),
+        "heads_keeping": kept_mask(layer).sum(dim=0).numpy(),
+        **per_head,
+    })
+
+
+def counts(status: np.ndarray) -> dict[int, int]:
+    values, number = np.unique(status, return_counts=True)
+    found = dict(zip(values.tolist(), number.tolist(), strict=True))
+    return {code: found.get(code, 0) for code in SHOWN_STATUSES}
+
+
+def visible(token: str) -> str:
+    """A token as HTML: escaped, newlines shown as a return mark plus a line break, tabs as arrows."""
+    text = html.escape(token, quote=False).replace("\t", "→")
+    return text.replace("\n", "↵<br>") if "\n" in text else text
+
+
+def tooltip(row, head_scores: list[str]) -> str:
+    parts = [f"#{row.position} {row.token!r}", f"status: {row.status}"]
+    if not np.isnan(row.score):
+        parts.append(f"score: {row.score:.4g}")
+        if len(head_scores) > 1:
+            parts.append("all KV heads: " + " / ".join(f"{getattr(row, name):.3g}" for name in head_scores))
+    if row.signature:
+        parts.append(f"signature: {row.signature}")
+    if not np.isnan(row.distance):
+        parts.append(f"distance to anchor: {int(row.distance)}")
+    if row.bucket >= 0:
+        parts.append(f"bucket: {row.bucket}")
+    parts.append(f"kept by {row.heads_keeping} KV head(s)")
+    return "\n".join(parts)
+
+
+def _span(row, head_scores: list[str]) -> str:
+    code = int(row.status_code)
+    background = STATUS_COLORS[code]
+    color = STATUS_TEXT_COLORS.get(code, "#111111")
+    extra = "text-decoration: line-through; text-decoration-color: #aaaaaa;" if code == EVICTED else ""
+    return (f'<span class="kvt kvt-{STATUS_SHORT[code]}" data-pos="{row.position}" '
+            f'title="{html.escape(tooltip(row, head_scores), quote=True)}" '
+            f'style="background:{background};color:{color};{extra}border-radius:3px;padding:1px 0;">'
+            f"{visible(row.token)}</span>")
+
+
+def tokens_html(table: pd.DataFrame, start: int, end: int) -> str:
+    """Coloured spans for tokens `[start, end)` with title tooltips; everything is HTML-escaped."""
+    head_scores = [c for c in table.columns if c.startswith("score_h")]
+    spans = "".join(_span(row, head_scores) for row in table.iloc[start:end].itertuples(index=False))
+    return (
+        '<div class="kv-tokens" style="font-family: ui-monospace, SFMono-Regular, Menlo, monospace; '
+        "font-size: 0.82rem; line-height: 1.85; white-space: pre-wrap; word-break: break-word; "
+        'max-height: 540px; overflow-y: auto; border: 1px solid #d0d0d0; border-radius: 6px; padding: 10px;">'
+        f"{spans}</div>"
+    )
+
+
+def legend_html(status_counts: dict[int, int] | None = None) -> str:
+    items = []
+    for code in SHOWN_STATUSES:
+        count = "" if status_counts is None else f" ({status_counts.get(code, 0):,})"
+        color = STATUS_TEXT_COLORS.get(code, "#111111")
+        items.append(
+            f'<span class="kv-legend-item kv-legend-{STATUS_SHORT[code]}" style="display:inline-block;'
+            f'margin:2px 10px 2px 0;"><span style="background:{STATUS_COLORS[code]};color:{color};'
+            f'border-radius:3px;padding:1px 6px;">{html.escape(STATUS_LABELS[code])}</span>{count}</span>'
+        )
+    return '<div class="kv-legend" style="font-size:0.85rem;">' + "".join(items) + "</div>"
+
+
+def head_grid_values(trace: RunTrace) -> tuple[np.ndarray, np.ndarray]:
+    """(`[layers, kv_heads]` share of tokens kept, `[layers, kv_heads]` mean Jaccard with the other heads)."""
+    kept, agreement = [], []
+    for layer in trace.layers:
+        mask = kept_mask(layer).float()
+        heads = mask.shape[0]
+        kept.append((mask.sum(dim=1) / max(layer.n_tokens, 1)).numpy())
+        inter = mask @ mask.T
+        sizes = mask.sum(dim=1)
+        union = sizes[:, None] + sizes[None, :] - inter
+        jaccard = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+        if heads > 1:
+            agreement.append(((jaccard.sum(dim=1) - 1) / (heads - 1)).numpy())
+        else:
+            agreement.append(np.ones(1))
+    return np.stack(kept), np.stack(agreement)
+
+
+def find_token(token_strings: list[str], needle: str) -> int | None:
+    """Position of the token where the first occurrence of `needle` starts (case-insensitive)."""
+    if not needle.strip():
+        return None
+    text = "".join(token_strings).lower()
+    index = text.find(needle.strip().lower())
+    if index < 0:
+        return None
+    offsets = np.cumsum([len(t) for t in token_strings])
+    return int(np.searchsorted(offsets, index, side="right"))
