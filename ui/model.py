@@ -45,14 +45,12 @@ def device_options() -> list[str]:
 
 
 def _check_name(name: str | None, device: str) -> None:
-    try:
-        from kvcrush import limits
-    except ImportError:  # the robustness module is optional for the app
+    """Visitors may only pick allowed models; the operator's own KVCRUSH_APP_MODEL is trusted as is."""
+    from kvcrush.limits import check_app_model_name
+
+    if (name or "") == default_model_name():
         return
-    check = getattr(limits, "check_app_model_name", None)
-    if check is not None:
-        resolved = resolve_device(None if device == "auto" else device)
-        check(name, resolved)
+    check_app_model_name(name, resolve_device(None if device == "auto" else device))
 
 
 _LOADED: set[tuple[str | None, str]] = set()  # keys loaded before in this process: no spinner needed

@@ -13,7 +13,7 @@ import streamlit as st
 import kvcrush
 from kvcrush.crush import ANCHOR_MODES
 from kvcrush.errors import KVCrushError
-from kvcrush.textio import decode_text
+from kvcrush.textio import MAX_TEXT_BYTES, decode_text
 from ui import model as model_ui
 from ui.state import AppConfig, ModelChoice, PolicyConfig, PromptInput, RunOptions, request_run, take_run_request
 
@@ -118,11 +118,14 @@ def _question(key: str) -> str | None:
 
 
 def _pasted_prompt() -> tuple[PromptInput | None, str | None]:
-    text = st.text_area("Text to compress", key="prompt_text", height=180,
+    text = st.text_area("Text to compress", key="prompt_text", height=180, max_chars=MAX_TEXT_BYTES,
                         placeholder="Paste a long text here (a few thousand tokens is fine).")
     question = _question("prompt_question")
     if not text.strip():
         return None, "Paste some text in the sidebar (or pick a built-in example)."
+    size = len(text.encode("utf-8"))
+    if size > MAX_TEXT_BYTES:
+        return None, f"The pasted text is {size:,} bytes; the limit is {MAX_TEXT_BYTES:,} bytes of text."
     return PromptInput("text", "pasted text", text, question), None
 
 

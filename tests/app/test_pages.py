@@ -220,6 +220,14 @@ def test_pasted_text_and_uploads(app):
     assert any("binary" in info.value for info in at.info)
 
 
+def test_oversized_pasted_text_is_refused_with_the_limit(app):
+    at = app.run()
+    at.radio(key="prompt_source").set_value("Paste text").run()
+    at.text_area(key="prompt_text").input("é" * 1_100_000).run()  # under max_chars, over 2 MiB of UTF-8
+    assert not at.exception
+    assert any("the limit is 2,097,152 bytes" in info.value for info in at.info)
+
+
 def test_auto_run_off_keeps_the_previous_trace_until_run_is_pressed(app):
     at = app.run()
     before = legend_counts(at)
