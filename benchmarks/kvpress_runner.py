@@ -88,7 +88,9 @@ class PressResult:
     ``kv_bytes_before`` is what an uncompressed prefill of the context holds (all layers, keys and
     values, N tokens); ``kv_bytes_after`` what the press left; ``kept_per_layer`` the tokens per
     layer after compression. ``nll`` is the mean negative log-likelihood (nats/token) of the
-    continuation, or None when decoding instead.
+    continuation, or None when decoding instead. ``decode_s`` counts everything after the
+    compressed prefill (appending the question, then decoding or scoring); ``question_s`` is the
+    part of it spent appending the question, so ``decode_s - question_s`` is the decoding alone.
     """
 
     text: str
@@ -99,6 +101,7 @@ class PressResult:
     prefill_s: float
     decode_s: float
     nll: float | None
+    question_s: float = 0.0
 
 
 def make_press(
@@ -159,6 +162,12 @@ def uncompressed_cache_bytes(cache: DynamicCache, n_tokens: int) -> int:
     return total
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work so wall-clock timings cover it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
 def prefill_with_press(
     model: PreTrainedModel,
@@ -175,8 +184,10 @@ def prefill_with_press(
     cache = DynamicCache(config=model.config)
     attention = attention_implementation(model, "eager") if eager else nullcontext()
     with attention, press(model) if press is not None else nullcontext():
+        _synchronize(model.device)
         start = time.perf_counter()
         out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        _synchronize(model.device)
         seconds = time.perf_counter() - start
     return cache, out.logits, seconds
 
@@ -285,6 +296,8 @@ def run_press(
                 logits_to_keep=1,
             ).logits
             position += len(question_ids)
+    _synchronize(model.device)
+    question_s = time.perf_counter() - start
     nll: float | None = None
     new_ids: list[int] = []
     if continuation_ids:
@@ -292,6 +305,7 @@ def run_press(
     else:
         eos = _eos_ids(model, eos_token_ids)
         new_ids = _greedy_decode(model, cache, logits, position, max_new_tokens, eos)
+    _synchronize(model.device)
     decode_s = time.perf_counter() - start
 
     text = tokenizer.decode(new_ids, skip_special_tokens=True) if tokenizer is not None and new_ids else ""
@@ -304,6 +318,7 @@ def run_press(
         prefill_s=prefill_s,
         decode_s=decode_s,
         nll=nll,
+        question_s=question_s,
     )
 
 

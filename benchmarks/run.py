@@ -1,0 +1,378 @@
+"""One command for the whole benchmark: quality, overhead and memory against the full cache, our
+baselines and NVIDIA kvpress, on the packaged model and data, in one process.
+
+    python -m benchmarks.run --quick --publish      # < 10 min on 2 CPU cores; results/latest/
+    python -m benchmarks.run --full                  # the whole grid (hours on CPU)
+    python -m benchmarks.run --random-weights --shape llama-3-8b --layers 2 --lengths 2048 4096   # CPU
+    python -m benchmarks.run --random-weights --shape llama-3-8b --device cuda                     # GPU
+
+See benchmarks/README.md for every option, output file and column.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Threads that sleep instead of spinning between parallel regions: on a machine shared with other
+# processes, spinning OpenMP threads made a 1k-token prefill 6x slower (measured: 23 s instead of 4 s with
+# 2 threads on 2 busy cores). Must be set before torch loads OpenMP; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from benchmarks import report  # noqa: E402
+from benchmarks.env import environment, peak_rss_bytes, reset_peak_rss  # noqa: E402
+from benchmarks.grid import FULL_BUDGETS, QUICK_POLICIES, parse_budgets, parse_policies  # noqa: E402
+from benchmarks.tasks.agreement import AgreementSettings  # noqa: E402
+from benchmarks.tasks.likelihood import LikelihoodSettings  # noqa: E402
+from benchmarks.tasks.needle import NeedleSettings  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+LATEST = RESULTS_DIR / "latest"
+ALL_TASKS = ("needle", "likelihood", "agreement")
+MIB = 2**20
+
+
+@dataclass
+class RunSettings:
+    """Everything a quality run does; `quick()` and `full()` are the two presets."""
+
+    mode: str = "full"
+    tasks: tuple[str, ...] = ALL_TASKS
+    budgets: tuple[float, ...] = FULL_BUDGETS
+    policies: tuple[str, ...] = ("all",)
+    seed: int = 0
+    window: int = 32
+    crush_fraction: float = 0.25
+    query_aware: bool = False
+    needle: NeedleSettings = field(default_factory=NeedleSettings)
+    likelihood: LikelihoodSettings = field(default_factory=LikelihoodSettings)
+    agreement: AgreementSettings = field(default_factory=AgreementSettings)
+    overhead: bool = True
+    overhead_lengths: tuple[int, ...] = (1024, 2048, 4096)
+    overhead_repeats: int = 3
+    overhead_budget: float = 0.25
+    overhead_policies: tuple[str, ...] = ("kvcrush:snapkv:alternating", "kvcrush:h2o:alternating")
+    parity: bool = True
+    dropped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def quick(cls) -> RunSettings:
+        return cls(
+            mode="quick", budgets=(0.25, 0.5), policies=QUICK_POLICIES,
+            needle=NeedleSettings(lengths=(1024,), depths=(0.1, 0.5, 0.9), samples=1),
+            likelihood=LikelihoodSettings(context_tokens=1024, samples=1),
+            agreement=AgreementSettings(datasets=("squad",), samples=2),
+            overhead_lengths=(1024, 2048), overhead_repeats=1, overhead_policies=("kvcrush:snapkv:alternating",),
+            dropped=[
+                "Quick mode drops: budgets 10%/75%/90%; needle at 2k/4k tokens and at depths 30%/70%;"
+                " likelihood at 2k tokens (1k, one sample instead of five); HotpotQA and all but two SQuAD"
+                " questions; the policies h2o, pyramidkv, tova, random, tova-all, KVCrush over h2o and all"
+                " anchors but alternating, and the kvpress presses tova, observed_attention,"
+                " expected_attention, keydiff; overhead at 4k tokens, KVCrush over h2o, and repeats"
+                " (1 instead of 3). Use --full for everything.",
+            ],
+        )
+
+
+def _override(settings: RunSettings, args: argparse.Namespace) -> RunSettings:
+    s = settings
+    if args.tasks:
+        s.tasks = tuple(t for item in args.tasks for t in item.replace(",", " ").split())
+    if args.budgets:
+        s.budgets = tuple(parse_budgets(args.budgets))
+    if args.policies:
+        s.policies = tuple(args.policies)
+    s.seed = args.seed
+    s.window = args.window
+    s.crush_fraction = args.crush_fraction
+    s.query_aware = args.query_aware
+    needle, likelihood, agreement = s.needle, s.likelihood, s.agreement
+    if args.samples is not None:
+        needle = dataclasses.replace(needle, samples=args.samples)
+        likelihood = dataclasses.replace(likelihood, samples=args.samples)
+        agreement = dataclasses.replace(agreement, samples=args.samples)
+    if args.needle_samples:
+        needle = dataclasses.replace(needle, samples=args.needle_samples)
+    if args.likelihood_samples:
+        likelihood = dataclasses.replace(likelihood, samples=args.likelihood_samples)
+    if args.agreement_samples:
+        agreement = dataclasses.replace(agreement, samples=args.agreement_samples)
+    if args.needle_lengths:
+        needle = dataclasses.replace(needle, lengths=tuple(args.needle_lengths))
+    if args.needle_depths:
+        needle = dataclasses.replace(needle, depths=tuple(args.needle_depths))
+    if args.likelihood_context:
+        likelihood = dataclasses.replace(likelihood, context_tokens=args.likelihood_context)
+    if args.datasets:
+        agreement = dataclasses.replace(agreement, datasets=tuple(args.datasets))
+    if args.new_tokens:
+        needle = dataclasses.replace(needle, max_new_tokens=args.new_tokens)
+        agreement = dataclasses.replace(agreement, max_new_tokens=args.new_tokens)
+    s.needle = dataclasses.replace(needle, seed=s.seed)
+    s.likelihood = dataclasses.replace(likelihood, seed=s.seed)
+    s.agreement = dataclasses.replace(agreement, seed=s.seed)
+    if args.no_overhead:
+        s.overhead = False
+    if args.overhead_lengths:
+        s.overhead_lengths = tuple(args.overhead_lengths)
+    if args.overhead_repeats:
+        s.overhead_repeats = args.overhead_repeats
+    if args.no_parity:
+        s.parity = False
+    return s
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="the reduced grid, < 10 min on 2 CPU cores (default)")
+    mode.add_argument("--full", action="store_true", help="the whole grid (hours on CPU)")
+    mode.add_argument("--random-weights", action="store_true",
+                      help="timing and memory at a real shape with random weights (--shape, --layers, --lengths)")
+    parser.add_argument("--tasks", nargs="+", help=f"subset of {', '.join(ALL_TASKS)}")
+    parser.add_argument("--budgets", nargs="+", help="fractions or percentages, e.g. 0.25 50%%")
+    parser.add_argument("--policies", nargs="+",
+                        help="specs or groups: snapkv, kvcrush:snapkv:alternating, kvpress:snapkv, baselines, "
+                             "matched, kvcrush, kvpress, all (see benchmarks/grid.py)")
+    parser.add_argument("--samples", type=int, help="samples per needle cell / likelihood / agreement dataset")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="default: the packaged SmolLM2-135M-Instruct; "
+                        "random:tiny for a smoke test; any HF id or folder")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--window", type=int, default=32, help="SnapKV observation window, both engines")
+    parser.add_argument("--crush-fraction", type=float, default=0.25)
+    parser.add_argument("--query-aware", action="store_true",
+                        help="our engine only: the question is the observation window (kvpress stays query-agnostic)")
+    parser.add_argument("--needle-samples", type=int, help="prompts per needle (length, depth); overrides --samples")
+    parser.add_argument("--likelihood-samples", type=int, help="likelihood samples; overrides --samples")
+    parser.add_argument("--agreement-samples", type=int, help="questions per agreement dataset; overrides --samples")
+    parser.add_argument("--needle-lengths", type=int, nargs="+")
+    parser.add_argument("--needle-depths", type=float, nargs="+")
+    parser.add_argument("--likelihood-context", type=int)
+    parser.add_argument("--datasets", nargs="+", help="agreement datasets: squad hotpotqa")
+    parser.add_argument("--new-tokens", type=int, help="greedy tokens per answer (default 32)")
+    parser.add_argument("--no-overhead", action="store_true")
+    parser.add_argument("--overhead-lengths", type=int, nargs="+")
+    parser.add_argument("--overhead-repeats", type=int)
+    parser.add_argument("--no-parity", action="store_true", help="skip the kept-token overlap with kvpress")
+    parser.add_argument("--shape", default="llama-3-8b", help="random-weights shape (kvcrush.models.shapes)")
+    parser.add_argument("--layers", type=int, help="random-weights layer count (default: 2 on CPU, full on GPU)")
+    parser.add_argument("--lengths", type=int, nargs="+", help="random-weights context lengths")
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<mode>-<time>)")
+    parser.add_argument("--publish", action="store_true", help="also copy the results to benchmarks/results/latest/")
+    parser.add_argument("--embed-plotly", action="store_true", help="embed plotly.js in chart.html (works offline)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, the core count)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _out_dir(args: argparse.Namespace, mode: str) -> Path:
+    if args.out is not None:
+        return Path(args.out)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return RESULTS_DIR / f"{mode}-{stamp}"
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _publish(out: Path, files: list[str]) -> None:
+    LATEST.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        source = out / name
+        if source.is_file():
+            shutil.copy2(source, LATEST / name)
+    print(f"Published to {LATEST}")
+
+
+GRID_OPTIONS = ("tasks", "budgets", "policies", "samples", "needle_samples", "likelihood_samples", "agreement_samples",
+                "needle_lengths", "needle_depths", "likelihood_context", "datasets", "new_tokens", "overhead_lengths",
+                "overhead_repeats", "no_overhead", "no_parity", "query_aware")
+QUALITY_FILES = ["results.csv", "breakdown.csv", "samples.csv", "parity.csv", "overhead.csv", "summary.json",
+                 "report.md", "chart.html", "environment.json"]
+SCALE_FILES = ["scale.csv", "scale.json", "scale.md"]
+
+
+def run_quality(args: argparse.Namespace) -> Path:
+    from benchmarks.overhead import measure_overhead
+    from benchmarks.quality import build_items, run_grid, warm_up
+    from kvcrush import load_model
+
+    started = time.perf_counter()
+    settings = RunSettings(mode="full") if args.full else RunSettings.quick()
+    settings = _override(settings, args)
+    changed = [f"--{name.replace('_', '-')}" for name in GRID_OPTIONS if getattr(args, name, None)]
+    if changed:
+        settings.dropped.append(f"Grid changed from the {settings.mode} preset by {', '.join(changed)} "
+                                "(see the command).")
+    specs = parse_policies(settings.policies, settings.window, settings.crush_fraction)
+    out = _out_dir(args, settings.mode)
+    out.mkdir(parents=True, exist_ok=True)
+    _seed_everything(settings.seed)
+    print(f"KVCrush benchmark, {settings.mode} mode -> {out}")
+    for note in settings.dropped:
+        print(note)
+    print(f"Seed {settings.seed}: needle prompt i uses seed {settings.seed}*10000+i; likelihood offsets from "
+          f"Random('likelihood-{settings.seed}'); SQuAD/HotpotQA drawn with seed {settings.seed}; policy seed "
+          f"{settings.seed}.")
+    print(f"Budgets {', '.join(f'{b:.0%}' for b in settings.budgets)}; policies: "
+          f"{', '.join(s.label for s in specs)}; tasks: {', '.join(settings.tasks)}; "
+          f"{'query-aware (ours only)' if settings.query_aware else 'query-agnostic'}.")
+
+    load_start = time.perf_counter()
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    load_s = time.perf_counter() - load_start
+    env = environment(lm)
+    print(f"Model {lm.name} on {lm.device} ({lm.dtype}), loaded in {load_s:.1f} s; {env['cpu']}, "
+          f"{env['torch_threads']} threads; GPU: {env['gpu'] or 'none'}.")
+
+    task_settings = {"needle": settings.needle, "likelihood": settings.likelihood, "agreement": settings.agreement}
+    items = build_items(lm.tokenizer, settings.tasks, task_settings)
+    print(f"{len(items)} prompts x (1 full + {len(specs)} policies x {len(settings.budgets)} budgets) = "
+          f"{len(items) * (1 + len(specs) * len(settings.budgets))} runs.")
+    durations: dict[str, float] = {"load": load_s}
+    peaks: dict[str, float] = {"after load": peak_rss_bytes() / MIB}
+
+    phase = time.perf_counter()
+    reset_peak_rss()
+    warm_up(lm, items, specs, settings.budgets[0], settings.seed)
+    grid = run_grid(lm, items, specs, settings.budgets, settings.seed, settings.query_aware,
+                    show_progress=not args.no_progress, parity=settings.parity)
+    durations["grid"] = time.perf_counter() - phase
+    peaks["quality grid"] = peak_rss_bytes() / MIB
+
+    overhead_rows: list[dict[str, Any]] = []
+    if settings.overhead:
+        phase = time.perf_counter()
+        reset_peak_rss()
+        overhead_specs = parse_policies(settings.overhead_policies, settings.window, settings.crush_fraction)
+        print(f"Overhead at {', '.join(map(str, settings.overhead_lengths))} tokens, "
+              f"{settings.overhead_repeats} repeat(s): {', '.join(s.label for s in overhead_specs)} vs full.")
+        overhead_rows = measure_overhead(lm, list(settings.overhead_lengths), overhead_specs,
+                                         settings.overhead_budget, settings.overhead_repeats, settings.seed,
+                                         show_progress=not args.no_progress)
+        durations["overhead"] = time.perf_counter() - phase
+        peaks["overhead"] = peak_rss_bytes() / MIB
+
+    results = report.results_table(grid.records, settings.seed)
+    breakdown = report.breakdown_table(grid.records, settings.seed)
+    durations["total"] = time.perf_counter() - started
+    summary = {
+        "mode": settings.mode,
+        "settings": _settings_dict(settings, specs),
+        "dropped": settings.dropped,
+        "environment": env,
+        "durations_s": durations,
+        "peak_rss_mib": peaks,
+        "comparisons": report.comparisons(grid.records),
+        "paper_target": report.paper_target(results),
+        "parity_selection": grid.parity,
+        "overhead": overhead_rows,
+        "memory": report.memory_summary(grid.records),
+        "errors": grid.errors,
+        "results": results.to_dict(orient="records"),
+    }
+    report.write_csv(out / "results.csv", results, report.RESULT_COLUMNS)
+    report.write_csv(out / "breakdown.csv", breakdown, report.BREAKDOWN_COLUMNS)
+    report.write_csv(out / "samples.csv", grid.records)
+    report.write_csv(out / "parity.csv", grid.parity)
+    report.write_csv(out / "overhead.csv", overhead_rows)
+    report.write_json(out / "summary.json", summary)
+    report.write_json(out / "environment.json", env)
+    markdown = report.render_markdown(summary, results)
+    (out / "report.md").write_text(markdown + "\n")
+    report.chart_html(results, out / "chart.html", f"KVCrush benchmark ({settings.mode}, {lm.name})",
+                      embed_js=args.embed_plotly)
+    print()
+    print(markdown)
+    print(f"\nWrote {out} in {durations['total']:.0f} s.")
+    if args.publish:
+        _publish(out, QUALITY_FILES)
+    return out
+
+
+def _settings_dict(settings: RunSettings, specs) -> dict[str, Any]:
+    data = dataclasses.asdict(settings)
+    data["policy_specs"] = [{"label": s.label, "engine": s.engine, "method": s.method, "base": s.base,
+                             "anchor": s.anchor, "options": s.options} for s in specs]
+    return data
+
+
+def run_scale(args: argparse.Namespace) -> Path:
+    from benchmarks.grid import parse_policies as parse
+    from benchmarks.scale import CPU_LENGTHS, GPU_LENGTHS, SCALE_POLICIES, measure_scale
+    from kvcrush import load_model
+    from kvcrush.models.loading import resolve_device
+    from kvcrush.models.shapes import SHAPES
+
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
+    layers = args.layers or (None if on_gpu else 2)
+    lengths = args.lengths or list(GPU_LENGTHS if on_gpu else CPU_LENGTHS)
+    budgets = parse_budgets(args.budgets) if args.budgets else [0.25]
+    specs = parse(args.policies or SCALE_POLICIES, args.window, args.crush_fraction)
+    out = _out_dir(args, f"scale-{args.shape}")
+    out.mkdir(parents=True, exist_ok=True)
+    _seed_everything(args.seed)
+    overrides: dict[str, Any] = {"seed": args.seed}
+    if layers:
+        overrides["num_hidden_layers"] = layers
+    shape = SHAPES.get(args.shape, {})
+    needed = max(lengths) + 64
+    if shape and shape.get("max_position_embeddings", needed) < needed:
+        overrides["max_position_embeddings"] = needed
+    print(f"Scale run: random:{args.shape} ({layers or shape.get('num_hidden_layers')} layers) on {device}, "
+          f"lengths {lengths}, budgets {budgets}, policies {[s.label for s in specs]} -> {out}")
+    if not on_gpu:
+        print("CPU: reduced shape (fewer layers); per-layer costs match the full shape, totals scale with layers.")
+    lm = load_model(f"random:{args.shape}", device=device, dtype=args.dtype, **overrides)
+    env = environment(lm)
+    rows = measure_scale(lm, lengths, specs, budgets, args.seed, args.new_tokens or 32,
+                         show_progress=not args.no_progress)
+    summary = {"mode": "scale", "environment": env, "lengths": lengths, "budgets": budgets,
+               "policies": [s.label for s in specs], "rows": rows,
+               "duration_s": time.perf_counter() - started}
+    report.write_csv(out / "scale.csv", rows)
+    report.write_json(out / "scale.json", summary)
+    report.write_json(out / "environment.json", env)
+    text = report.scale_markdown(rows) if rows else "No scale results."
+    text += (f"\n\nEnvironment: {env['gpu'] or env['cpu']}, torch {env['versions']['torch']}, "
+             f"transformers {env['versions']['transformers']}; command `{env['command']}`; "
+             f"{summary['duration_s']:.0f} s.\n")
+    (out / "scale.md").write_text(text)
+    print()
+    print(text)
+    if args.publish:
+        _publish(out, SCALE_FILES)
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.random_weights:
+        return run_scale(args)
+    return run_quality(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
