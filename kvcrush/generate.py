@@ -134,7 +134,8 @@ def _positions(start: int, count: int, device: torch.device) -> torch.Tensor:
     return torch.arange(start, start + count, device=device)[None]
 
 
-def extend_cache(lm: LoadedModel, cache: DynamicCache, ids: list[int], start: int) -> torch.Tensor:
+def extend_cache(lm: LoadedModel, cache: DynamicCache, ids: list[int], start: int,
+                 last_only: bool = False) -> torch.Tensor:
     """Feed `ids` at true positions `start...` on top of `cache`; returns their logits `[len(ids), vocab]`.
 
     One forward when every layer holds the same number of tokens. When budgets differ per layer
@@ -145,7 +146,8 @@ def extend_cache(lm: LoadedModel, cache: DynamicCache, ids: list[int], start: in
     logits, position = [], start
     for chunk in chunks:
         output = lm.model(input_ids=_ids(chunk, lm.device), past_key_values=cache,
-                          position_ids=_positions(position, len(chunk), lm.device), use_cache=True)
+                          position_ids=_positions(position, len(chunk), lm.device), use_cache=True,
+                          logits_to_keep=1 if last_only else 0)
         logits.append(output.logits[0].float())
         position += len(chunk)
     return torch.cat(logits)
@@ -175,7 +177,11 @@ def prefill(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> PrefillState:
-    """Prefill the context, compress every layer's cache, and append the tail (question)."""
+    """Prefill the context, compress every layer's cache, and append the tail (question).
+
+    Only the last position's logits are computed (`logits_to_keep=1`): a 2k-token prompt would
+    otherwise materialise `[2048, vocab]` floats (about 400 MB for SmolLM2) that nothing reads.
+    """
     model, device = lm.model, lm.device
     cache = DynamicCache(config=model.config)
     timings = Timings()
@@ -185,7 +191,8 @@ def prefill(
     start = time.perf_counter()
     with torch.no_grad():
         if not policy.evicts:
-            output = model(input_ids=_ids(encoded.all_ids, device), past_key_values=cache, use_cache=True)
+            output = model(input_ids=_ids(encoded.all_ids, device), past_key_values=cache, use_cache=True,
+                           logits_to_keep=1)
             next_logits = output.logits[0, -1].float()
             n_budgeted = n_context + n_tail if state.query_aware else n_context
             layers = _no_op_traces(lm.n_layers, n_budgeted, lm.kv_heads)
@@ -197,14 +204,15 @@ def prefill(
             hooks = [m.register_forward_hook(_compress_hook(state), with_kwargs=True)
                      for m in _attention_modules(model)]
             try:
-                output = model(input_ids=_ids(first, device), past_key_values=cache, use_cache=True)
+                output = model(input_ids=_ids(first, device), past_key_values=cache, use_cache=True,
+                               logits_to_keep=1)
             finally:
                 for hook in hooks:
                     hook.remove()
             before, after = state.bytes_before, state.bytes_after
             next_logits = output.logits[0, -1].float()
             if not state.query_aware and n_tail:
-                next_logits = extend_cache(lm, cache, encoded.tail_ids, n_context)[-1]
+                next_logits = extend_cache(lm, cache, encoded.tail_ids, n_context, last_only=True)[-1]
             layers = state.layers
     elapsed = time.perf_counter() - start
 
