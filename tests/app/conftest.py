@@ -9,14 +9,11 @@ Chromium through pytest-playwright (`browser_type_launch_args` is overridden her
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.streamlit_server import app_env, running_app
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app.py"
@@ -82,46 +79,11 @@ def browser_context_args(browser_context_args):
     return {**browser_context_args, "viewport": {"width": 1500, "height": 1000}}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def streamlit_server():
     """`streamlit run app.py` on the packaged model; yields its base URL; stopped by PID afterwards."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVCRUSH_APP_")}
-    env.update(PYTHONPATH=str(ROOT), KVCRUSH_APP_MAX_NEW_TOKENS="8", PYTHONUNBUFFERED="1")
+    env = app_env(KVCRUSH_APP_MAX_NEW_TOKENS="8")
     if os.environ.get("KVCRUSH_BROWSER_TEST_MODEL"):  # a quicker model while developing the test
         env["KVCRUSH_APP_MODEL"] = os.environ["KVCRUSH_BROWSER_TEST_MODEL"]
-    log = open(ARTIFACTS / "streamlit-server.log", "w")  # noqa: SIM115 - closed in teardown
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port",
-         str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start; see {ARTIFACTS / 'streamlit-server.log'}")
-            time.sleep(0.2)
+    with running_app(env, ARTIFACTS / "streamlit-server.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()

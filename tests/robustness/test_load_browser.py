@@ -12,17 +12,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 import kvcrush
+from tests.streamlit_server import app_env, running_app
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -47,48 +43,13 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
     """`streamlit run app.py` on random:tiny, started here and stopped by its PID."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVCRUSH_APP_")}
-    env.update(PYTHONPATH=str(ROOT), KVCRUSH_APP_MODEL="random:tiny", KVCRUSH_APP_PROJECTION="pca",
-               KVCRUSH_APP_MAX_NEW_TOKENS=str(NEW_TOKENS), PYTHONUNBUFFERED="1")
-    log = open(ARTIFACTS / "load-test-server.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-         "--server.port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start; see {ARTIFACTS / 'load-test-server.log'}")
-            time.sleep(0.2)
+    env = app_env(KVCRUSH_APP_MODEL="random:tiny", KVCRUSH_APP_PROJECTION="pca",
+                  KVCRUSH_APP_MAX_NEW_TOKENS=str(NEW_TOKENS))
+    with running_app(env, ARTIFACTS / "load-test-server.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()
 
 
 def _app_policy() -> kvcrush.Policy:
