@@ -447,8 +447,8 @@ KNOWN_DIFFERENCES = """### Known differences between the engines (by design, not
 - **StreamingLLM / Knorm:** same rule on both sides (4 sink tokens + most recent; smallest key norms).
 - **H2O vs ObservedAttention:** ours sums the attention a token receives and keeps a 32-token recent
   window; kvpress divides by the number of queries that can see the token and keeps no window.
-- Timing: our prefill computes the logits of every prompt position; kvpress asks for the last one only
-  (`logits_to_keep=1`). kvpress's scoring runs inside its prefill forward, so its `score_s`/`select_s` are empty."""
+- Timing: both prefills compute only the last position's logits (`logits_to_keep=1`). kvpress's scoring
+  runs inside its prefill forward, so its `score_s`/`select_s` are empty."""
 
 
 # ---------------------------------------------------------------------------------------------
