@@ -19,6 +19,7 @@ import torch
 from benchmarks.grid import ENGINE_KVPRESS, PolicySpec
 from benchmarks.tasks import Item
 from kvcrush import LoadedModel, generate_encoded, make_policy
+from kvcrush.generate import stop_ids
 
 NAN = float("nan")
 
@@ -52,17 +53,6 @@ class Outcome:
     @property
     def decode_ms_per_token(self) -> float:
         return 1000.0 * self.decode_s / self.decode_tokens if self.decode_tokens else NAN
-
-
-def stop_ids(lm: LoadedModel) -> list[int]:
-    """The end-of-turn ids our engine stops at, so kvpress stops at the same ones."""
-    stops: set[int] = set()
-    for source in (getattr(lm.model.generation_config, "eos_token_id", None), lm.tokenizer.eos_token_id):
-        if isinstance(source, int):
-            stops.add(source)
-        elif isinstance(source, (list, tuple)):
-            stops.update(int(s) for s in source)
-    return sorted(stops)
 
 
 def run_full(lm: LoadedModel, item: Item) -> Outcome:
@@ -108,7 +98,7 @@ def _run_kvpress(lm: LoadedModel, spec: PolicySpec, budget: float, item: Item) -
     result = run_press(
         lm.model, lm.tokenizer, spec.method, compression_ratio(budget), item.encoded.context_ids,
         item.encoded.tail_ids or None, max_new_tokens=item.max_new_tokens,
-        continuation_ids=item.reference_ids or None, eos_token_ids=stop_ids(lm), **options,
+        continuation_ids=item.reference_ids or None, eos_token_ids=sorted(stop_ids(lm)), **options,
     )
     decode_s = result.decode_s - result.question_s if result.new_token_ids else 0.0
     return Outcome(

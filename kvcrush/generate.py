@@ -224,7 +224,8 @@ def prefill(
                         before, after)
 
 
-def _stop_ids(lm: LoadedModel) -> set[int]:
+def stop_ids(lm: LoadedModel) -> set[int]:
+    """Token ids that end a greedy answer: the generation config's and the tokenizer's end tokens."""
     stops: set[int] = set()
     for source in (getattr(lm.model.generation_config, "eos_token_id", None), lm.tokenizer.eos_token_id):
         if isinstance(source, int):
@@ -237,7 +238,7 @@ def _stop_ids(lm: LoadedModel) -> set[int]:
 def decode_greedy(lm: LoadedModel, state: PrefillState, max_new_tokens: int, progress: Progress | None = None,
                   should_stop: Callable[[], bool] | None = None) -> list[int]:
     """Greedy decoding on the (compressed) cache with true positions; stops at an end-of-turn token."""
-    stops = _stop_ids(lm)
+    stops = stop_ids(lm)
     new_ids: list[int] = []
     logits = state.next_logits
     start = time.perf_counter()
