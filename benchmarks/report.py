@@ -201,11 +201,13 @@ def memory_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per engine, budget and prompt length: KV bytes after / before (real tensors), decode ms/token.
 
     Uses the needle prompts (else every prompt that decodes), whose lengths are fixed; the kept
-    fraction's range is over every run of every task at that budget.
+    fraction's range is over every run of every task at that budget. Query-aware (``+qa``) runs are
+    left out: their budget covers the question too, so their bytes are not comparable.
     """
     frame = pd.DataFrame(records)
     if frame.empty:
         return []
+    frame = frame[~frame["policy"].astype(str).str.endswith("+qa")]  # their budget also covers the question
     decoding = frame[frame["task"] == "needle"]
     if decoding.empty:
         decoding = frame[frame["decode_tokens"] > 0]
@@ -361,7 +363,9 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
     ]
     comp = summary.get("comparisons", {})
     lines += ["## KVCrush versus its base policy (same total budget)", "",
-              "W/T/L counts samples where KVCrush is better / equal / worse (NLL ties within 0.01 nats).", "",
+              "W/T/L counts samples where KVCrush is better / equal / worse (NLL ties within 0.01 nats); the"
+              " verdict follows wins minus losses, so with one dominant sample it can disagree with the mean delta.",
+              "",
               comparison_pivot(comp.get("kvcrush_vs_base", [])), ""]
     lines += ["## KVCrush versus kvpress", "",
               "Against kvpress's press for the same base idea (counterpart) and the best kvpress press of each cell.",
@@ -534,11 +538,13 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(_clean(data), indent=2, default=_json_default, allow_nan=False) + "\n")
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]] | pd.DataFrame, columns: list[str] | None = None) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]] | pd.DataFrame, columns: list[str] | None = None,
+              precise: bool = False) -> None:
+    """CSV with 6 significant digits, or every digit (`precise`, for samples.csv, which re-renders read)."""
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     if columns is not None:
         frame = frame.reindex(columns=columns)
-    frame.to_csv(path, index=False, float_format="%.6g")
+    frame.to_csv(path, index=False, float_format=None if precise else "%.6g")
 
 
 def rerender(folder: Path, embed_js: bool = False) -> str:

@@ -291,7 +291,7 @@ def run_quality(args: argparse.Namespace) -> Path:
     }
     report.write_csv(out / "results.csv", results, report.RESULT_COLUMNS)
     report.write_csv(out / "breakdown.csv", breakdown, report.BREAKDOWN_COLUMNS)
-    report.write_csv(out / "samples.csv", grid.records)
+    report.write_csv(out / "samples.csv", grid.records, precise=True)
     report.write_csv(out / "parity.csv", grid.parity)
     report.write_csv(out / "overhead.csv", overhead_rows)
     report.write_json(out / "summary.json", summary)
