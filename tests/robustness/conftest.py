@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,20 +12,13 @@ import pytest
 import torch
 
 from kvcrush.attention import LayerInputs
-from kvcrush.policies.base import Policy
+from tests.policies.helpers import GivenScores
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class FixedScores(Policy):
-    """A policy whose `score()` returns the tensor it was given; all selection is the engine's real code."""
-
-    name = "fixed"
-    scores: torch.Tensor = field(default_factory=lambda: torch.zeros(1, 1))
-
-    def score(self, layer: LayerInputs) -> torch.Tensor:
-        return self.scores
+# The score-supplying policy is the policy tests' own; one definition serves both suites.
+FixedScores = GivenScores
 
 
 def make_layer(n_tokens: int, kv_heads: int, query_heads: int) -> LayerInputs:
