@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 
 
 @dataclass
@@ -24,6 +25,8 @@ class LayerInputs:
     window_start: first token of the question in query-aware mode (the observation window, always
         kept as part of the budget); equal to `n_context` when there is no such window.
     query_aware: whether `[window_start, n_context)` is the question.
+    hidden_offset: `hidden_states` holds rows `[hidden_offset, L)` only (a prepared prompt too long to
+        keep every row keeps the last ones); queries before it cannot be recomputed.
     """
 
     module: nn.Module
@@ -37,7 +40,7 @@ class LayerInputs:
     n_context: int
     window_start: int
     query_aware: bool
-    seed: int = 0
+    hidden_offset: int = 0
 
     @property
     def kv_heads(self) -> int:
@@ -61,11 +64,6 @@ class LayerInputs:
         return self.n_context - self.window_start if self.query_aware else 0
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def query_states(layer: LayerInputs, start: int, end: int) -> torch.Tensor:
     """Post-RoPE queries of tokens `[start, end)`: `[query_heads, end - start, head_dim]`.
 
@@ -74,14 +72,17 @@ def query_states(layer: LayerInputs, start: int, end: int) -> torch.Tensor:
     """
     module = layer.module
     head_dim = layer.keys.shape[-1]
-    hidden = layer.hidden_states[:, start:end]
+    offset = layer.hidden_offset
+    if start < offset:
+        raise ValueError(f"queries from {start} need hidden states that were not kept (kept from {offset})")
+    hidden = layer.hidden_states[:, start - offset : end - offset]
     queries = module.q_proj(hidden).view(1, end - start, -1, head_dim)
     if hasattr(module, "q_norm"):
         queries = module.q_norm(queries)
     queries = queries.transpose(1, 2)[0].float()
     cos = layer.cos[0, start:end].float()
     sin = layer.sin[0, start:end].float()
-    return queries * cos + _rotate_half(queries) * sin
+    return queries * cos + rotate_half(queries) * sin
 
 
 def _scaling(layer: LayerInputs) -> float:
@@ -90,7 +91,7 @@ def _scaling(layer: LayerInputs) -> float:
 
 def _expanded_keys(layer: LayerInputs) -> torch.Tensor:
     """`[query_heads, L, head_dim]` keys, each KV head repeated for its query group."""
-    return layer.keys[0].float().repeat_interleave(layer.group_size, dim=0)
+    return repeat_kv(layer.keys, layer.group_size)[0].float()
 
 
 def attention_probs(layer: LayerInputs, start: int, end: int, keys: torch.Tensor | None = None) -> torch.Tensor:

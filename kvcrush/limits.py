@@ -128,10 +128,12 @@ class MemoryEstimate:
     activations: int
     attention: int
     scoring: int
+    hidden: int = 0
 
     @property
     def raw(self) -> int:
-        return self.kv_cache + self.logits + self.activations + self.attention + self.scoring + FIXED_OVERHEAD
+        return (self.kv_cache + self.logits + self.activations + self.attention + self.scoring + self.hidden
+                + FIXED_OVERHEAD)
 
     @property
     def total(self) -> int:
@@ -139,7 +141,8 @@ class MemoryEstimate:
 
     def parts(self) -> str:
         items = [("KV cache", self.kv_cache), ("prefill logits", self.logits), ("activations", self.activations),
-                 ("attention matrices", self.attention), ("scoring", self.scoring)]
+                 ("attention matrices", self.attention), ("scoring", self.scoring),
+                 ("kept hidden states", self.hidden)]
         return ", ".join(f"{name} {format_bytes(size)}" for name, size in items if size)
 
 
@@ -147,33 +150,19 @@ def _element_size(dtype: torch.dtype) -> int:
     return torch.tensor([], dtype=dtype).element_size()
 
 
-def _scoring_rows(policy: Any, n_tokens: int) -> int:
-    """How many query rows a policy's score() attends with at once (0: it reads keys only)."""
-    base = getattr(policy, "base", None)
-    if base is not None and getattr(policy, "name", "") == "kvcrush":
-        policy = base
-    name = getattr(policy, "name", "")
-    if name == "h2o":
-        return min(n_tokens, int(getattr(policy, "chunk_size", 256)))
-    if name in ("snapkv", "pyramidkv"):
-        return min(n_tokens, int(getattr(policy, "window", 32)))
-    if name == "tova":
-        return 1
-    return 0
+def estimate_run_memory(lm: Any, n_tokens: int, max_new_tokens: int, policy: Any = None, prepared: Any = None,
+                        hidden_rows: int = 0) -> MemoryEstimate:
+    """What a run of `n_tokens` prompt tokens and `max_new_tokens` needs, by part.
 
-
-def _chunked(policy: Any) -> bool:
-    base = getattr(policy, "base", None)
-    return getattr(base if base is not None else policy, "name", "") == "h2o"
-
-
-def estimate_run_memory(lm: Any, n_tokens: int, max_new_tokens: int, policy: Any = None) -> MemoryEstimate:
-    """What a `generate` run of `n_tokens` prompt tokens and `max_new_tokens` needs, by part.
-
+    Without `prepared` (a prefill is about to run):
     - KV cache: `lm.kv_bytes_per_token() * (n_tokens + max_new_tokens)` (the full cache exists
-      before compression), plus one layer's gathered copy while a layer is compressed.
-    - Prefill logits: `[n_tokens, vocab]` in the model's dtype (the forward returns all positions).
+      before compression), plus a compressed copy of at most the same size.
+    - Prefill logits: `[1, vocab]` (only the last position's logits are computed), float32 copy too.
     - Activations of one layer at a time: residual stream, q/k/v with their rotated copies, MLP.
+    - Kept hidden states: `hidden_rows` rows of every layer's attention input (see `kvcrush.prepared`).
+    With `prepared` (its full cache, activations and hidden states already exist and are already out of
+    the available memory): the compressed copy, the decoded tokens, and scoring when this policy's
+    scorer has not run on it yet.
     - Attention matrices `[query_heads, N, N]` only with eager attention (SDPA does not keep them).
     - Scoring: H2O's query chunks `[query_heads, chunk, N]` and SnapKV's window `[query_heads, window, N]`
       in float32 (times `SCORE_COPIES`), the expanded float32 keys `[query_heads, N, head_dim]`, and
@@ -193,33 +182,41 @@ def estimate_run_memory(lm: Any, n_tokens: int, max_new_tokens: int, policy: Any
     q_heads, kv_heads, head_dim = int(lm.query_heads), int(lm.kv_heads), int(lm.head_dim)
     per_token = int(lm.kv_bytes_per_token())
 
-    kv_cache = per_token * total_tokens + per_token * n // max(1, int(lm.n_layers))
-    logits = n * vocab * element
-    qkv = n * (q_heads + 2 * kv_heads) * head_dim * element * 2
-    activations = n * (4 * hidden + 4 * intermediate) * element + qkv
-    eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
-    attention = q_heads * n * n * element * 2 if eager else 0
+    logits = vocab * (element + 4)
+    if prepared is not None:
+        kv_cache = per_token * total_tokens
+        activations = attention = 0
+    else:
+        kv_cache = 2 * per_token * total_tokens
+        qkv = n * (q_heads + 2 * kv_heads) * head_dim * element * 2
+        activations = n * (4 * hidden + 4 * intermediate) * element + qkv
+        eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
+        attention = q_heads * n * n * element * 2 if eager else 0
+    kept_hidden = int(hidden_rows) * hidden * element * int(lm.n_layers)
 
     scoring = 0
     if policy is not None and getattr(policy, "evicts", False):
-        rows = _scoring_rows(policy, n)
         scoring = q_heads * n * 8 * 2  # argsort indices of the selection and the signatures
+        cached = prepared is not None and policy.scorer_key() in prepared.scorers
+        rows = 0 if cached else policy.scoring_rows(n)
+        if not cached:
+            scoring += int(lm.n_layers) * q_heads * n * 4  # the scores kept on the prepared prompt
         if rows:
             scoring += q_heads * n * head_dim * 4  # keys expanded to query heads, float32
             scoring += SCORE_COPIES * q_heads * rows * n * 4
-            if _chunked(policy) and torch.device(lm.device).type == "cpu":
+            if policy.chunked_scoring and torch.device(lm.device).type == "cpu":
                 scoring += int(CHUNK_RESIDUE_PER_LAYER * int(lm.n_layers) * q_heads * rows * n * 4)
-    return MemoryEstimate(n, kv_cache, logits, activations, attention, scoring)
+    return MemoryEstimate(n, kv_cache, logits, activations, attention, scoring, kept_hidden)
 
 
-def max_tokens_that_fit(lm: Any, max_new_tokens: int, policy: Any, available: int) -> int:
+def max_tokens_that_fit(lm: Any, max_new_tokens: int, policy: Any, available: int, prepared: Any = None) -> int:
     """The longest prompt (tokens) whose estimate fits in `available` bytes (0 if none does)."""
     low, high = 0, max(1, int(lm.max_tokens))
-    if estimate_run_memory(lm, 1, max_new_tokens, policy).total > available:
+    if estimate_run_memory(lm, 1, max_new_tokens, policy, prepared).total > available:
         return 0
     while low < high:
         middle = (low + high + 1) // 2
-        if estimate_run_memory(lm, middle, max_new_tokens, policy).total <= available:
+        if estimate_run_memory(lm, middle, max_new_tokens, policy, prepared).total <= available:
             low = middle
         else:
             high = middle - 1
@@ -232,6 +229,8 @@ def preflight(
     max_new_tokens: int,
     policy: Any = None,
     available: Callable[[torch.device], int | None] | None = None,
+    prepared: Any = None,
+    hidden_rows: int = 0,
 ) -> MemoryEstimate:
     """Refuse a run that would not fit in memory, before it allocates anything.
 
@@ -239,12 +238,12 @@ def preflight(
     estimate when it fits (or when the available memory cannot be read on this platform).
     `available(device) -> bytes | None` defaults to `available_memory`.
     """
-    estimate = estimate_run_memory(lm, n_tokens, max_new_tokens, policy)
+    estimate = estimate_run_memory(lm, n_tokens, max_new_tokens, policy, prepared, hidden_rows)
     reader = available or available_memory  # looked up at call time, so tests can replace it
     free = reader(lm.device)
     if free is None or estimate.total <= free:
         return estimate
-    fits = max_tokens_that_fit(lm, max_new_tokens, policy, free)
+    fits = max_tokens_that_fit(lm, max_new_tokens, policy, free, prepared)
     advice = (
         f"Shorten the prompt to about {fits:,} tokens or fewer"
         if fits > 0

@@ -6,17 +6,28 @@ text) is appended uncompressed, or, query-aware, serves as the observation windo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvcrush.errors import PromptError
 
 
 @dataclass(frozen=True)
 class EncodedPrompt:
-    """context_ids: the tokens under the budget; tail_ids: question + template suffix, always kept."""
+    """Token ids of one prompt, in three consecutive parts.
+
+    context_ids: the text under the budget. question_ids: the question (with its separator), the
+    observation window in query-aware mode. suffix_ids: the chat template's closing tokens (end of
+    turn, assistant header), always appended after compression, uncompressed.
+    """
 
     context_ids: list[int]
-    tail_ids: list[int]
+    question_ids: list[int] = field(default_factory=list)
+    suffix_ids: list[int] = field(default_factory=list)
+
+    @property
+    def tail_ids(self) -> list[int]:
+        """Everything after the context: question + template suffix."""
+        return self.question_ids + self.suffix_ids
 
     @property
     def all_ids(self) -> list[int]:
@@ -53,10 +64,12 @@ def encode_prompt(
     if not use_template:
         return EncodedPrompt(encode(prompt), encode("\n\n" + question) if question else [])
 
-    marker = "\x00KVCRUSH_SPLIT\x00"
-    content = prompt + ("\n\n" + marker + question if question else marker)
+    # Two markers cut the rendered template into context | question | closing tokens.
+    start, end = "\x00KVCRUSH_QUESTION\x00", "\x00KVCRUSH_END\x00"
+    content = prompt + ("\n\n" + start + question + end if question else start + end)
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
     )
-    head, tail = rendered.split(marker, 1)
-    return EncodedPrompt(encode(head), encode(tail))
+    head, rest = rendered.split(start, 1)
+    middle, closing = rest.split(end, 1)
+    return EncodedPrompt(encode(head), encode(middle), encode(closing))

@@ -50,6 +50,7 @@ class LayerTrace:
     score_s: float = 0.0
     select_s: float = 0.0
     crush_s: float = 0.0
+    protected: int = 0  # query-aware: the question's tokens at the end, always kept
 
     @property
     def middle_start(self) -> int:
@@ -79,16 +80,23 @@ class LayerTrace:
         status[: self.sink] = SINK
         if self.recent:
             status[self.n_tokens - self.recent :] = RECENT
+        if self.protected:
+            status[self.n_tokens - self.protected :] = PROTECTED
         return status
-
-    def kept_fraction(self) -> torch.Tensor:
-        """`[kv_heads]` share of context tokens each head keeps."""
-        return torch.full((self.kept.shape[0],), self.kept.shape[1] / max(self.n_tokens, 1))
 
 
 @dataclass
 class Timings:
-    """Seconds measured with `time.perf_counter` around the real work."""
+    """Seconds measured with `time.perf_counter` around the real work.
+
+    prefill_s: the model's forward over the prompt (done once per prepared prompt; `prefill_reused`
+        says this run reused it) plus appending the uncompressed tail on the compressed cache.
+    score_s: computing this policy's scores on every layer (`score_reused`: computed by an earlier
+        run on the same prepared prompt; the time is what it cost then).
+    select_s: turning scores into kept tokens on every layer, and gathering the compressed cache.
+    crush_s: KVCrush's share of `select_s` (signatures, anchor, distances, representatives, buckets,
+        and refilling the importance part around the representatives).
+    """
 
     prefill_s: float = 0.0
     score_s: float = 0.0
@@ -96,10 +104,17 @@ class Timings:
     crush_s: float = 0.0
     decode_s: float = 0.0
     decode_tokens: int = 0
+    prefill_reused: bool = False
+    score_reused: bool = False
+
+    @property
+    def policy_s(self) -> float:
+        """Everything the policy cost: scoring plus selection."""
+        return self.score_s + self.select_s
 
     @property
     def total_s(self) -> float:
-        return self.prefill_s + self.select_s + self.decode_s
+        return self.prefill_s + self.score_s + self.select_s + self.decode_s
 
     @property
     def decode_per_token_s(self) -> float:
@@ -121,10 +136,7 @@ class RunTrace:
     n_question: int
     query_aware: bool
     layers: list[LayerTrace] = field(default_factory=list)
-
-    def kept_matrix(self) -> torch.Tensor:
-        """`[layers, kv_heads]` share of context tokens kept by each head."""
-        return torch.stack([layer.kept_fraction() for layer in self.layers])
+    timings: Timings = field(default_factory=Timings)
 
 
 @dataclass

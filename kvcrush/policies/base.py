@@ -1,7 +1,14 @@
 """The one interface every eviction policy shares: score a layer, then common budget and selection code.
 
 A policy file overrides `score()` (and, where its paper says so, the default sink/recent sizes or the
-per-layer budget). Everything else (budget split, top-k per KV head, trace) lives here, once.
+per-layer budget) and declares itself once: `name`, `help`, `color`, its options (`option(...)`
+fields, see `kvcrush.policies.options`), which of them change its scores (`scorer_key`), and how many
+query rows its scoring attends with at once (`scoring_rows`, read by the memory preflight).
+Everything else (budget split, top-k per KV head, trace) lives here, once.
+
+Scoring and selection are separate steps: `score(layer)` depends on the prompt and the scorer only,
+`select(head_scores, layer)` on the budget and the selection options, so one prefill's scores serve
+any number of selections (`kvcrush.prepare`).
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ import torch
 from kvcrush.attention import LayerInputs
 from kvcrush.budget import BudgetPlan, plan_budget, resolve_budget, validate_budget
 from kvcrush.crush import stable_top_indices
-from kvcrush.errors import BudgetError
+from kvcrush.errors import BudgetError, PolicyError
+from kvcrush.policies.options import option
 from kvcrush.trace import LayerTrace
+
+HEAD_REDUCTIONS = ("group", "all")
 
 
 def _on_cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -49,17 +59,24 @@ class Policy:
     """Base class. `budget`: tokens per KV head (int) or share of the prompt (float in (0, 1])."""
 
     name: ClassVar[str] = "policy"
+    help: ClassVar[str] = ""
+    color: ClassVar[str] = "#999999"
     evicts: ClassVar[bool] = True
+    scorer_name: ClassVar[str | None] = None  # policies sharing a scoring function share this name
+    chunked_scoring: ClassVar[bool] = False  # scores in query chunks (memory: see kvcrush.limits)
 
     budget: float | int = 0.25
-    sink: int = 0
-    recent: int = 0
+    sink: int = option(0, "First tokens always kept (attention sinks).", minimum=0, maximum=4096)
+    recent: int = option(0, "Last context tokens always kept.", minimum=0, maximum=65536)
     seed: int = 0
 
     def __post_init__(self) -> None:
         validate_budget(self.budget)
         if self.sink < 0 or (self.recent is not None and self.recent < 0):
             raise BudgetError(f"sink and recent must be >= 0, got sink={self.sink}, recent={self.recent}.")
+        reduction = getattr(self, "head_reduction", "group")
+        if reduction not in HEAD_REDUCTIONS:
+            raise PolicyError(f"head_reduction must be 'group' or 'all', got {reduction!r}.")
 
     # --- what a policy file overrides -------------------------------------------------------------
     def score(self, layer: LayerInputs) -> torch.Tensor:
@@ -77,6 +94,29 @@ class Policy:
     def crush_fraction_for_plan(self) -> float:
         return 0.0
 
+    def scorer_key(self) -> tuple:
+        """What determines `score()`'s output: the scorer's name and the values of its `scorer=True` options.
+
+        Two policies with the same key produce the same scores on the same prompt (PyramidKV and
+        SnapKV share one; KVCrush uses its base's), so a prepared prompt computes them once.
+        """
+        from kvcrush.policies.options import declared_options
+
+        values = tuple((spec.name, getattr(self, spec.name)) for spec in declared_options(self) if spec.scorer)
+        return (self.scorer_name or self.name, values)
+
+    def scoring_rows(self, n_tokens: int) -> int:
+        """Query rows `score()` attends with at once (0: it reads keys only); sizes the memory preflight."""
+        return 0
+
+    def query_rows(self, layer: LayerInputs) -> tuple[int, int]:
+        """`[start, end)` of the prompt rows whose queries `score()` reads (empty: keys only).
+
+        A prepared prompt that kept fewer hidden-state rows than this prefills once more to score.
+        The default assumes every row, which is always safe.
+        """
+        return 0, layer.n_context
+
     # --- common code ---------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Plain-data description (for traces, CSV rows and the UI)."""
@@ -87,7 +127,14 @@ class Policy:
         return described
 
     def kv_scores(self, scores: torch.Tensor, layer: LayerInputs) -> torch.Tensor:
-        """Reduce per-query-head scores to `[kv_heads, n]` by averaging inside each GQA group."""
+        """Reduce per-query-head scores to `[kv_heads, n]`.
+
+        `head_reduction="group"` (spec default): average the query heads inside each GQA group, so
+        each KV head ranks by its own group. `"all"`: average every head of the layer, so all KV heads
+        keep the same tokens (what kvpress's TOVAPress does).
+        """
+        if getattr(self, "head_reduction", "group") == "all":
+            return scores.mean(dim=0, keepdim=True).expand(layer.kv_heads, -1).clone()
         if scores.shape[0] == layer.kv_heads:
             return scores
         return scores.reshape(layer.kv_heads, layer.group_size, -1).mean(dim=1)
@@ -99,29 +146,42 @@ class Policy:
         return MiddleSelection(kept=stable_top_indices(middle_kv_scores, plan.importance))
 
     def compress(self, layer: LayerInputs) -> LayerTrace:
-        """Score one layer and decide which context tokens each KV head keeps."""
-        n_context = layer.n_context
-        budget_tokens = self.layer_budget(n_context, layer.layer_idx, layer.n_layers)
+        """Score one layer and decide which context tokens each KV head keeps (`score` then `select`)."""
+        if not self.evicts or self.plan(layer).no_op:
+            return self.select(None, layer)
+        start = time.perf_counter()
+        head_scores = self.score(layer).float()
+        score_s = time.perf_counter() - start
+        trace = self.select(head_scores, layer)
+        trace.score_s = score_s
+        return trace
+
+    def plan(self, layer: LayerInputs) -> BudgetPlan:
+        """This layer's budget split (cheap: no scores needed)."""
+        budget_tokens = self.layer_budget(layer.n_context, layer.layer_idx, layer.n_layers)
         recent = max(self.recent_tokens(layer), layer.protected_tail)
-        plan = plan_budget(n_context, budget_tokens, self.sink, recent, self.crush_fraction_for_plan())
+        return plan_budget(layer.n_context, budget_tokens, self.sink, recent, self.crush_fraction_for_plan())
+
+    def select(self, head_scores: torch.Tensor | None, layer: LayerInputs) -> LayerTrace:
+        """Decide the kept tokens of one layer from its scores `[query_heads or kv_heads, n_context]`.
+
+        `head_scores` may be None when the plan is a no-op (budget >= prompt) or the policy never evicts.
+        """
+        n_context = layer.n_context
+        plan = self.plan(layer)
         if plan.no_op or not self.evicts:
             everything = torch.arange(n_context).expand(layer.kv_heads, n_context).clone()
             return LayerTrace(layer.layer_idx, n_context, n_context, plan.sink, n_context - plan.sink, 0, 0, 0,
-                              True, everything)
-
+                              True, everything, protected=layer.protected_tail)
         start = time.perf_counter()
-        head_scores = self.score(layer).float()
         kv_scores = self.kv_scores(head_scores, layer)
-        score_s = time.perf_counter() - start
-
-        start = time.perf_counter()
         lo, hi = plan.middle_start, plan.middle_end
         selection = self.select_middle(plan, kv_scores[:, lo:hi], head_scores[:, lo:hi])
         recent = plan.recent + selection.extra_recent
-        fixed = torch.cat([torch.arange(plan.sink), torch.arange(n_context - recent, n_context)])
-        middle_kept = selection.kept.to("cpu") + lo
-        kept = torch.cat([fixed.expand(layer.kv_heads, -1), middle_kept], dim=1).sort(dim=1).values
-        select_s = time.perf_counter() - start
+        device = selection.kept.device
+        fixed = torch.cat([torch.arange(plan.sink, device=device),
+                           torch.arange(n_context - recent, n_context, device=device)])
+        kept = torch.cat([fixed.expand(layer.kv_heads, -1), selection.kept + lo], dim=1).sort(dim=1).values
 
         def absolute(units: torch.Tensor | None) -> torch.Tensor | None:
             if units is None:
@@ -138,7 +198,7 @@ class Policy:
             crush=plan.crush,
             crush_used=selection.crush_used,
             no_op=False,
-            kept=kept,
+            kept=kept.to("cpu"),
             scores=kv_scores[:, lo : hi - selection.extra_recent].to("cpu"),
             signatures=_on_cpu(selection.signatures),
             anchor=_on_cpu(selection.anchor),
@@ -149,7 +209,7 @@ class Policy:
             granularity="block" if selection.blocks is not None else "token",
             block_size=getattr(self, "block_size", 1) if selection.blocks is not None else 1,
             blocks=None if selection.blocks is None else selection.blocks + lo,
-            score_s=score_s,
-            select_s=select_s,
+            select_s=time.perf_counter() - start,
             crush_s=selection.crush_s,
+            protected=layer.protected_tail,
         )

@@ -13,8 +13,13 @@ from kvcrush.policies.base import Policy
 @dataclass
 class FullCache(Policy):
     name = "full"
+    help = "No eviction: the reference every other policy is compared with."
+    color = "#000000"
     evicts = False
     budget: float | int = 1.0
 
     def score(self, layer: LayerInputs) -> torch.Tensor:
         return torch.zeros(layer.kv_heads, layer.n_context)
+
+    def query_rows(self, layer: LayerInputs) -> tuple[int, int]:
+        return layer.n_context, layer.n_context  # keys only

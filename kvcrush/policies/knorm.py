@@ -17,8 +17,13 @@ from kvcrush.policies.base import Policy
 @dataclass
 class KeyNorm(Policy):
     name = "knorm"
+    help = "Keeps tokens whose keys have the smallest L2 norm."
+    color = "#B8A800"  # Okabe-Ito yellow, darkened to be readable on white
 
     def score(self, layer: LayerInputs) -> torch.Tensor:
         """`[kv_heads, n_context]` = -||k||, computed in float32 so low-precision caches do not tie."""
         keys = layer.keys[0, :, : layer.n_context].float()
         return -torch.linalg.vector_norm(keys, dim=-1)
+
+    def query_rows(self, layer: LayerInputs) -> tuple[int, int]:
+        return layer.n_context, layer.n_context  # keys only

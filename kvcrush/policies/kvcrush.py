@@ -29,6 +29,7 @@ from kvcrush.attention import LayerInputs
 from kvcrush.budget import BudgetPlan, round_half_up
 from kvcrush.errors import BudgetError, PolicyError
 from kvcrush.policies.base import MiddleSelection, Policy
+from kvcrush.policies.options import option
 from kvcrush.policies.snapkv import SnapKV
 
 SIGNATURE_HEADS = ("query", "kv")
@@ -50,13 +51,20 @@ class _Grouping:
 @dataclass
 class KVCrush(Policy):
     name = "kvcrush"
+    help = "A base policy's top tokens plus representatives of the evicted ones, grouped by head signature."
+    color = "#D55E00"
 
     base: Policy = field(default_factory=SnapKV)
-    crush_fraction: float = 0.25
-    anchor: str = "alternating"
-    signature_heads: str = "query"
-    granularity: str = "token"
-    block_size: int = 16
+    crush_fraction: float = option(0.25, "Share of the evictable budget given to representatives.", minimum=0.0,
+                                   maximum=1.0, step=0.05)
+    anchor: str = option("alternating", "Reference bits that evicted tokens' signatures are compared with.",
+                         choices=crush.ANCHOR_MODES)
+    signature_heads: str = option("query", "One signature bit per query head or per KV head.",
+                                  choices=SIGNATURE_HEADS)
+    granularity: str = option("token", "token, or block: whole blocks of block_size tokens (paged caches).",
+                              choices=GRANULARITIES)
+    block_size: int = option(16, "Tokens per block at block granularity.", minimum=1, maximum=256)
+    seed: int = option(0, "Seed of the random anchor.", minimum=0, maximum=2**31 - 1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,6 +96,19 @@ class KVCrush(Policy):
     def layer_budget(self, n_tokens: int, layer_idx: int, n_layers: int) -> int:
         return self.base.layer_budget(n_tokens, layer_idx, n_layers)
 
+    def scorer_key(self) -> tuple:
+        return self.base.scorer_key()
+
+    def scoring_rows(self, n_tokens: int) -> int:
+        return self.base.scoring_rows(n_tokens)
+
+    def query_rows(self, layer: LayerInputs) -> tuple[int, int]:
+        return self.base.query_rows(layer)
+
+    @property
+    def chunked_scoring(self) -> bool:  # type: ignore[override]
+        return self.base.chunked_scoring
+
     def crush_fraction_for_plan(self) -> float:
         return float(self.crush_fraction)
 
@@ -97,8 +118,8 @@ class KVCrush(Policy):
 
     def _group(self, bits: torch.Tensor, kept_units: torch.Tensor, n_units: int, count: int) -> _Grouping:
         """Steps 3, 5, 6, 7: candidates are units no head kept; pick `count` along the distance order."""
-        kept_any = torch.zeros(n_units, dtype=torch.bool)
-        kept_any[kept_units.reshape(-1).to("cpu")] = True
+        kept_any = torch.zeros(n_units, dtype=torch.bool, device=bits.device)
+        kept_any[kept_units.reshape(-1)] = True
         candidates = (~kept_any).nonzero().flatten()
         anchor_bits = crush.anchor(bits, self.anchor, self.seed)
         distances = crush.hamming(bits, anchor_bits)
@@ -124,9 +145,9 @@ class KVCrush(Policy):
         start = time.perf_counter()
         bits = crush.signatures(self._signature_scores(middle_kv_scores, middle_head_scores))
         grouping = self._group(bits, importance, n_middle, plan.crush)
-        crush_s = time.perf_counter() - start
         picks = grouping.representatives
         kept = self._fill(middle_kv_scores, picks, plan.middle_budget - picks.numel())
+        crush_s = time.perf_counter() - start
         return MiddleSelection(
             kept=kept, crush_used=int(picks.numel()), signatures=bits, anchor=grouping.anchor,
             distances=grouping.distances, candidates=grouping.candidates, representatives=picks,
@@ -156,11 +177,11 @@ class KVCrush(Policy):
         signature_scores = self._signature_scores(middle_kv_scores, middle_head_scores)[:, :whole]
         token_bits = crush.signatures(signature_scores)
         grouping = self._group(crush.block_signatures(token_bits, size), importance, n_blocks, n_crush)
-        crush_s = time.perf_counter() - start
-
         picks = grouping.representatives
         kept_blocks = self._fill(block_scores, picks, n_keep - picks.numel())
-        kept = (kept_blocks[..., None] * size + torch.arange(size)).reshape(kept_blocks.shape[0], -1)
+        device = kept_blocks.device
+        kept = (kept_blocks[..., None] * size + torch.arange(size, device=device)).reshape(kept_blocks.shape[0], -1)
+        crush_s = time.perf_counter() - start
         starts = torch.arange(n_blocks) * size
         return MiddleSelection(
             kept=kept, crush_used=int(picks.numel()) * size, signatures=token_bits, anchor=grouping.anchor,

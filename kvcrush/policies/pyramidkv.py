@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from kvcrush.budget import resolve_budget
 from kvcrush.errors import PolicyError
+from kvcrush.policies.options import option
 from kvcrush.policies.snapkv import SnapKV
 
 
@@ -45,7 +46,11 @@ def pyramid_budgets(average: int, n_layers: int, n_tokens: int, beta: float) -> 
 @dataclass
 class PyramidKV(SnapKV):
     name = "pyramidkv"
-    beta: float = 20.0
+    help = "SnapKV scores with budgets shrinking from lower to upper layers (same total memory)."
+    color = "#56B4E9"
+    scorer_name = "snapkv"  # the same scores as SnapKV: a prepared prompt computes them once for both
+
+    beta: float = option(20.0, "Largest / smallest layer budget.", minimum=1.0, maximum=100.0, step=1.0)
 
     def __post_init__(self) -> None:
         if self.beta < 1:

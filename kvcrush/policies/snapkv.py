@@ -18,16 +18,26 @@ import torch.nn.functional as F
 
 from kvcrush.attention import LayerInputs, window_attention
 from kvcrush.errors import PolicyError
-from kvcrush.policies.base import Policy
+from kvcrush.policies.base import HEAD_REDUCTIONS, Policy
+from kvcrush.policies.options import option
 
 
 @dataclass
 class SnapKV(Policy):
     name = "snapkv"
-    recent: int | None = None  # None: the observation window (query-agnostic) or nothing (query-aware)
-    window: int = 32
-    kernel: int = 5
-    pooling: str = "max"
+    help = "Attention from the last prompt tokens (observation window), max-pooled."
+    color = "#0072B2"
+
+    recent: int | None = option(None, "Last context tokens always kept (default: the observation window; "
+                                "query-aware: the question).", kind=int, minimum=0, maximum=65536)
+    window: int = option(32, "Observation window: the last prompt tokens whose attention scores the rest "
+                         "(query-aware: the question instead).", minimum=1, maximum=4096, scorer=True)
+    kernel: int = option(5, "Pooling kernel (odd): neighbours of important tokens survive.", minimum=1,
+                         maximum=63, step=2, scorer=True)
+    pooling: str = option("max", "max (the spec) or avg (kvpress's SnapKVPress).", choices=("max", "avg"),
+                          scorer=True)
+    head_reduction: str = option("group", "group: each KV head ranks by its own query group; all: every KV "
+                                 "head keeps the same tokens (the mean over all query heads).", choices=HEAD_REDUCTIONS)
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -37,6 +47,12 @@ class SnapKV(Policy):
         if self.pooling not in ("max", "avg"):
             raise PolicyError(f"pooling must be 'max' or 'avg', got {self.pooling!r}.")
         super().__post_init__()
+
+    def scoring_rows(self, n_tokens: int) -> int:
+        return min(n_tokens, int(self.window))
+
+    def query_rows(self, layer: LayerInputs) -> tuple[int, int]:
+        return self.observation_window(layer)
 
     def observation_window(self, layer: LayerInputs) -> tuple[int, int]:
         """`[start, end)` of the queries whose attention scores the context."""

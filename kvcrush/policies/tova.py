@@ -13,20 +13,26 @@ from dataclasses import dataclass
 import torch
 
 from kvcrush.attention import LayerInputs, window_attention
-from kvcrush.errors import PolicyError
-from kvcrush.policies.base import Policy
+from kvcrush.policies.base import HEAD_REDUCTIONS, Policy
+from kvcrush.policies.options import option
 
 
 @dataclass
 class TOVA(Policy):
     name = "tova"
-    recent: int | None = None  # None: the last token itself (the question, query-aware)
-    head_reduction: str = "group"
+    help = "Attention from the last prompt query only."
+    color = "#CC79A7"
 
-    def __post_init__(self) -> None:
-        if self.head_reduction not in ("group", "all"):
-            raise PolicyError(f"head_reduction must be 'group' or 'all', got {self.head_reduction!r}.")
-        super().__post_init__()
+    recent: int | None = option(None, "Last context tokens always kept (default: the last token; query-aware: "
+                                "the question).", kind=int, minimum=0, maximum=65536)
+    head_reduction: str = option("group", "group: each KV head ranks by its own query group; all: every KV "
+                                 "head keeps the same tokens (as kvpress's TOVAPress).", choices=HEAD_REDUCTIONS)
+
+    def scoring_rows(self, n_tokens: int) -> int:
+        return 1
+
+    def query_rows(self, layer: LayerInputs) -> tuple[int, int]:
+        return layer.n_context - 1, layer.n_context
 
     def recent_tokens(self, layer: LayerInputs) -> int:
         if self.recent is not None:
@@ -37,8 +43,3 @@ class TOVA(Policy):
         """`[query_heads, n_context]` attention of the last query."""
         last = layer.n_context - 1
         return window_attention(layer, last, last + 1)[:, : layer.n_context]
-
-    def kv_scores(self, scores: torch.Tensor, layer: LayerInputs) -> torch.Tensor:
-        if self.head_reduction == "all":
-            return scores.mean(dim=0, keepdim=True).expand(layer.kv_heads, -1).clone()
-        return super().kv_scores(scores, layer)

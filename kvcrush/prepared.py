@@ -1,0 +1,382 @@
+"""Prefill once, evict many: a prompt's full KV cache and scores, reused by every selection.
+
+Inside the prefill forward every layer attends over its full keys; eviction only decides which rows
+stay for decoding. So a layer's scores depend on the prompt and the scorer alone, never on the
+budget, the split or the KVCrush options, and the compressed cache of any policy is a gather of the
+full one (spec, section 6). `prepare` runs the model over the prompt once and keeps:
+
+- the full `DynamicCache` over the tokens under the budget (never modified afterwards);
+- each attention layer's input hidden states `[1, L, hidden]` (all rows when they fit in
+  `hidden_limit` bytes, else the last `TAIL_ROWS` rows), from which a scorer recomputes the queries
+  it needs (`kvcrush.attention.query_states`) without running the model again;
+- the scores of every scorer computed so far, per layer `[heads, L]` float32, keyed by
+  `Policy.scorer_key()`: switching between policies that share a scorer never scores twice.
+
+A scorer that needs query rows that were not kept (H2O on a prompt too long to keep every row)
+costs one more prefill, with a hook that scores each layer as the forward passes it.
+
+Memory held by a prepared prompt (`nbytes`): the full KV cache, plus the kept hidden states
+(`layers * rows * hidden * dtype bytes`: 141 MiB for SmolLM2-135M at 2k tokens in float32), plus
+`layers * heads * L * 4` bytes per scorer.
+
+    prepared = kvcrush.prepare(lm, text, question="What is ...?")
+    trace = prepared.select(kvcrush.make_policy("kvcrush", budget=0.25))   # no decoding
+    result = prepared.generate(kvcrush.make_policy("snapkv", budget=0.5))  # the full cache stays intact
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from kvcrush.attention import LayerInputs
+from kvcrush.decoding import Progress, continuation_nll, extend, greedy_decode, stop_ids, synchronize
+from kvcrush.errors import PromptError, RunCancelled
+from kvcrush.kvcache import cache_bytes, compressed_copy
+from kvcrush.limits import available_memory, preflight
+from kvcrush.models.loading import LoadedModel
+from kvcrush.policies import Policy, make_policy
+from kvcrush.prompts import EncodedPrompt, encode_prompt
+from kvcrush.trace import GenerationResult, LayerTrace, RunTrace, Timings
+
+HIDDEN_LIMIT = 2 * 1024**3  # at most this many bytes of kept hidden states (and a quarter of free memory)
+TAIL_ROWS = 512  # rows kept when not all fit: SnapKV windows and TOVA's last query stay recomputable
+
+ShouldStop = Callable[[], bool]
+
+
+@dataclass
+class _Scores:
+    """One scorer's output on every layer: `[heads, L]` float32 per layer, and what computing it took."""
+
+    per_layer: list[torch.Tensor]
+    seconds: float
+    used: int = 0  # selections served so far
+
+
+def check_length(lm: LoadedModel, n_tokens: int, max_new_tokens: int) -> None:
+    """Refuse prompts the model cannot position, with the numbers."""
+    limit = lm.max_tokens
+    if n_tokens + max_new_tokens > limit:
+        raise PromptError(
+            f"The prompt has {n_tokens} tokens and {max_new_tokens} more would be generated, but "
+            f"{lm.name} handles at most {limit} positions. Shorten the text by about "
+            f"{n_tokens + max_new_tokens - limit} tokens or lower max_new_tokens."
+        )
+
+
+def _check_max_new_tokens(max_new_tokens: int) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise PromptError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}.")
+
+
+def _as_policy(policy: Policy | str) -> Policy:
+    return make_policy(policy) if isinstance(policy, str) else policy
+
+
+def _attention_modules(model) -> list[torch.nn.Module]:
+    return [layer.self_attn for layer in model.model.layers]
+
+
+def _hidden_rows_to_keep(lm: LoadedModel, n_tokens: int, protected: int, hidden_limit: int | None) -> int:
+    """All rows when every layer's hidden states fit the limit, else the last `TAIL_ROWS` (or the question)."""
+    row_bytes = int(lm.config.hidden_size) * torch.tensor([], dtype=lm.dtype).element_size() * lm.n_layers
+    limit = HIDDEN_LIMIT if hidden_limit is None else int(hidden_limit)
+    free = available_memory(lm.device)
+    if free is not None and hidden_limit is None:
+        limit = min(limit, free // 4)
+    if n_tokens * row_bytes <= limit:
+        return n_tokens
+    return min(n_tokens, max(TAIL_ROWS, protected))
+
+
+class PreparedPrompt:
+    """One prompt prefilled once; `select` and `generate` serve any number of policies from it.
+
+    Build it with `kvcrush.prepare` / `kvcrush.prepare_encoded`. Attributes:
+    encoded: the prompt's token ids. query_aware: the question is the observation window (and kept).
+    n_budgeted: tokens under the budget (the context; query-aware, the context and the question).
+    cache: the full cache over those tokens, `[1, kv_heads, n_budgeted, head_dim]` per layer.
+    prefill_s: seconds of the prefill. prefills: model forwards over the whole prompt so far (1, plus
+    one per scorer that needed rows that were not kept).
+    """
+
+    def __init__(self, lm: LoadedModel, encoded: EncodedPrompt, query_aware: bool, cache: DynamicCache,
+                 last_logits: torch.Tensor, layers: list[LayerInputs], prefill_s: float) -> None:
+        self.lm = lm
+        self.encoded = encoded
+        self.query_aware = query_aware
+        self.cache = cache
+        self.last_logits = last_logits
+        self.layers = layers
+        self.prefill_s = prefill_s
+        self.prefills = 1
+        self.runs = 0
+        self._scores: dict[tuple, _Scores] = {}
+        self._token_strings: list[str] | None = None
+
+    # --- what the prompt is ------------------------------------------------------------------------
+    @property
+    def budgeted_ids(self) -> list[int]:
+        """Tokens under the budget: the context, plus the question when query-aware."""
+        return self.encoded.context_ids + (self.encoded.question_ids if self.query_aware else [])
+
+    @property
+    def appended_ids(self) -> list[int]:
+        """Tokens appended uncompressed after eviction: question and template suffix (query-aware: the suffix)."""
+        return self.encoded.suffix_ids if self.query_aware else self.encoded.tail_ids
+
+    @property
+    def n_budgeted(self) -> int:
+        return len(self.budgeted_ids)
+
+    @property
+    def n_question(self) -> int:
+        return len(self.encoded.question_ids)
+
+    @property
+    def hidden_rows(self) -> int:
+        """Rows of hidden states kept per layer (from the end of the prompt)."""
+        return self.n_budgeted - self.layers[0].hidden_offset if self.layers else 0
+
+    @property
+    def scorers(self) -> list[tuple]:
+        """Keys of the scorers computed so far."""
+        return list(self._scores)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this prepared prompt holds: full KV cache, kept hidden states and cached scores."""
+        hidden = sum(layer.hidden_states.numel() * layer.hidden_states.element_size() for layer in self.layers)
+        scores = sum(t.numel() * t.element_size() for entry in self._scores.values() for t in entry.per_layer)
+        return cache_bytes(self.cache) + hidden + scores
+
+    def token_strings(self) -> list[str]:
+        """Each budgeted token as text (decoded once)."""
+        if self._token_strings is None:
+            decode = self.lm.tokenizer.decode
+            self._token_strings = [decode([i]) for i in self.budgeted_ids]
+        return self._token_strings
+
+    # --- scores ------------------------------------------------------------------------------------
+    def _needs_scores(self, policy: Policy) -> bool:
+        return policy.evicts and any(not policy.plan(layer).no_op for layer in self.layers)
+
+    def scores(self, policy: Policy, should_stop: ShouldStop | None = None) -> tuple[list[torch.Tensor], bool]:
+        """Per layer `[heads, n_budgeted]` float32 scores of `policy`'s scorer; and whether they were cached."""
+        key = policy.scorer_key()
+        entry = self._scores.get(key)
+        if entry is not None:
+            return entry.per_layer, True
+        with self.lm.lock, torch.no_grad():
+            if all(layer.hidden_offset <= policy.query_rows(layer)[0] for layer in self.layers):
+                synchronize(self.lm.device)
+                start = time.perf_counter()
+                per_layer = []
+                for layer in self.layers:
+                    if should_stop is not None and should_stop():
+                        raise RunCancelled("The run was cancelled.")
+                    per_layer.append(policy.score(layer).float())
+                synchronize(self.lm.device)
+                seconds = time.perf_counter() - start
+            else:
+                per_layer, seconds = self._score_in_prefill(policy, should_stop)
+        self._scores[key] = _Scores(per_layer, seconds)
+        return per_layer, False
+
+    def _score_in_prefill(self, policy: Policy, should_stop: ShouldStop | None) -> tuple[list[torch.Tensor], float]:
+        """Prefill again, scoring each layer inside the forward (for scorers whose query rows were not kept)."""
+        per_layer: list[torch.Tensor] = []
+        seconds = [0.0]
+
+        def hook(module, args, kwargs, output):
+            if should_stop is not None and should_stop():
+                raise RunCancelled("The run was cancelled.")
+            start = time.perf_counter()
+            kept = self.layers[module.layer_idx]
+            layer = _layer_inputs(module, kwargs, kept.n_layers, kept.n_context, kept.window_start, kept.query_aware, 0)
+            per_layer.append(policy.score(layer).float())
+            seconds[0] += time.perf_counter() - start
+            return output
+
+        handles = [m.register_forward_hook(hook, with_kwargs=True) for m in _attention_modules(self.lm.model)]
+        try:
+            self.lm.model(input_ids=torch.tensor([self.budgeted_ids], device=self.lm.device),
+                          past_key_values=DynamicCache(config=self.lm.model.config), use_cache=True, logits_to_keep=1)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.prefills += 1
+        return per_layer, seconds[0]
+
+    # --- selection ---------------------------------------------------------------------------------
+    def select(self, policy: Policy | str, should_stop: ShouldStop | None = None) -> RunTrace:
+        """Which tokens each KV head of each layer keeps under `policy`, and why (no decoding).
+
+        Scores come from the cache when this policy's scorer already ran on this prompt.
+        """
+        policy = _as_policy(policy)
+        timings = Timings(prefill_s=self.prefill_s, prefill_reused=self.runs > 0)
+        per_layer: list[torch.Tensor | None] = [None] * len(self.layers)
+        if self._needs_scores(policy):
+            per_layer, timings.score_reused = self.scores(policy, should_stop)  # type: ignore[assignment]
+            timings.score_s = self._scores[policy.scorer_key()].seconds
+            self._scores[policy.scorer_key()].used += 1
+        synchronize(self.lm.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            traces = [policy.select(scores, layer) for scores, layer in zip(per_layer, self.layers, strict=True)]
+        synchronize(self.lm.device)
+        timings.select_s = time.perf_counter() - start
+        timings.crush_s = sum(trace.crush_s for trace in traces)
+        self.runs += 1
+        return self._run_trace(policy, traces, timings)
+
+    def _run_trace(self, policy: Policy, traces: list[LayerTrace], timings: Timings) -> RunTrace:
+        return RunTrace(
+            policy=policy.describe(), model=self.lm.name, token_strings=self.token_strings(),
+            n_context=self.n_budgeted, n_question=self.n_question, query_aware=self.query_aware,
+            layers=traces, timings=timings,
+        )
+
+    # --- generation --------------------------------------------------------------------------------
+    def generate(
+        self,
+        policy: Policy | str,
+        max_new_tokens: int = 64,
+        reference_ids: list[int] | None = None,
+        progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
+        on_token: Callable[[list[int]], None] | None = None,
+    ) -> GenerationResult:
+        """Compress with `policy` (a gather of the full cache, which stays intact), append the tail, decode.
+
+        `reference_ids` adds their teacher-forced NLL after the tail (`max_new_tokens=0` only scores them).
+        `on_token(ids_so_far)` is called after every decoded token, to stream the answer.
+        """
+        policy = _as_policy(policy)
+        _check_max_new_tokens(max_new_tokens)
+        reference = list(reference_ids or [])
+        n_positions = len(self.encoded.all_ids) + len(reference)
+        check_length(self.lm, n_positions, max_new_tokens)
+        preflight(self.lm, n_positions, max_new_tokens, policy, prepared=self)
+        trace = self.select(policy, should_stop)
+        timings = trace.timings
+        model, device = self.lm.model, self.lm.device
+        with self.lm.lock, torch.no_grad():
+            start = time.perf_counter()
+            kept = [None if layer.no_op else layer.kept for layer in trace.layers]
+            cache = compressed_copy(self.cache, kept, model.config)
+            synchronize(device)
+            timings.select_s += time.perf_counter() - start
+            bytes_before = cache_bytes(self.cache)
+            bytes_after = cache_bytes(cache)
+
+            start = time.perf_counter()
+            logits = self.last_logits
+            if self.appended_ids:
+                logits = extend(model, cache, self.appended_ids, self.n_budgeted, last_only=True)[-1]
+            synchronize(device)
+            timings.prefill_s += time.perf_counter() - start
+            position = len(self.encoded.all_ids)
+
+            nll = None
+            if reference:
+                scratch = copy.deepcopy(cache) if max_new_tokens else cache
+                nll = continuation_nll(model, scratch, logits, position, reference)
+            new_ids: list[int] = []
+            if max_new_tokens:
+                start = time.perf_counter()
+                new_ids = greedy_decode(model, cache, logits, position, max_new_tokens, stop_ids(model, self.lm.tokenizer),
+                                        progress, should_stop, on_token)
+                synchronize(device)
+                timings.decode_s = time.perf_counter() - start
+                timings.decode_tokens = len(new_ids)
+        text = self.lm.tokenizer.decode(new_ids, skip_special_tokens=True)
+        return GenerationResult(text, new_ids, bytes_before, bytes_after, timings, trace, nll)
+
+
+def _layer_inputs(module, kwargs: dict, n_layers: int, n_context: int, window_start: int, query_aware: bool,
+                  hidden_offset: int) -> LayerInputs:
+    """What a scorer may read about one layer, from its attention module's forward kwargs (inside the forward)."""
+    layer_cache = kwargs["past_key_values"].layers[module.layer_idx]
+    cos, sin = kwargs["position_embeddings"]
+    hidden = kwargs["hidden_states"]
+    if hidden_offset:
+        hidden = hidden[:, hidden_offset:].clone()  # a copy, so the whole activation can be freed
+    return LayerInputs(module, module.layer_idx, n_layers, hidden, layer_cache.keys, layer_cache.values, cos, sin,
+                       n_context, window_start, query_aware, hidden_offset)
+
+
+def prepare_encoded(
+    lm: LoadedModel,
+    encoded: EncodedPrompt,
+    query_aware: bool = False,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    hidden_limit: int | None = None,
+) -> PreparedPrompt:
+    """Prefill token ids already split into context, question and suffix (see `kvcrush.encode_prompt`).
+
+    Query-aware (and a question given): the context and the question are prefilled and budgeted, the
+    question is the observation window; otherwise the context alone. `hidden_limit` caps the bytes of
+    hidden states kept for later scoring (default: `HIDDEN_LIMIT`, at most a quarter of free memory).
+    """
+    if encoded.n_context == 0:
+        raise PromptError("The prompt is empty: paste or upload some text to compress.")
+    query_aware = bool(query_aware and encoded.question_ids)
+    budgeted = encoded.context_ids + (encoded.question_ids if query_aware else [])
+    n_budgeted = len(budgeted)
+    check_length(lm, len(encoded.all_ids), 0)
+    keep_rows = _hidden_rows_to_keep(lm, n_budgeted, len(encoded.question_ids), hidden_limit)
+    preflight(lm, len(encoded.all_ids), 0, hidden_rows=keep_rows)
+    offset = n_budgeted - keep_rows
+    window_start = encoded.n_context
+    layers: list[LayerInputs] = []
+
+    def capture(module, args, kwargs, output):
+        if should_stop is not None and should_stop():
+            raise RunCancelled("The run was cancelled.")
+        layers.append(_layer_inputs(module, kwargs, lm.n_layers, n_budgeted, window_start, query_aware, offset))
+        if progress is not None:
+            progress("prefill", len(layers), lm.n_layers)
+        return output
+
+    model = lm.model
+    cache = DynamicCache(config=model.config)
+    with lm.lock, torch.no_grad():
+        handles = [m.register_forward_hook(capture, with_kwargs=True) for m in _attention_modules(model)]
+        try:
+            synchronize(lm.device)
+            start = time.perf_counter()
+            output = model(input_ids=torch.tensor([budgeted], device=lm.device), past_key_values=cache,
+                           use_cache=True, logits_to_keep=1)
+            synchronize(lm.device)
+            prefill_s = time.perf_counter() - start
+        finally:
+            for handle in handles:
+                handle.remove()
+    return PreparedPrompt(lm, encoded, query_aware, cache, output.logits[0, -1].float(), layers, prefill_s)
+
+
+def prepare(
+    lm: LoadedModel,
+    prompt: str,
+    question: str | None = None,
+    query_aware: bool = False,
+    chat_template: bool | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> PreparedPrompt:
+    """Run the model over `prompt` (and `question`) once; select and generate from it as often as wanted."""
+    encoded = encode_prompt(lm.tokenizer, prompt, question, chat_template)
+    return prepare_encoded(lm, encoded, query_aware, progress, should_stop)
+
+
+__all__ = ["PreparedPrompt", "prepare", "prepare_encoded", "check_length", "HIDDEN_LIMIT", "TAIL_ROWS"]
+
