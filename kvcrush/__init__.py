@@ -20,8 +20,8 @@ from kvcrush.errors import (
     ModelError,
     PolicyError,
     PromptError,
+    RunCancelled,
 )
-from kvcrush.errors import RunCancelled
 from kvcrush.generate import generate, generate_encoded
 from kvcrush.kvcache import cache_bytes
 from kvcrush.models import LoadedModel, load_model

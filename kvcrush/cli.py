@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from kvcrush.crush import ANCHOR_MODES
 from kvcrush.errors import KVCrushError
 from kvcrush.policies import BASE_CHOICES, POLICIES, make_policy
+from kvcrush.policies.options import OptionSpec, declared_options
 from kvcrush.textio import read_text_file
+
+
+def option_specs() -> dict[str, OptionSpec]:
+    """Every option any policy declares, by name (the first declaration's help, the union of choices)."""
+    specs: dict[str, OptionSpec] = {}
+    for cls in POLICIES.values():
+        for spec in declared_options(cls):
+            seen = specs.get(spec.name)
+            if seen is None:
+                specs[spec.name] = spec
+            elif seen.choices and spec.choices:
+                merged = tuple(dict.fromkeys(seen.choices + spec.choices))
+                specs[spec.name] = dataclasses.replace(seen, choices=merged)
+    return specs
+
+
+def _owners(name: str) -> str:
+    return ", ".join(cls.name for cls in POLICIES.values() if any(s.name == name for s in declared_options(cls)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,18 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompt", help="the context as a string")
     run.add_argument("--question", help="question appended after the (compressed) context")
     run.add_argument("--query-aware", action="store_true", help="use the question as the observation window")
-    run.add_argument("--policy", default="kvcrush", choices=list(POLICIES), help="eviction policy (default kvcrush)")
+    run.add_argument("--policy", default="kvcrush", choices=list(POLICIES),
+                     help="; ".join(f"{name}: {cls.help}" for name, cls in POLICIES.items()))
     run.add_argument("--base", default="snapkv", choices=list(BASE_CHOICES), help="KVCrush's importance policy")
     run.add_argument("--budget", default="0.25", help="tokens kept per KV head: 0.25, 25%% or 512 (default 0.25)")
-    run.add_argument("--crush-fraction", type=float, default=0.25, help="share of the budget for representatives")
-    run.add_argument("--anchor", default="alternating", choices=list(ANCHOR_MODES))
-    run.add_argument("--signature-heads", default="query", choices=["query", "kv"])
-    run.add_argument("--granularity", default="token", choices=["token", "block"])
-    run.add_argument("--block-size", type=int, default=16)
-    run.add_argument("--window", type=int, help="observation window of snapkv/pyramidkv (default 32)")
-    run.add_argument("--sink", type=int, help="first tokens always kept")
-    run.add_argument("--recent", type=int, help="last tokens always kept")
-    run.add_argument("--seed", type=int, default=0)
+    policy_flags = run.add_argument_group("policy options (default: the policy's own; each applies to the "
+                                          "policies named after it)")
+    for spec in option_specs().values():
+        policy_flags.add_argument(spec.flag, dest=spec.name, type=spec.kind, choices=spec.choices, default=None,
+                                  help=f"{spec.help.replace('%', '%%')} [{_owners(spec.name)}]")
     run.add_argument("--max-new-tokens", type=int, default=64)
     run.add_argument("--model", help="HF id, local folder or random:SHAPE (default: packaged SmolLM2-135M-Instruct)")
     run.add_argument("--device", default="auto")
@@ -43,13 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def policy_options(args: argparse.Namespace) -> dict:
-    options = {"sink": args.sink, "recent": args.recent, "seed": args.seed}
-    if args.policy in ("snapkv", "pyramidkv") or (args.policy == "kvcrush" and args.base in ("snapkv", "pyramidkv")):
-        options["window"] = args.window
+    """The declared options the user set (None = the policy's default); `make_policy` rejects foreign ones."""
+    options = {name: getattr(args, name) for name in option_specs() if getattr(args, name, None) is not None}
     if args.policy == "kvcrush":
-        options.update(base=args.base, crush_fraction=args.crush_fraction, anchor=args.anchor,
-                       signature_heads=args.signature_heads, granularity=args.granularity,
-                       block_size=args.block_size)
+        options["base"] = args.base
     return options
 
 
@@ -61,7 +74,8 @@ def _table(result, load_s: float) -> str:
         ("KV bytes before", f"{result.kv_bytes_before:,}"),
         ("KV bytes after", f"{result.kv_bytes_after:,} ({100 * result.compression:.1f}%)"),
         ("prefill", f"{t.prefill_s:.3f} s"),
-        ("select (score + choose)", f"{t.select_s:.3f} s (scoring {t.score_s:.3f} s, KVCrush {t.crush_s:.4f} s)"),
+        ("score", f"{t.score_s:.3f} s"),
+        ("select", f"{t.select_s:.3f} s (KVCrush {t.crush_s:.4f} s of it)"),
         ("decode", f"{t.decode_s:.3f} s for {t.decode_tokens} tokens"),
     ]
     width = max(len(name) for name, _ in rows)

@@ -36,11 +36,21 @@ def signatures(scores: torch.Tensor) -> torch.Tensor:
     if scores.dim() != 2:
         raise ValueError(f"signatures expects scores [heads, M], got shape {tuple(scores.shape)}")
     heads, m = scores.shape
-    bits = torch.zeros(heads, m, dtype=torch.bool, device=scores.device)
     half = m // 2
-    if half > 0:
-        top = stable_top_indices(scores.float(), half)
-        bits.scatter_(1, top, True)
+    if half == 0:
+        return torch.zeros(m, heads, dtype=torch.bool, device=scores.device)
+    scores = scores.float()
+    if bool(torch.isnan(scores).any()):  # sorts rank NaN above everything; keep exactly that order
+        bits = torch.zeros(heads, m, dtype=torch.bool, device=scores.device)
+        bits.scatter_(1, stable_top_indices(scores, half), True)
+        return bits.T.contiguous()
+    # A selection instead of a sort: everything above the half-th largest score, then as many of the
+    # tokens tied with it as are still needed, lowest index first (what a stable sort would pick).
+    threshold = torch.kthvalue(scores, m - half + 1, dim=-1, keepdim=True).values
+    above = scores > threshold
+    ties = scores == threshold
+    missing = half - above.sum(dim=-1, keepdim=True)
+    bits = above | (ties & (ties.cumsum(dim=-1) <= missing))
     return bits.T.contiguous()
 
 
@@ -88,34 +98,33 @@ def _order_by_distance(distances: torch.Tensor, candidates: torch.Tensor) -> tor
     return candidates[torch.argsort(keys, stable=True)]
 
 
-def representatives(distances: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
-    """Evenly spaced picks along the distance order (spec section 3, step 7).
+def group(distances: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Representatives and the buckets they stand in for, from one sort (spec section 3, step 7).
 
     distances: `[n]` int for all items; candidates: indices into it (the evicted set F); k: how many
-    to keep. Sorts F by `(d, index)`, `k' = min(|F|, k)`, `step = floor(|F| / k')` and returns
-    `F[i * step]` for `i < k'`, in pick order.
+    to keep. Sorts F by `(d, index)`, `k' = min(|F|, k)`, `step = floor(|F| / k')`; representative i is
+    `F[i * step]` and its bucket `F[i * step : (i + 1) * step]`, the last bucket also taking the
+    `|F| mod k'` leftovers so every candidate belongs to one group. Returns (`[k']` picks in pick
+    order, k' buckets as views of one tensor).
     """
     ordered = _order_by_distance(distances, torch.as_tensor(candidates, device=distances.device))
     count = min(int(ordered.numel()), max(int(k), 0))
     if count == 0:
-        return ordered[:0]
+        return ordered[:0], []
     step = ordered.numel() // count
-    return ordered[torch.arange(count, device=ordered.device) * step]
+    picks = ordered[: count * step : step]
+    sizes = [step] * (count - 1) + [ordered.numel() - (count - 1) * step]
+    return picks, list(torch.split(ordered, sizes))
+
+
+def representatives(distances: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """Evenly spaced picks along the distance order: `F[i * step]` for `i < min(|F|, k)` (see `group`)."""
+    return group(distances, candidates, k)[0]
 
 
 def buckets(distances: torch.Tensor, candidates: torch.Tensor, k: int) -> list[torch.Tensor]:
-    """The groups each representative stands in for: `F[i * step : (i + 1) * step]` in distance order.
-
-    The last bucket also takes the `|F| mod k` leftovers so every candidate belongs to one group.
-    """
-    ordered = _order_by_distance(distances, torch.as_tensor(candidates, device=distances.device))
-    count = min(int(ordered.numel()), max(int(k), 0))
-    if count == 0:
-        return []
-    step = ordered.numel() // count
-    groups = [ordered[i * step : (i + 1) * step] for i in range(count)]
-    groups[-1] = ordered[(count - 1) * step :]
-    return groups
+    """The groups each representative stands in for: `F[i * step : (i + 1) * step]` (see `group`)."""
+    return group(distances, candidates, k)[1]
 
 
 def block_signatures(token_bits: torch.Tensor, block_size: int) -> torch.Tensor:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from kvcrush import limits
 from kvcrush.decoding import Progress
 from kvcrush.errors import PromptError, RunCancelled
 from kvcrush.models.loading import LoadedModel
 from kvcrush.policies import Policy
-from kvcrush.prepared import check_length, prepare_encoded
+from kvcrush.prepared import as_policy, check_length, prepare_encoded
 from kvcrush.prompts import EncodedPrompt, encode_prompt
 from kvcrush.trace import GenerationResult
 
@@ -59,7 +60,10 @@ def generate_encoded(
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise PromptError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}.")
-    check_length(model, len(encoded.all_ids) + len(reference_ids or []), max_new_tokens)
+    n_positions = len(encoded.all_ids) + len(reference_ids or [])
+    check_length(model, n_positions, max_new_tokens)
+    if encoded.n_context:  # the whole run's estimate, before anything is allocated
+        limits.preflight(model, n_positions, max_new_tokens, as_policy(policy))
     prepared = prepare_encoded(model, encoded, query_aware, progress, should_stop)
     return prepared.generate(policy, max_new_tokens, reference_ids, progress, should_stop)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvcrush.models.shapes import LABELS, SHAPES, head_dim
+
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1, "int8": 1, "int4": 0.5}
 
 
@@ -45,10 +47,11 @@ def project(shape: KVShape, tokens: int, budget_fraction: float, batch: int = 1)
     return MemoryProjection(tokens, kept, per_token * tokens, per_token * kept)
 
 
-PRESET_SHAPES = {
-    "Llama-3-8B": KVShape(32, 8, 128),
-    "Llama-3-70B": KVShape(80, 8, 128),
-    "Mistral-7B": KVShape(32, 8, 128),
-    "Qwen2-7B": KVShape(28, 4, 128),
-    "SmolLM2-135M": KVShape(30, 3, 64, "float32"),
-}
+def _preset(name: str) -> KVShape:
+    settings = SHAPES[name]
+    dtype = "float32" if name == "smollm2-135m" else "bfloat16"  # as this project runs it / as served
+    return KVShape(settings["num_hidden_layers"], settings["num_key_value_heads"], head_dim(name), dtype)
+
+
+# The model shapes of `kvcrush.models.shapes` (one description of each model), by their usual names.
+PRESET_SHAPES: dict[str, KVShape] = {label: _preset(name) for name, label in LABELS.items()}

@@ -58,15 +58,6 @@ def kept_jaccard(a: LayerTrace, b: LayerTrace) -> float:
     return sum(scores) / len(scores)
 
 
-def head_agreement(trace: LayerTrace) -> float:
-    """How much a layer's KV heads agree: mean pairwise Jaccard of their kept sets (1 = identical)."""
-    kept = [set(row.tolist()) for row in trace.kept]
-    pairs = [(i, j) for i in range(len(kept)) for j in range(i + 1, len(kept))]
-    if not pairs:
-        return 1.0
-    return sum(len(kept[i] & kept[j]) / len(kept[i] | kept[j]) for i, j in pairs) / len(pairs)
-
-
 def kept_mask(trace: LayerTrace) -> torch.Tensor:
     """`[kv_heads, n_tokens]` bool: which context tokens each head keeps."""
     mask = torch.zeros(trace.kept.shape[0], trace.n_tokens, dtype=torch.bool)

@@ -16,7 +16,7 @@ A scorer that needs query rows that were not kept (H2O on a prompt too long to k
 costs one more prefill, with a hook that scores each layer as the forward passes it.
 
 Memory held by a prepared prompt (`nbytes`): the full KV cache, plus the kept hidden states
-(`layers * rows * hidden * dtype bytes`: 141 MiB for SmolLM2-135M at 2k tokens in float32), plus
+(`layers * rows * hidden * dtype bytes`: 135 MiB for SmolLM2-135M at 2k tokens in float32), plus
 `layers * heads * L * 4` bytes per scorer.
 
     prepared = kvcrush.prepare(lm, text, question="What is ...?")
@@ -34,11 +34,11 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from kvcrush import limits
 from kvcrush.attention import LayerInputs
 from kvcrush.decoding import Progress, continuation_nll, extend, greedy_decode, stop_ids, synchronize
 from kvcrush.errors import PromptError, RunCancelled
 from kvcrush.kvcache import cache_bytes, compressed_copy
-from kvcrush.limits import available_memory, preflight
 from kvcrush.models.loading import LoadedModel
 from kvcrush.policies import Policy, make_policy
 from kvcrush.prompts import EncodedPrompt, encode_prompt
@@ -75,7 +75,7 @@ def _check_max_new_tokens(max_new_tokens: int) -> None:
         raise PromptError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}.")
 
 
-def _as_policy(policy: Policy | str) -> Policy:
+def as_policy(policy: Policy | str) -> Policy:
     return make_policy(policy) if isinstance(policy, str) else policy
 
 
@@ -87,7 +87,7 @@ def _hidden_rows_to_keep(lm: LoadedModel, n_tokens: int, protected: int, hidden_
     """All rows when every layer's hidden states fit the limit, else the last `TAIL_ROWS` (or the question)."""
     row_bytes = int(lm.config.hidden_size) * torch.tensor([], dtype=lm.dtype).element_size() * lm.n_layers
     limit = HIDDEN_LIMIT if hidden_limit is None else int(hidden_limit)
-    free = available_memory(lm.device)
+    free = limits.available_memory(lm.device)
     if free is not None and hidden_limit is None:
         limit = min(limit, free // 4)
     if n_tokens * row_bytes <= limit:
@@ -220,7 +220,7 @@ class PreparedPrompt:
 
         Scores come from the cache when this policy's scorer already ran on this prompt.
         """
-        policy = _as_policy(policy)
+        policy = as_policy(policy)
         timings = Timings(prefill_s=self.prefill_s, prefill_reused=self.runs > 0)
         per_layer: list[torch.Tensor | None] = [None] * len(self.layers)
         if self._needs_scores(policy):
@@ -259,12 +259,12 @@ class PreparedPrompt:
         `reference_ids` adds their teacher-forced NLL after the tail (`max_new_tokens=0` only scores them).
         `on_token(ids_so_far)` is called after every decoded token, to stream the answer.
         """
-        policy = _as_policy(policy)
+        policy = as_policy(policy)
         _check_max_new_tokens(max_new_tokens)
         reference = list(reference_ids or [])
         n_positions = len(self.encoded.all_ids) + len(reference)
         check_length(self.lm, n_positions, max_new_tokens)
-        preflight(self.lm, n_positions, max_new_tokens, policy, prepared=self)
+        limits.preflight(self.lm, n_positions, max_new_tokens, policy, prepared=self)
         trace = self.select(policy, should_stop)
         timings = trace.timings
         model, device = self.lm.model, self.lm.device
@@ -292,8 +292,9 @@ class PreparedPrompt:
             new_ids: list[int] = []
             if max_new_tokens:
                 start = time.perf_counter()
-                new_ids = greedy_decode(model, cache, logits, position, max_new_tokens, stop_ids(model, self.lm.tokenizer),
-                                        progress, should_stop, on_token)
+                stops = stop_ids(model, self.lm.tokenizer)
+                new_ids = greedy_decode(model, cache, logits, position, max_new_tokens, stops, progress, should_stop,
+                                        on_token)
                 synchronize(device)
                 timings.decode_s = time.perf_counter() - start
                 timings.decode_tokens = len(new_ids)
@@ -334,7 +335,7 @@ def prepare_encoded(
     n_budgeted = len(budgeted)
     check_length(lm, len(encoded.all_ids), 0)
     keep_rows = _hidden_rows_to_keep(lm, n_budgeted, len(encoded.question_ids), hidden_limit)
-    preflight(lm, len(encoded.all_ids), 0, hidden_rows=keep_rows)
+    limits.preflight(lm, len(encoded.all_ids), 0, hidden_rows=keep_rows)
     offset = n_budgeted - keep_rows
     window_start = encoded.n_context
     layers: list[LayerInputs] = []

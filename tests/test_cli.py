@@ -34,3 +34,26 @@ def test_cli_bad_budget_is_a_clear_error():
     assert completed.returncode == 2
     assert "error: Budget 'abc' is not a number" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_every_declared_option_is_a_flag_with_its_help():
+    from kvcrush.cli import build_parser
+    from kvcrush.policies import POLICIES
+    from kvcrush.policies.options import declared_options
+
+    text = build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
+    for cls in POLICIES.values():
+        for spec in declared_options(cls):
+            assert spec.flag in text, spec.name
+
+
+def test_cli_head_reduction_reaches_the_base_policy():
+    completed = run_cli("--prompt", "Tell me a story about a cat. " * 20, "--policy", "kvcrush", "--base", "tova",
+                        "--head-reduction", "all", "--window", "8", "--max-new-tokens", "1", "--json")
+    assert completed.returncode == 2 and "tova does not take window" in completed.stderr
+    completed = run_cli("--prompt", "Tell me a story about a cat. " * 20, "--policy", "kvcrush", "--base", "tova",
+                        "--head-reduction", "all", "--max-new-tokens", "1", "--json")
+    assert completed.returncode == 0, completed.stderr
+    data = json.loads(completed.stdout)
+    assert data["trace"]["policy"]["base"]["head_reduction"] == "all"
+    assert all(len({tuple(row) for row in layer["kept"]}) == 1 for layer in data["trace"]["layers"])

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import kvcrush
-from kvcrush.generate import cache_lengths, decode_greedy, prefill
+from kvcrush.decoding import greedy_decode, stop_ids
+from kvcrush.kvcache import cache_bytes, cache_lengths, compressed_copy
 from kvcrush.policies import POLICIES, make_policy
 from kvcrush.prompts import encode_prompt
 
@@ -39,35 +40,39 @@ def test_every_policy_really_shrinks_the_cache(tiny_lm, essay_prompt, name, quer
     options = {"base": "h2o"} if name == "kvcrush" else {}
     policy = make_policy(name, budget=0.3, **options)
     encoded = encode_prompt(tiny_lm.tokenizer, essay_prompt, "Who wrote this?")
-    state = prefill(tiny_lm, encoded, policy, query_aware=query_aware)
-    tail = len(encoded.tail_ids)
-    n_budgeted = encoded.n_context + (tail if query_aware else 0)
+    prepared = kvcrush.prepare_encoded(tiny_lm, encoded, query_aware=query_aware)
+    trace = prepared.select(policy)
+    question = len(encoded.question_ids)
+    n_budgeted = encoded.n_context + (question if query_aware else 0)
+    assert prepared.n_budgeted == n_budgeted
     t = -(-3 * n_budgeted // 10)
-    appended = 0 if query_aware else tail  # query-agnostic: the question joins after eviction
-    lengths = cache_lengths(state.cache)
+    cache = compressed_copy(prepared.cache, [layer.kept for layer in trace.layers], tiny_lm.model.config)
+    lengths = cache_lengths(cache)
     if name == "pyramidkv":
-        assert sum(lengths) == tiny_lm.n_layers * (t + appended) and lengths[0] > lengths[-1]
+        assert sum(lengths) == tiny_lm.n_layers * t and lengths[0] > lengths[-1]
     else:
-        assert lengths == [t + appended] * tiny_lm.n_layers
-    for layer, cached in zip(state.layers, state.cache.layers, strict=True):
-        assert layer.kept.shape == (tiny_lm.kv_heads, cached.keys.shape[2] - appended)
+        assert lengths == [t] * tiny_lm.n_layers
+    for layer, cached in zip(trace.layers, cache.layers, strict=True):
+        assert layer.kept.shape == (tiny_lm.kv_heads, cached.keys.shape[2])
         if query_aware:
-            assert all(set(range(n_budgeted - tail, n_budgeted)) <= set(row) for row in layer.kept.tolist())
+            assert layer.protected == question
+            assert all(set(range(n_budgeted - question, n_budgeted)) <= set(row) for row in layer.kept.tolist())
     per_token = tiny_lm.kv_bytes_per_token()
-    assert state.kv_bytes_after == (sum(lengths) - appended * tiny_lm.n_layers) * per_token // tiny_lm.n_layers
-    assert state.kv_bytes_before == n_budgeted * per_token
-    new_ids = decode_greedy(tiny_lm, state, 5)
+    assert cache_bytes(cache) == sum(lengths) * per_token // tiny_lm.n_layers
+    assert cache_bytes(prepared.cache) == n_budgeted * per_token
+    new_ids = greedy_decode(tiny_lm.model, cache, prepared.last_logits, n_budgeted, 5, stop_ids(tiny_lm.model))
     assert 1 <= len(new_ids) <= 5
-    assert cache_lengths(state.cache)[0] == lengths[0] + len(new_ids) - 1
+    assert cache_lengths(cache)[0] == lengths[0] + len(new_ids) - 1
+    assert cache_lengths(prepared.cache) == [n_budgeted] * tiny_lm.n_layers  # the full cache is untouched
 
 
 def test_kept_rows_are_the_real_cache_rows(tiny_lm, essay_prompt):
     """The cache after eviction holds exactly the keys of the kept positions."""
     encoded = encode_prompt(tiny_lm.tokenizer, essay_prompt, chat_template=False)
-    full = prefill(tiny_lm, encoded, make_policy("full"))
-    compressed = prefill(tiny_lm, encoded, make_policy("kvcrush", budget=0.25, base="snapkv"))
-    for layer_trace, full_layer, small_layer in zip(compressed.layers, full.cache.layers, compressed.cache.layers,
-                                                    strict=True):
+    prepared = kvcrush.prepare_encoded(tiny_lm, encoded)
+    trace = prepared.select(make_policy("kvcrush", budget=0.25, base="snapkv"))
+    small = compressed_copy(prepared.cache, [layer.kept for layer in trace.layers], tiny_lm.model.config)
+    for layer_trace, full_layer, small_layer in zip(trace.layers, prepared.cache.layers, small.layers, strict=True):
         for head in range(tiny_lm.kv_heads):
             expected = full_layer.keys[0, head, layer_trace.kept[head]]
             torch.testing.assert_close(small_layer.keys[0, head], expected, atol=1e-5, rtol=1e-5)
@@ -77,7 +82,8 @@ def test_timings_and_trace_are_filled(tiny_lm, essay_prompt):
     result = kvcrush.generate(tiny_lm, essay_prompt, make_policy("kvcrush", budget=0.25), max_new_tokens=4)
     t = result.timings
     assert t.prefill_s > 0 and t.select_s > 0 and t.score_s > 0 and t.crush_s > 0 and t.decode_s > 0
-    assert t.select_s >= t.score_s
+    assert t.select_s >= t.crush_s and t.policy_s == t.score_s + t.select_s
+    assert not t.prefill_reused and not t.score_reused
     assert len(result.trace.token_strings) == result.trace.n_context
     layer = result.trace.layers[0]
     assert layer.signatures is not None and layer.representatives.numel() == layer.crush_used

@@ -9,7 +9,7 @@ import pytest
 
 import kvcrush
 from kvcrush.data import needle_example
-from kvcrush.generate import cache_lengths, prefill
+from kvcrush.kvcache import cache_lengths, compressed_copy
 from kvcrush.prompts import encode_prompt
 
 pytestmark = pytest.mark.slow
@@ -33,16 +33,19 @@ def test_full_cache_retrieves_the_needle(packaged_lm, needle):
 def test_kvcrush_half_budget_really_halves_the_cache(packaged_lm, needle):
     encoded = encode_prompt(packaged_lm.tokenizer, needle.context, needle.question)
     policy = kvcrush.make_policy("kvcrush", budget=0.5, base="snapkv")
-    state = prefill(packaged_lm, encoded, policy, query_aware=True)
-    n_tokens = len(encoded.all_ids)
+    prepared = kvcrush.prepare_encoded(packaged_lm, encoded, query_aware=True)
+    trace = prepared.select(policy)
+    cache = compressed_copy(prepared.cache, [layer.kept for layer in trace.layers], packaged_lm.model.config)
+    n_tokens = encoded.n_context + len(encoded.question_ids)  # query-aware: the question is under the budget
     t = math.ceil(0.5 * n_tokens)
-    assert cache_lengths(state.cache) == [t] * 30
-    for layer, cached in zip(state.layers, state.cache.layers, strict=True):
+    assert cache_lengths(cache) == [t] * 30
+    for layer, cached in zip(trace.layers, cache.layers, strict=True):
         assert cached.keys.shape == (1, 3, t, 64) and cached.values.shape == (1, 3, t, 64)
         assert layer.kept.shape == (3, t)
         assert layer.representatives.numel() == layer.crush_used > 0
-    assert abs(state.kv_bytes_after - state.kv_bytes_before / 2) <= 0.02 * state.kv_bytes_before / 2
-    assert state.kv_bytes_before == n_tokens * packaged_lm.kv_bytes_per_token()
+    result = prepared.generate(policy, max_new_tokens=1)
+    assert abs(result.kv_bytes_after - result.kv_bytes_before / 2) <= 0.02 * result.kv_bytes_before / 2
+    assert result.kv_bytes_before == n_tokens * packaged_lm.kv_bytes_per_token()
 
 
 def test_cli_runs_a_needle_prompt_at_quarter_budget(tmp_path, packaged_lm, needle):

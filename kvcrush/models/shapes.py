@@ -19,6 +19,9 @@ SHAPES: dict[str, dict[str, Any]] = {
     "llama-3-8b": dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                        num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
                        max_position_embeddings=32768, rope_theta=500000.0, tie_word_embeddings=False),
+    "llama-3-70b": dict(model_type="llama", hidden_size=8192, num_hidden_layers=80, num_attention_heads=64,
+                        num_key_value_heads=8, intermediate_size=28672, vocab_size=128256,
+                        max_position_embeddings=32768, rope_theta=500000.0, tie_word_embeddings=False),
     "qwen2-7b": dict(model_type="qwen2", hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
                      num_key_value_heads=4, intermediate_size=18944, vocab_size=152064,
                      max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=False),
@@ -27,6 +30,15 @@ SHAPES: dict[str, dict[str, Any]] = {
                        max_position_embeddings=32768, rope_theta=1000000.0, sliding_window=None,
                        tie_word_embeddings=False),
 }
+
+# How people write these names (the memory projection lists them), and the dtype each usually runs in.
+LABELS: dict[str, str] = {"smollm2-135m": "SmolLM2-135M", "llama-3-8b": "Llama-3-8B", "llama-3-70b": "Llama-3-70B",
+                          "qwen2-7b": "Qwen2-7B", "mistral-7b": "Mistral-7B"}
+
+
+def head_dim(name: str) -> int:
+    settings = SHAPES[name]
+    return int(settings.get("head_dim") or settings["hidden_size"] // settings["num_attention_heads"])
 
 
 def shape_config(name: str, **overrides: Any):

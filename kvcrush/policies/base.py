@@ -34,6 +34,14 @@ def _on_cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensor is None else tensor.to("cpu")
 
 
+def _shifted(groups: list[torch.Tensor] | None, offset: int) -> list[torch.Tensor]:
+    """Buckets moved to the CPU and shifted by `offset`, in one copy (a layer has hundreds of them)."""
+    if not groups:
+        return []
+    joined = torch.cat(groups).to("cpu") + offset
+    return list(torch.split(joined, [len(g) for g in groups]))
+
+
 @dataclass
 class MiddleSelection:
     """What a selection step decided over the middle tokens (offsets relative to `middle_start`).
@@ -205,7 +213,7 @@ class Policy:
             distances=_on_cpu(selection.distances),
             candidates=absolute(selection.candidates),
             representatives=absolute(selection.representatives),
-            buckets=[absolute(b) for b in (selection.buckets or [])],
+            buckets=_shifted(selection.buckets, lo if selection.blocks is None else 0),
             granularity="block" if selection.blocks is not None else "token",
             block_size=getattr(self, "block_size", 1) if selection.blocks is not None else 1,
             blocks=None if selection.blocks is None else selection.blocks + lo,

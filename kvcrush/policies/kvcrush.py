@@ -123,17 +123,24 @@ class KVCrush(Policy):
         candidates = (~kept_any).nonzero().flatten()
         anchor_bits = crush.anchor(bits, self.anchor, self.seed)
         distances = crush.hamming(bits, anchor_bits)
-        picks = crush.representatives(distances, candidates, count)
-        groups = crush.buckets(distances, candidates, count)
+        picks, groups = crush.group(distances, candidates, count)
         return _Grouping(bits, anchor_bits, distances, candidates, picks, groups)
 
     @staticmethod
-    def _fill(unit_scores: torch.Tensor, representatives: torch.Tensor, count: int) -> torch.Tensor:
-        """Each head's top `count` units other than the representatives, then the representatives."""
-        masked = unit_scores.clone()
-        masked[:, representatives] = float("-inf")
-        top = crush.stable_top_indices(masked, count)
-        return torch.cat([top, representatives.expand(unit_scores.shape[0], -1)], dim=1)
+    def _fill(order: torch.Tensor, representatives: torch.Tensor, count: int, n_importance: int) -> torch.Tensor:
+        """Each head's top `count` units other than the representatives, then the representatives.
+
+        order: `[heads, n]` every unit of each head, best first (the importance step's sort, reused).
+        Representatives are candidates, which no head ranked in its top `n_importance`, so up to that
+        many the head's own ranking is already the answer; beyond it (fewer candidates than crush
+        budget) the representatives are moved behind the rest, which keeps the rest's order.
+        """
+        heads, n_units = order.shape
+        if count > n_importance:
+            is_representative = torch.zeros(n_units, dtype=torch.bool, device=order.device)
+            is_representative[representatives] = True
+            order = order.gather(1, torch.argsort(is_representative[order].byte(), dim=1, stable=True))
+        return torch.cat([order[:, :count], representatives.expand(heads, -1)], dim=1)
 
     def select_middle(
         self, plan: BudgetPlan, middle_kv_scores: torch.Tensor, middle_head_scores: torch.Tensor
@@ -141,12 +148,12 @@ class KVCrush(Policy):
         if self.granularity == "block":
             return self._select_blocks(plan, middle_kv_scores, middle_head_scores)
         n_middle = middle_kv_scores.shape[1]
-        importance = crush.stable_top_indices(middle_kv_scores, plan.importance)
+        order = crush.stable_top_indices(middle_kv_scores, n_middle)
         start = time.perf_counter()
         bits = crush.signatures(self._signature_scores(middle_kv_scores, middle_head_scores))
-        grouping = self._group(bits, importance, n_middle, plan.crush)
+        grouping = self._group(bits, order[:, : plan.importance], n_middle, plan.crush)
         picks = grouping.representatives
-        kept = self._fill(middle_kv_scores, picks, plan.middle_budget - picks.numel())
+        kept = self._fill(order, picks, plan.middle_budget - picks.numel(), plan.importance)
         crush_s = time.perf_counter() - start
         return MiddleSelection(
             kept=kept, crush_used=int(picks.numel()), signatures=bits, anchor=grouping.anchor,
@@ -171,14 +178,15 @@ class KVCrush(Policy):
         n_crush = round_half_up(self.crush_fraction * n_keep)
         whole = n_blocks * size
         block_scores = middle_kv_scores[:, :whole].reshape(-1, n_blocks, size).sum(dim=-1)
-        importance = crush.stable_top_indices(block_scores, n_keep - n_crush)
+        order = crush.stable_top_indices(block_scores, n_blocks)
 
         start = time.perf_counter()
         signature_scores = self._signature_scores(middle_kv_scores, middle_head_scores)[:, :whole]
         token_bits = crush.signatures(signature_scores)
-        grouping = self._group(crush.block_signatures(token_bits, size), importance, n_blocks, n_crush)
+        grouping = self._group(crush.block_signatures(token_bits, size), order[:, : n_keep - n_crush], n_blocks,
+                               n_crush)
         picks = grouping.representatives
-        kept_blocks = self._fill(block_scores, picks, n_keep - picks.numel())
+        kept_blocks = self._fill(order, picks, n_keep - picks.numel(), n_keep - n_crush)
         device = kept_blocks.device
         kept = (kept_blocks[..., None] * size + torch.arange(size, device=device)).reshape(kept_blocks.shape[0], -1)
         crush_s = time.perf_counter() - start

@@ -44,7 +44,7 @@ def test_estimate_grows_with_tokens_and_counts_the_kv_cache(tiny_lm):
     large = limits.estimate_run_memory(tiny_lm, 1000, 8, policy)
     assert large.total > small.total
     assert small.kv_cache >= tiny_lm.kv_bytes_per_token() * 108
-    assert small.logits == 100 * tiny_lm.config.vocab_size * 4
+    assert small.logits == large.logits == tiny_lm.config.vocab_size * (4 + 4)  # the last row only, and its copy
     assert small.scoring > 0 and small.attention == 0  # SDPA keeps no attention matrices
     assert small.total == int(small.raw * limits.SAFETY_FACTOR)
     full = limits.estimate_run_memory(tiny_lm, 100, 8, kvcrush.make_policy("full"))
@@ -87,7 +87,20 @@ def test_generate_calls_the_preflight(tiny_lm, monkeypatch):
     seen = []
     monkeypatch.setattr(limits, "available_memory", lambda device: seen.append(device) or 1 << 40)
     kvcrush.generate(tiny_lm, "hello there " * 10, "snapkv", max_new_tokens=1)
-    assert seen == [tiny_lm.device]
+    assert len(seen) >= 2 and set(seen) == {tiny_lm.device}  # before the prefill and before the selection
+
+
+def test_a_prepared_prompt_counts_only_what_a_selection_adds(tiny_lm, essay_prompt):
+    prepared = kvcrush.prepare(tiny_lm, essay_prompt)
+    n = prepared.n_budgeted
+    policy = kvcrush.make_policy("h2o", budget=0.5)
+    fresh = limits.estimate_run_memory(tiny_lm, n, 8, policy, hidden_rows=n)
+    before = limits.estimate_run_memory(tiny_lm, n, 8, policy, prepared=prepared)
+    assert fresh.hidden == n * tiny_lm.config.hidden_size * 4 * tiny_lm.n_layers
+    assert before.activations == 0 and before.kv_cache < fresh.kv_cache and before.total < fresh.total
+    prepared.select(policy)
+    after = limits.estimate_run_memory(tiny_lm, n, 8, policy, prepared=prepared)
+    assert after.scoring < before.scoring  # the scores are cached: no query chunks any more
 
 
 def test_format_bytes():
