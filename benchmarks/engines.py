@@ -1,16 +1,27 @@
-"""Run one policy (our engine) or one press (kvpress) on one benchmark item, with the same token ids.
+"""Run our policies (one prefill per item) and kvpress's presses on one benchmark item, with the same ids.
 
 Both engines get the item's `EncodedPrompt` as it is: the context ids are prefilled and compressed,
 then the tail (question and chat-template suffix) is appended uncompressed at its true positions
 (query-agnostic, what kvpress does), then the model decodes greedily, or scores a reference
-continuation under teacher forcing. Matching budgets: a budget fraction ``b`` is kvpress's
-``compression_ratio = 1 - b``. Our engine keeps ``ceil(b * N)`` tokens per head, kvpress
-``int(b * N)``; the kept fraction measured on the real cache tensors is reported for both.
+continuation under teacher forcing.
+
+- **Our engine**: `ItemRuns` prefills an item once (`kvcrush.prepare_encoded`; once more only for
+  query-aware runs, whose prefill also covers the question) and serves the full-cache reference and
+  every policy x budget from it with `PreparedPrompt.generate`: a gather of the intact full cache,
+  the tail, then decoding. Scores are computed once per scorer (`Policy.scorer_key`), so KVCrush over
+  SnapKV reuses SnapKV's. A run's `Timings` still read as a standalone run's: ``prefill_s`` is the
+  shared prefill plus this run's tail, ``score_s`` what the scores cost when they were computed.
+- **kvpress**: every press run prefills under the press's own hooks (kvpress compresses inside the
+  forward), then appends, decodes and scores with the same functions as our engine
+  (`kvcrush.decoding`, see `benchmarks.kvpress_runner`).
+
+Matching budgets: a budget fraction ``b`` is kvpress's ``compression_ratio = 1 - b``. Our engine keeps
+``ceil(b * N)`` tokens per head, kvpress ``int(b * N)``; the kept fraction measured on the real cache
+tensors (`kvcrush.kvcache.cache_bytes`) is reported for both.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -18,8 +29,8 @@ import torch
 
 from benchmarks.grid import ENGINE_KVPRESS, PolicySpec
 from benchmarks.tasks import Item
-from kvcrush import LoadedModel, generate_encoded, make_policy
-from kvcrush.generate import stop_ids
+from kvcrush import LoadedModel, Policy, PreparedPrompt, make_policy, prepare_encoded
+from kvcrush.trace import GenerationResult
 
 NAN = float("nan")
 
@@ -29,8 +40,12 @@ class Outcome:
     """What one run produced and cost, in the same terms for both engines.
 
     kv_fraction: KV bytes of the budgeted tokens after / before eviction (real tensors).
-    score_s / select_s / crush_s: NaN for kvpress (its scoring runs inside the prefill forward and is
-    counted in prefill_s). decode_s: greedy decoding only (the question's forward excluded).
+    prefill_s: the prefill plus appending the tail (ours: the item's shared prefill, counted in every
+    run as a standalone run would pay it; kvpress: its own prefill, scoring and eviction included).
+    score_s / select_s / crush_s: ours only (NaN for kvpress, whose scoring runs inside its prefill):
+    the scorer's cost (``score_reused``: computed by an earlier run on the same prefill, the time is
+    what it cost then), selection plus the gather of the kept rows, KVCrush's share of the selection.
+    decode_s: greedy decoding only.
     """
 
     text: str
@@ -45,6 +60,8 @@ class Outcome:
     decode_s: float
     decode_tokens: int
     kept: list[torch.Tensor] | None = field(default=None, repr=False)
+    prefill_reused: bool = False
+    score_reused: bool = False
 
     @property
     def kv_fraction(self) -> float:
@@ -54,25 +71,20 @@ class Outcome:
     def decode_ms_per_token(self) -> float:
         return 1000.0 * self.decode_s / self.decode_tokens if self.decode_tokens else NAN
 
+    @property
+    def policy_s(self) -> float:
+        """Everything the policy cost: scoring plus selection (NaN for kvpress)."""
+        return self.score_s + self.select_s
 
-def run_full(lm: LoadedModel, item: Item) -> Outcome:
-    """The uncompressed reference on our engine."""
-    return _run_ours(lm, make_policy("full"), item, query_aware=False, keep_kept=False)
-
-
-def run_spec(lm: LoadedModel, spec: PolicySpec, budget: float, item: Item, seed: int,
-             query_aware: bool = False, keep_kept: bool = False) -> Outcome:
-    """Run `spec` at `budget` on `item` (query-aware, globally or by a `+qa` spec, is our engine only)."""
-    if spec.engine == ENGINE_KVPRESS:
-        return _run_kvpress(lm, spec, budget, item)
-    return _run_ours(lm, spec.policy(budget, seed), item, query_aware or spec.query_aware, keep_kept)
+    @property
+    def e2e_s(self) -> float:
+        """End-to-end latency: prefill (and tail) + scoring + selection + decoding (kvpress: prefill + decoding)."""
+        policy = 0.0 if math.isnan(self.policy_s) else self.policy_s  # kvpress: inside its prefill
+        return self.prefill_s + policy + self.decode_s
 
 
-def _run_ours(lm: LoadedModel, policy, item: Item, query_aware: bool, keep_kept: bool) -> Outcome:
-    if item.reference_ids:
-        result = generate_encoded(lm, item.encoded, policy, 0, query_aware, reference_ids=item.reference_ids)
-    else:
-        result = generate_encoded(lm, item.encoded, policy, item.max_new_tokens, query_aware)
+def outcome_of(result: GenerationResult, keep_kept: bool = False) -> Outcome:
+    """Our engine's `GenerationResult` as an `Outcome`."""
     timings = result.timings
     kept = [layer.kept.clone() for layer in result.trace.layers] if keep_kept else None
     return Outcome(
@@ -80,7 +92,88 @@ def _run_ours(lm: LoadedModel, policy, item: Item, query_aware: bool, keep_kept:
         kv_bytes_before=result.kv_bytes_before, kv_bytes_after=result.kv_bytes_after,
         prefill_s=timings.prefill_s, score_s=timings.score_s, select_s=timings.select_s, crush_s=timings.crush_s,
         decode_s=timings.decode_s, decode_tokens=timings.decode_tokens, kept=kept,
+        prefill_reused=timings.prefill_reused, score_reused=timings.score_reused,
     )
+
+
+class ItemRuns:
+    """Every run of one item: our engine prefills it once per mode, kvpress once per press run.
+
+    `full()` is the uncompressed reference, `run(spec, budget)` one grid cell (either engine),
+    `run_policy(policy)` any policy object. `prefills` counts our engine's forwards over the whole
+    prompt so far. `close()` frees the prepared prompts (full cache, hidden states, scores).
+    """
+
+    def __init__(self, lm: LoadedModel, item: Item, seed: int = 0) -> None:
+        self.lm = lm
+        self.item = item
+        self.seed = seed
+        self._prepared: dict[bool, PreparedPrompt] = {}
+
+    def prepared(self, query_aware: bool = False) -> PreparedPrompt:
+        """The item prefilled once (query-aware: context and question; without a question, the same one)."""
+        key = bool(query_aware and self.item.encoded.question_ids)
+        if key not in self._prepared:
+            self._prepared[key] = prepare_encoded(self.lm, self.item.encoded, query_aware=key)
+        return self._prepared[key]
+
+    @property
+    def prefills(self) -> int:
+        return sum(prepared.prefills for prepared in self._prepared.values())
+
+    def full(self) -> Outcome:
+        """The uncompressed reference (query-agnostic)."""
+        return self.run_policy(make_policy("full"))
+
+    def run(self, spec: PolicySpec, budget: float, query_aware: bool = False, keep_kept: bool = False) -> Outcome:
+        """`spec` at `budget` (query-aware, globally or by a `+qa` spec, is our engine only)."""
+        if spec.engine == ENGINE_KVPRESS:
+            return run_kvpress(self.lm, spec, budget, self.item)
+        return self.run_policy(spec.policy(budget, self.seed), query_aware or spec.query_aware, keep_kept)
+
+    def run_policy(self, policy: Policy, query_aware: bool = False, keep_kept: bool = False,
+                   max_new_tokens: int | None = None) -> Outcome:
+        """One of our policies on the shared prefill: decode the item's answer, or score its reference.
+
+        `max_new_tokens=0` only selects, gathers and appends the tail (what a policy costs, no decoding).
+        """
+        item = self.item
+        prepared = self.prepared(query_aware)
+        if max_new_tokens is not None:
+            result = prepared.generate(policy, max_new_tokens)
+        elif item.reference_ids:
+            result = prepared.generate(policy, 0, reference_ids=item.reference_ids)
+        else:
+            result = prepared.generate(policy, item.max_new_tokens)
+        return outcome_of(result, keep_kept)
+
+    def run_base(self, spec: PolicySpec, budget: float, query_aware: bool = False) -> Outcome:
+        """KVCrush's base policy alone, exactly as inside `spec`, on the same prefill and scores, not decoding."""
+        policy = spec.policy(budget, self.seed)
+        if not spec.is_kvcrush:
+            raise ValueError(f"{spec.label} is not KVCrush: it has no base policy.")
+        return self.run_policy(policy.base, query_aware or spec.query_aware, max_new_tokens=0)
+
+    def close(self) -> None:
+        self._prepared.clear()
+
+
+def kvcrush_overhead(kvcrush: Outcome, base: Outcome) -> dict[str, float]:
+    """KVCrush's whole extra cost over its base on the same prefill and scores, as a share of its latency.
+
+    ``overhead_s = (score_s + select_s) - (base score_s + base select_s)``: the scores are shared, so this
+    is everything KVCrush adds (signatures, grouping, the refill around the representatives, the
+    trace); ``overhead_pct = 100 * overhead_s / e2e_s`` (KVCrush's end-to-end latency). ``crush_s`` and
+    ``crush_pct`` are the part KVCrush times itself, kept as a breakdown.
+    """
+    overhead = kvcrush.policy_s - base.policy_s
+    e2e = kvcrush.e2e_s
+    return {
+        "base_score_s": base.score_s, "base_select_s": base.select_s, "base_policy_s": base.policy_s,
+        "policy_s": kvcrush.policy_s, "overhead_s": overhead,
+        "overhead_pct": 100 * overhead / e2e if e2e else NAN,
+        "crush_pct": 100 * kvcrush.crush_s / e2e if e2e else NAN,
+    }
 
 
 def compression_ratio(budget: float) -> float:
@@ -88,24 +181,28 @@ def compression_ratio(budget: float) -> float:
     return round(1.0 - budget, 9)
 
 
-def _run_kvpress(lm: LoadedModel, spec: PolicySpec, budget: float, item: Item) -> Outcome:
-    from benchmarks.kvpress_runner import run_press
-
+def _press_options(spec: PolicySpec, item: Item) -> dict:
     options = dict(spec.options)
     window = options.get("window_size")
     if window is not None and item.encoded.n_context <= window:  # SnapKVPress asserts N > window
         options["window_size"] = max(1, item.encoded.n_context - 1)
+    return options
+
+
+def run_kvpress(lm: LoadedModel, spec: PolicySpec, budget: float, item: Item) -> Outcome:
+    """One press on one item: its own compressed prefill, then our engine's appending, decoding and scoring."""
+    from benchmarks.kvpress_runner import run_press
+
     result = run_press(
         lm.model, lm.tokenizer, spec.method, compression_ratio(budget), item.encoded.context_ids,
         item.encoded.tail_ids or None, max_new_tokens=item.max_new_tokens,
-        continuation_ids=item.reference_ids or None, eos_token_ids=sorted(stop_ids(lm)), **options,
+        continuation_ids=item.reference_ids or None, **_press_options(spec, item),
     )
-    decode_s = result.decode_s - result.question_s if result.new_token_ids else 0.0
     return Outcome(
         text=result.text, new_ids=list(result.new_token_ids), nll=result.nll,
         kv_bytes_before=result.kv_bytes_before, kv_bytes_after=result.kv_bytes_after,
-        prefill_s=result.prefill_s, score_s=NAN, select_s=NAN, crush_s=NAN,
-        decode_s=decode_s, decode_tokens=len(result.new_token_ids),
+        prefill_s=result.prefill_s + result.question_s, score_s=NAN, select_s=NAN, crush_s=NAN,
+        decode_s=result.decode_s, decode_tokens=len(result.new_token_ids),
     )
 
 
@@ -113,11 +210,8 @@ def kvpress_kept(lm: LoadedModel, spec: PolicySpec, budget: float, item: Item) -
     """Per layer `[kv_heads, n_kept]` context positions the press keeps on this item (one more prefill)."""
     from benchmarks.kvpress_runner import press_kept_indices
 
-    options = dict(spec.options)
-    window = options.get("window_size")
-    if window is not None and item.encoded.n_context <= window:
-        options["window_size"] = max(1, item.encoded.n_context - 1)
-    kept = press_kept_indices(lm.model, spec.method, compression_ratio(budget), item.encoded.context_ids, **options)
+    kept = press_kept_indices(lm.model, spec.method, compression_ratio(budget), item.encoded.context_ids,
+                              **_press_options(spec, item))
     return [k.to("cpu") for k in kept]
 
 
@@ -130,33 +224,3 @@ def kept_jaccard(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> float:
             union = a | b
             scores.append(len(a & b) / len(union) if union else 1.0)
     return sum(scores) / len(scores) if scores else NAN
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-@contextlib.contextmanager
-def cuda_timing_hooks(lm: LoadedModel):
-    """On CUDA, make our engine's wall-clock timings cover the GPU work they name.
-
-    Our engine times with `time.perf_counter` and CUDA runs asynchronously: without a sync, the
-    compression hook's clock would start while the layer's attention kernels are still queued (and
-    charge them to selection), and a full-cache prefill would be timed at kernel launch. These hooks
-    synchronise right before each compression hook (they are registered first, so they run first)
-    and at the end of every model forward. No-op on CPU.
-    """
-    if lm.device.type != "cuda":
-        yield
-        return
-
-    def sync(*_args, **_kwargs):
-        torch.cuda.synchronize(lm.device)
-
-    handles = [layer.self_attn.register_forward_hook(sync) for layer in lm.model.model.layers]
-    handles.append(lm.model.register_forward_hook(sync))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()

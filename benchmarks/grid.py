@@ -1,23 +1,33 @@
 """Which policies and kvpress presses run, and at which budgets.
 
-A policy is named by a short spec string, which is also its label in every table and CSV:
+A policy is named by a short spec string, which is also its label in every table and CSV. Our policy
+names, KVCrush's bases and the options a suffix may set are read from the policies' own declarations
+(`kvcrush.POLICIES`, `kvcrush.BASE_CHOICES`, `kvcrush.declared_options`), so a new policy file is in
+the grid without touching this one:
 
-- ``snapkv``, ``h2o``, ``streaming``, ``pyramidkv``, ``tova``, ``knorm``, ``random``: our baselines with
-  their defaults (SnapKV/PyramidKV window ``--window``, default 32, max pooling).
-- ``snapkv-avg``: our SnapKV with average pooling, which is what kvpress's SnapKVPress does;
-  ``tova-all``: our TOVA averaging all query heads of a layer (kvpress's TOVAPress) instead of per
-  GQA group. These two exist to explain gaps between the engines.
-- ``kvcrush:BASE:ANCHOR``: KVCrush over one of our baselines with that anchor
+- ``snapkv``, ``h2o``, ``streaming``, ``pyramidkv``, ``tova``, ``knorm``, ``random`` (every evicting
+  policy in `kvcrush.POLICIES` but KVCrush): our baselines with their defaults; a policy that declares
+  a ``window`` option (SnapKV, PyramidKV) gets ``--window`` (default 32, max pooling).
+- ``snapkv-avg``: our SnapKV with average pooling, which is what kvpress's SnapKVPress does.
+- ``kvcrush:BASE:ANCHOR``: KVCrush over one of our baselines (`kvcrush.BASE_CHOICES`) with that anchor
   (``random|zeros|ones|mean|alternating``) and ``--crush-fraction`` (default 0.25).
 - ``kvpress:PRESS``: NVIDIA kvpress's press (``snapkv``, ``streaming``, ``knorm``, ``tova``,
   ``observed_attention``, ``expected_attention``, ``keydiff``) at compression ratio ``1 - budget``.
-- A ``+qa`` suffix on one of ours (``snapkv+qa``, ``kvcrush:snapkv:alternating+qa``) runs it query-aware:
-  the question is the observation window and is kept (inside the budget). kvpress has no such mode, so
-  these rows are a secondary setting beside the primary, query-agnostic one.
+- ``@all`` suffix, head reduction: policies that declare ``head_reduction`` (H2O, SnapKV, PyramidKV,
+  TOVA, and KVCrush over any of them, where it goes to the base) rank tokens per GQA group by default
+  (``group``: each KV head by the mean of its own query heads); ``snapkv@all``,
+  ``kvcrush:snapkv:alternating@all`` average every query head of the layer instead, so all KV heads
+  keep the same tokens. ``@group`` names the default and is dropped from the label. ``tova@all`` is
+  kvpress's TOVAPress reduction (``tova-all`` is accepted as an older name for it).
+- ``+qa`` suffix (after ``@all`` if both): one of ours run query-aware (``snapkv+qa``,
+  ``kvcrush:snapkv:alternating+qa``): the question is the observation window and is kept (inside the
+  budget). kvpress has no such mode, so these rows are a secondary setting beside the primary,
+  query-agnostic one.
 
 Groups expand to several specs: ``baselines``, ``matched``, ``kvcrush`` (both bases, five anchors),
-``kvcrush-snapkv``, ``kvcrush-h2o``, ``kvpress``, ``query-aware``, ``all``. ``full`` (no eviction) is always run once
-per sample as the reference and need not be listed.
+``kvcrush-snapkv``, ``kvcrush-h2o``, ``head-reduction`` (the ``@all`` variants), ``kvpress``,
+``query-aware``, ``all``. ``full`` (no eviction) is always run once per sample as the reference and
+need not be listed.
 """
 
 from __future__ import annotations
@@ -26,24 +36,47 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvcrush import make_policy
+from kvcrush import BASE_CHOICES, POLICIES, declared_options, make_policy
 from kvcrush.crush import ANCHOR_MODES
-from kvcrush.policies import BASE_CHOICES, Policy
+from kvcrush.policies import Policy
 
-OUR_BASELINES = ("streaming", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "random")
-MATCHED = ("snapkv-avg", "tova-all")
+KVCRUSH = "kvcrush"
+OUR_BASELINES: tuple[str, ...] = tuple(BASE_CHOICES)  # every evicting policy but KVCrush, in declaration order
 KVPRESS_NAMES = ("snapkv", "streaming", "knorm", "tova", "observed_attention", "expected_attention", "keydiff")
-KVCRUSH_BASES = ("snapkv", "h2o")
+KVCRUSH_BASES = ("snapkv", "h2o")  # the bases the grid's KVCrush groups use (any of BASE_CHOICES parses)
+
+HEAD_REDUCTION = "head_reduction"
+QA_SUFFIX = "+qa"
 
 ENGINE_OURS = "ours"
 ENGINE_KVPRESS = "kvpress"
+
+
+def _option(method: str, name: str):
+    """The `OptionSpec` policy `method` declares under `name`, or None."""
+    return next((spec for spec in declared_options(POLICIES[method]) if spec.name == name), None)
+
+
+def head_reduction_choices(method: str) -> tuple[str, ...]:
+    """The head reductions policy `method` declares (empty when it has no such option)."""
+    spec = _option(method, HEAD_REDUCTION)
+    return tuple(spec.choices or ()) if spec is not None else ()
+
+
+def head_reduction_default(method: str) -> str | None:
+    spec = _option(method, HEAD_REDUCTION)
+    return None if spec is None else spec.default
+
+
+HEAD_REDUCTION_POLICIES = tuple(name for name in OUR_BASELINES if head_reduction_choices(name))
+MATCHED = ("snapkv-avg", "tova@all")
 
 # Which of our policies each kvpress press should agree with (same idea, same inputs).
 PARITY_PAIRS: dict[str, tuple[str, ...]] = {
     "kvpress:snapkv": ("snapkv", "snapkv-avg"),
     "kvpress:streaming": ("streaming",),
     "kvpress:knorm": ("knorm",),
-    "kvpress:tova": ("tova", "tova-all"),
+    "kvpress:tova": ("tova", "tova@all"),
     "kvpress:observed_attention": ("h2o",),
 }
 
@@ -52,7 +85,11 @@ FULL_BUDGETS = (0.10, 0.25, 0.50, 0.75, 0.90)
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """One row of the grid: an engine and a method with its options (budget comes later)."""
+    """One row of the grid: an engine and a method with its options (budget comes later).
+
+    base_label: for KVCrush, the label of the spec that runs its base policy alone with the same
+    options (``kvcrush:snapkv:alternating@all+qa`` -> ``snapkv@all+qa``); empty otherwise.
+    """
 
     label: str
     engine: str
@@ -61,10 +98,11 @@ class PolicySpec:
     anchor: str = ""
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     query_aware: bool = False
+    base_label: str = ""
 
     @property
     def is_kvcrush(self) -> bool:
-        return self.method == "kvcrush"
+        return self.method == KVCRUSH
 
     def policy(self, budget: float, seed: int) -> Policy:
         """Our engine's policy at this budget (not for kvpress specs)."""
@@ -77,24 +115,63 @@ class PolicySpec:
 
 
 def _window_options(method: str, window: int) -> dict[str, Any]:
-    return {"window": window} if method in ("snapkv", "pyramidkv") else {}
+    """``--window`` for the policies that declare a ``window`` option."""
+    return {"window": window} if _option(method, "window") is not None else {}
+
+
+def _split_suffixes(raw: str) -> tuple[str, str | None, bool]:
+    """``name@reduction+qa`` -> (name, reduction or None, query-aware)."""
+    query_aware = raw.endswith(QA_SUFFIX)
+    if query_aware:
+        raw = raw[: -len(QA_SUFFIX)]
+    reduction = None
+    if "@" in raw:
+        raw, reduction = raw.rsplit("@", 1)
+    return raw, reduction, query_aware
 
 
 def parse_spec(text: str, window: int = 32, crush_fraction: float = 0.25) -> PolicySpec:
     """One spec string to a `PolicySpec` (see the module docstring)."""
     raw = text.strip().lower()
-    if raw.endswith("+qa"):
-        spec = parse_spec(raw[:-3], window, crush_fraction)
+    if raw == "tova-all":  # older name of tova@all
+        raw = "tova@all"
+    name, reduction, query_aware = _split_suffixes(raw)
+    spec = _parse_name(name, text, window, crush_fraction)
+    if reduction is not None:
+        spec = _with_head_reduction(spec, reduction, text)
+    if query_aware:
         if spec.engine != ENGINE_OURS:
             raise ValueError(f"{text!r}: kvpress has no query-aware mode; '+qa' applies to our policies only.")
-        return dataclasses.replace(spec, label=spec.label + "+qa", query_aware=True)
+        spec = dataclasses.replace(spec, label=spec.label + QA_SUFFIX, query_aware=True,
+                                   base_label=spec.base_label + QA_SUFFIX if spec.base_label else "")
+    return spec
+
+
+def _with_head_reduction(spec: PolicySpec, reduction: str, text: str) -> PolicySpec:
+    if spec.engine != ENGINE_OURS:
+        raise ValueError(f"{text!r}: '@{reduction}' sets our policies' head_reduction; kvpress presses have none.")
+    owner = spec.base if spec.is_kvcrush else spec.method
+    choices = head_reduction_choices(owner)
+    if not choices:
+        raise ValueError(f"{text!r}: {owner} has no head_reduction option (policies that do: "
+                         f"{', '.join(HEAD_REDUCTION_POLICIES)}).")
+    if reduction not in choices:
+        raise ValueError(f"{text!r}: head_reduction must be one of {', '.join(choices)}, got {reduction!r}.")
+    if reduction == head_reduction_default(owner):
+        return spec  # the default: same label, same policy
+    suffix = f"@{reduction}"
+    return dataclasses.replace(spec, label=spec.label + suffix, options={**spec.options, HEAD_REDUCTION: reduction},
+                               base_label=spec.base_label + suffix if spec.base_label else "")
+
+
+def _parse_name(raw: str, text: str, window: int, crush_fraction: float) -> PolicySpec:
     if raw.startswith("kvpress:"):
         press = raw.split(":", 1)[1]
         if press not in KVPRESS_NAMES:
             raise ValueError(f"Unknown kvpress press {press!r}; choose one of {', '.join(KVPRESS_NAMES)}.")
         options = {"window_size": window} if press == "snapkv" else {}
         return PolicySpec(raw, ENGINE_KVPRESS, press, options=options)
-    if raw.startswith("kvcrush"):
+    if raw == KVCRUSH or raw.startswith(KVCRUSH + ":"):
         parts = raw.split(":")
         base = parts[1] if len(parts) > 1 and parts[1] else "snapkv"
         anchor = parts[2] if len(parts) > 2 and parts[2] else "alternating"
@@ -103,17 +180,26 @@ def parse_spec(text: str, window: int = 32, crush_fraction: float = 0.25) -> Pol
         if anchor not in ANCHOR_MODES:
             raise ValueError(f"Unknown anchor {anchor!r}; choose one of {', '.join(ANCHOR_MODES)}.")
         options = {"crush_fraction": crush_fraction, **_window_options(base, window)}
-        return PolicySpec(f"kvcrush:{base}:{anchor}", ENGINE_OURS, "kvcrush", base, anchor, options)
+        return PolicySpec(f"{KVCRUSH}:{base}:{anchor}", ENGINE_OURS, KVCRUSH, base, anchor, options, base_label=base)
     if raw == "snapkv-avg":
         return PolicySpec(raw, ENGINE_OURS, "snapkv", options={"window": window, "pooling": "avg"})
-    if raw == "tova-all":
-        return PolicySpec(raw, ENGINE_OURS, "tova", options={"head_reduction": "all"})
     if raw in OUR_BASELINES:
         return PolicySpec(raw, ENGINE_OURS, raw, options=_window_options(raw, window))
     raise ValueError(
         f"Unknown policy {text!r}; use one of {', '.join(OUR_BASELINES + MATCHED)}, kvcrush:BASE:ANCHOR, "
-        f"kvpress:PRESS, or a group ({', '.join(GROUPS)})."
+        f"kvpress:PRESS, a @all or +qa suffix, or a group ({', '.join(GROUPS)})."
     )
+
+
+def base_label(label: str) -> str | None:
+    """The label of a KVCrush spec's base run alone with the same suffixes; None for other labels."""
+    if not label.startswith(KVCRUSH + ":"):
+        return None
+    name, reduction, query_aware = _split_suffixes(label)
+    parts = name.split(":")
+    if len(parts) < 2 or not parts[1]:
+        return None
+    return parts[1] + (f"@{reduction}" if reduction else "") + (QA_SUFFIX if query_aware else "")
 
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -124,10 +210,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "kvpress": tuple(f"kvpress:{p}" for p in KVPRESS_NAMES),
 }
 GROUPS["kvcrush"] = GROUPS["kvcrush-snapkv"] + GROUPS["kvcrush-h2o"]
+GROUPS["head-reduction"] = (tuple(f"{name}@all" for name in HEAD_REDUCTION_POLICIES)
+                            + tuple(f"kvcrush:{base}:alternating@all" for base in KVCRUSH_BASES
+                                    if "all" in head_reduction_choices(base)))
 GROUPS["query-aware"] = ("snapkv+qa", "kvcrush:snapkv:alternating+qa")
-GROUPS["all"] = OUR_BASELINES + MATCHED + GROUPS["kvcrush"] + GROUPS["kvpress"] + GROUPS["query-aware"]
+GROUPS["all"] = tuple(dict.fromkeys(OUR_BASELINES + MATCHED + GROUPS["kvcrush"] + GROUPS["head-reduction"]
+                                   + GROUPS["kvpress"] + GROUPS["query-aware"]))
 
-QUICK_POLICIES = ("snapkv", "snapkv-avg", "kvcrush:snapkv:alternating", "streaming", "knorm",
+QUICK_POLICIES = ("snapkv", "snapkv-avg", "snapkv@all", "kvcrush:snapkv:alternating", "streaming", "knorm",
                   "kvpress:snapkv", "kvpress:streaming", "kvpress:knorm")
 
 

@@ -11,10 +11,12 @@ same process:
 2. append ``question_ids`` uncompressed, at their true positions;
 3. decode greedily, or score a true continuation under teacher forcing.
 
-After eviction the cache is shorter than the sequence, so every later forward passes explicit
-``position_ids`` (true positions: context length + i) while ``cache_position`` is left to its
-default (the actual cache length), which keeps the causal mask right. This is also what kvpress's
-own pipeline does.
+Steps 2 and 3 are our engine's own loop (`kvcrush.decoding.extend`, `greedy_decode`,
+`continuation_nll`) and KV bytes are counted by `kvcrush.kvcache.cache_bytes`, so a difference between
+the engines is a difference in what the compressed cache holds, never in how it is read. After eviction
+the cache is shorter than the sequence, so every later forward passes explicit ``position_ids`` (true
+positions: context length + i) while ``cache_position`` is left to its default (the actual cache
+length), which keeps the causal mask right. This is also what kvpress's own pipeline does.
 
 Notes on kvpress 0.5.5 learned from its source:
 
@@ -35,7 +37,6 @@ Notes on kvpress 0.5.5 learned from its source:
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -55,6 +56,9 @@ from kvpress import (
 )
 from kvpress.utils import compute_n_kept
 from transformers import DynamicCache, PreTrainedModel
+
+from kvcrush.decoding import continuation_nll, extend, stop_ids, synchronize, timed_greedy_decode
+from kvcrush.kvcache import cache_bytes, cache_lengths
 
 PressFactory = Callable[..., ScorerPress]
 
@@ -86,11 +90,12 @@ class PressResult:
     """What one kvpress run produced and cost.
 
     ``kv_bytes_before`` is what an uncompressed prefill of the context holds (all layers, keys and
-    values, N tokens); ``kv_bytes_after`` what the press left; ``kept_per_layer`` the tokens per
-    layer after compression. ``nll`` is the mean negative log-likelihood (nats/token) of the
-    continuation, or None when decoding instead. ``decode_s`` counts everything after the
-    compressed prefill (appending the question, then decoding or scoring); ``question_s`` is the
-    part of it spent appending the question, so ``decode_s - question_s`` is the decoding alone.
+    values, N tokens) and ``kv_bytes_after`` what the press left, both counted by
+    `kvcrush.kvcache.cache_bytes` as in our engine; ``kept_per_layer`` the tokens per layer after
+    compression. ``nll`` is the mean negative log-likelihood (nats/token) of the continuation, or None
+    when decoding instead. ``prefill_s``: the compressed prefill of the context (the press's scoring
+    and eviction included); ``question_s``: appending the question uncompressed; ``decode_s``: greedy
+    decoding alone (0 when scoring a continuation), as our engine's `Timings.decode_s`.
     """
 
     text: str
@@ -139,35 +144,6 @@ def _ids_tensor(ids: Sequence[int] | torch.Tensor, device: torch.device) -> torc
     return tensor.reshape(1, -1)
 
 
-def _positions(start: int, count: int, device: torch.device) -> torch.Tensor:
-    """True positions ``[1, count]`` starting at ``start``."""
-    return torch.arange(start, start + count, device=device).unsqueeze(0)
-
-
-def cache_bytes(cache: DynamicCache) -> int:
-    """Bytes held by the cache's keys and values, all layers.
-
-    Each layer holds keys and values ``[batch, kv_heads, tokens, head_dim]``.
-    """
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-
-
-def uncompressed_cache_bytes(cache: DynamicCache, n_tokens: int) -> int:
-    """Bytes the same cache would hold with ``n_tokens`` tokens in every layer (from the shapes)."""
-    total = 0
-    for layer in cache.layers:
-        for tensor in (layer.keys, layer.values):
-            per_token = tensor.numel() // max(tensor.shape[-2], 1)
-            total += per_token * n_tokens * tensor.element_size()
-    return total
-
-
-def _synchronize(device: torch.device) -> None:
-    """Wait for queued CUDA work so wall-clock timings cover it (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def prefill_with_press(
     model: PreTrainedModel,
@@ -184,73 +160,12 @@ def prefill_with_press(
     cache = DynamicCache(config=model.config)
     attention = attention_implementation(model, "eager") if eager else nullcontext()
     with attention, press(model) if press is not None else nullcontext():
-        _synchronize(model.device)
+        synchronize(model.device)
         start = time.perf_counter()
         out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        _synchronize(model.device)
+        synchronize(model.device)
         seconds = time.perf_counter() - start
     return cache, out.logits, seconds
-
-
-def _eos_ids(model: PreTrainedModel, eos_token_ids: Sequence[int] | int | None) -> set[int]:
-    if eos_token_ids is None:
-        eos_token_ids = model.generation_config.eos_token_id
-    if eos_token_ids is None:
-        return set()
-    if isinstance(eos_token_ids, int):
-        return {eos_token_ids}
-    return set(eos_token_ids)
-
-
-@torch.no_grad()
-def _greedy_decode(
-    model: PreTrainedModel,
-    cache: DynamicCache,
-    logits: torch.Tensor,
-    position: int,
-    max_new_tokens: int,
-    eos: set[int],
-) -> list[int]:
-    """Greedy tokens from ``logits`` (``[1, q, vocab]``; last row used); token i goes at ``position + i``."""
-    new_ids: list[int] = []
-    for i in range(max_new_tokens):
-        next_id = int(logits[0, -1].argmax())
-        new_ids.append(next_id)
-        if next_id in eos or i == max_new_tokens - 1:
-            break
-        out = model(
-            input_ids=_ids_tensor([next_id], model.device),
-            past_key_values=cache,
-            position_ids=_positions(position + i, 1, model.device),
-            use_cache=True,
-        )
-        logits = out.logits
-    return new_ids
-
-
-@torch.no_grad()
-def _continuation_nll(
-    model: PreTrainedModel,
-    cache: DynamicCache,
-    logits: torch.Tensor,
-    position: int,
-    continuation_ids: list[int],
-) -> float:
-    """Mean NLL of ``continuation_ids`` under teacher forcing; ``logits`` predict its first token and
-    the continuation (all but its last token) is forwarded at positions ``position + i``."""
-    first = torch.log_softmax(logits[0, -1].float(), dim=-1)[continuation_ids[0]]
-    log_probs = [first.reshape(1)]
-    if len(continuation_ids) > 1:
-        out = model(
-            input_ids=_ids_tensor(continuation_ids[:-1], model.device),
-            past_key_values=cache,
-            position_ids=_positions(position, len(continuation_ids) - 1, model.device),
-            use_cache=True,
-        )
-        rest = torch.log_softmax(out.logits[0].float(), dim=-1)
-        targets = torch.as_tensor(continuation_ids[1:], device=rest.device)
-        log_probs.append(rest.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
-    return float(-torch.cat(log_probs).mean())
 
 
 def run_press(
@@ -270,9 +185,11 @@ def run_press(
 
     The question (if any) is appended uncompressed after compression. Without
     ``continuation_ids`` the model decodes greedily up to ``max_new_tokens``, stopping after an
-    end-of-sequence id (``eos_token_ids``, default the model's generation config); with them, no
-    text is generated and ``nll`` is their mean NLL under teacher forcing. ``tokenizer`` only
-    decodes the new ids (may be None: empty text). ``press_opts`` go to the press constructor.
+    end token (``eos_token_ids``, default `kvcrush.decoding.stop_ids`: the model's generation config
+    and the tokenizer's); with them, no text is generated and ``nll`` is their mean NLL under teacher
+    forcing. Appending, decoding and scoring are our engine's own functions (`kvcrush.decoding`), so the
+    two engines differ only in what the compressed cache holds. ``tokenizer`` only decodes the new ids
+    and supplies its end token (may be None: empty text). ``press_opts`` go to the press constructor.
     """
     if not context_ids:
         raise ValueError("context_ids is empty.")
@@ -280,33 +197,29 @@ def run_press(
     n_context = len(context_ids)
     eager = press_name in EAGER_PRESSES
     cache, logits, prefill_s = prefill_with_press(model, press, context_ids, eager=eager)
-    kv_bytes_before = uncompressed_cache_bytes(cache, n_context)
+    kv_bytes_before = cache_bytes(cache, n_tokens=n_context)
     kv_bytes_after = cache_bytes(cache)
-    kept_per_layer = [int(layer.keys.shape[-2]) for layer in cache.layers]
+    kept_per_layer = cache_lengths(cache)
 
-    start = time.perf_counter()
+    next_logits = logits[0, -1].float()
     position = n_context
-    with torch.no_grad():
-        if question_ids:
-            logits = model(
-                input_ids=_ids_tensor(question_ids, model.device),
-                past_key_values=cache,
-                position_ids=_positions(position, len(question_ids), model.device),
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits
-            position += len(question_ids)
-    _synchronize(model.device)
+    start = time.perf_counter()
+    if question_ids:
+        next_logits = extend(model, cache, list(question_ids), position, last_only=True)[-1]
+        position += len(question_ids)
+    synchronize(model.device)
     question_s = time.perf_counter() - start
     nll: float | None = None
     new_ids: list[int] = []
+    decode_s = 0.0
     if continuation_ids:
-        nll = _continuation_nll(model, cache, logits, position, list(continuation_ids))
-    else:
-        eos = _eos_ids(model, eos_token_ids)
-        new_ids = _greedy_decode(model, cache, logits, position, max_new_tokens, eos)
-    _synchronize(model.device)
-    decode_s = time.perf_counter() - start
+        nll = continuation_nll(model, cache, next_logits, position, list(continuation_ids))
+    elif max_new_tokens:
+        if eos_token_ids is None:
+            stops = stop_ids(model, tokenizer)
+        else:
+            stops = {eos_token_ids} if isinstance(eos_token_ids, int) else set(eos_token_ids)
+        new_ids, decode_s = timed_greedy_decode(model, cache, next_logits, position, max_new_tokens, stops)
 
     text = tokenizer.decode(new_ids, skip_special_tokens=True) if tokenizer is not None and new_ids else ""
     return PressResult(
@@ -366,7 +279,3 @@ def press_kept_indices(
             kept.append(torch.arange(n_tokens, device=layer.keys.device).expand(kv_heads, n_tokens).clone())
     return kept
 
-
-def kv_fraction(result: PressResult) -> float:
-    """``kv_bytes_after / kv_bytes_before`` (nan when nothing was cached)."""
-    return result.kv_bytes_after / result.kv_bytes_before if result.kv_bytes_before else math.nan

@@ -1,7 +1,9 @@
 """The quality grid: every item x (full reference + every policy at every budget), one record per run.
 
-For each item the full cache runs once on our engine; every policy then runs at every budget on the
-same token ids, and the task scores it against the gold answer and against the full run. The first
+For each item our engine prefills once (`engines.ItemRuns`, one more prefill only for query-aware
+runs): the full-cache reference and every one of our policies at every budget are served from that
+prefill; each kvpress press run prefills under its own hooks. Every run gets the same token ids, and the
+task scores it against the gold answer and against the full run. The first
 needle item (or the first item of any task that decodes) is also the *parity* item: for every
 kvpress press that has a counterpart among our policies (``grid.PARITY_PAIRS``), the kept token
 sets of both engines are compared there (mean Jaccard over layers and KV heads).
@@ -9,13 +11,12 @@ sets of both engines are compared there (mean Jaccard over layers and KV heads).
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.engines import Outcome, kept_jaccard, kvpress_kept, run_full, run_spec
+from benchmarks.engines import ItemRuns, Outcome, kept_jaccard, kvpress_kept
 from benchmarks.grid import ENGINE_KVPRESS, PARITY_PAIRS, PolicySpec
 from benchmarks.tasks import Item, agreement, likelihood, needle
 
@@ -50,7 +51,7 @@ def _record(item: Item, spec: PolicySpec | None, budget: float, outcome: Outcome
         kv_bytes_after=outcome.kv_bytes_after, prefill_s=outcome.prefill_s, score_s=outcome.score_s,
         select_s=outcome.select_s, crush_s=outcome.crush_s, decode_s=outcome.decode_s,
         decode_tokens=outcome.decode_tokens, decode_ms_per_token=outcome.decode_ms_per_token,
-        text=outcome.text,
+        prefill_reused=outcome.prefill_reused, score_reused=outcome.score_reused, text=outcome.text,
     )
     return record
 
@@ -70,28 +71,9 @@ def _parity_counterparts(specs: list[PolicySpec]) -> dict[str, list[str]]:
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    try:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # ships with transformers
 
-        return tqdm(total=total, disable=not enabled, file=sys.stderr, dynamic_ncols=True, unit="run")
-    except ImportError:  # pragma: no cover - tqdm ships with transformers
-        return _PrintProgress(total, enabled)
-
-
-class _PrintProgress:
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, 0, enabled
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.enabled and (self.done % 10 == 0 or self.done == self.total):
-            print(f"  {self.done}/{self.total} runs", file=sys.stderr, flush=True)
-
-    def set_postfix_str(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    return tqdm(total=total, disable=not enabled, file=sys.stderr, dynamic_ncols=True, unit="run")
 
 
 def warm_up(lm, items: list[Item], specs: list[PolicySpec], budget: float, seed: int) -> None:
@@ -99,11 +81,13 @@ def warm_up(lm, items: list[Item], specs: list[PolicySpec], budget: float, seed:
     item = min(items, key=lambda i: i.encoded.n_context)
     short = Item(item.task, item.dataset, item.length, "warm-up", item.encoded, item.answers, item.reference_ids,
                  min(item.max_new_tokens, 2))
-    run_full(lm, short)
+    runs = ItemRuns(lm, short, seed)
+    runs.full()
     for engine in ("ours", ENGINE_KVPRESS):
         spec = next((s for s in specs if s.engine == engine), None)
         if spec is not None:
-            run_spec(lm, spec, budget, short, seed)
+            runs.run(spec, budget)
+    runs.close()
 
 
 def run_grid(
@@ -128,7 +112,8 @@ def run_grid(
     try:
         for item in items:
             bar.set_postfix_str(f"{item.task} {item.sample[:32]} full")
-            full = run_full(lm, item)
+            runs = ItemRuns(lm, item, seed)  # our engine: one prefill for the reference and every policy x budget
+            full = runs.full()
             result.records.append(_record(item, None, 1.0, full, full))
             bar.update(1)
             for budget in budgets:
@@ -136,7 +121,7 @@ def run_grid(
                     bar.set_postfix_str(f"{item.task} {item.sample[:24]} {spec.label} {budget:.0%}")
                     keep = item is check and spec.label in wanted
                     try:
-                        outcome = run_spec(lm, spec, budget, item, seed, query_aware, keep_kept=keep)
+                        outcome = runs.run(spec, budget, query_aware, keep_kept=keep)
                     except Exception as error:  # noqa: BLE001 - one failing press must not end the grid
                         result.errors.append({**_base_record(item, spec, budget), "error": repr(error)})
                         log(f"  ! {spec.label} at {budget:.0%} on {item.sample}: {error!r}")
@@ -146,6 +131,7 @@ def run_grid(
                         our_kept[(spec.label, budget)] = outcome.kept
                     result.records.append(_record(item, spec, budget, outcome, full))
                     bar.update(1)
+            runs.close()
     finally:
         bar.close()
     if check is not None and counterparts:
@@ -186,10 +172,6 @@ def build_items(tokenizer, task_names: Iterable[str], settings: dict[str, Any]) 
             raise ValueError(f"Unknown task {name!r}; choose from {', '.join(TASK_MODULES)}.")
         items.extend(TASK_MODULES[name].build(tokenizer, settings[name]))
     return items
-
-
-def is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 __all__ = ["GridResult", "run_grid", "build_items", "parity_item", "warm_up", "TASK_MODULES"]

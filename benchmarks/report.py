@@ -6,7 +6,7 @@ Files (all in one folder; `benchmarks/README.md` explains every column):
 - ``breakdown.csv``: the same per context length (needle at 1k/2k/4k, ...).
 - ``samples.csv``: one row per run (every sample, policy, budget), with the generated text.
 - ``parity.csv``: kept-token overlap of our policies with their kvpress counterparts on one prompt.
-- ``overhead.csv``, ``scale.csv``: KVCrush's selection overhead; random-weight timing and memory.
+- ``overhead.csv``, ``scale.csv``: KVCrush's overhead over its base policy; random-weight timing and memory.
 - ``summary.json``: settings, seeds, comparisons, memory, overhead, durations and the environment.
 - ``report.md``, ``chart.html`` (score versus budget per policy), ``environment.json``.
 """
@@ -148,7 +148,7 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     ObservedAttentionPress) and against the best kvpress press of that cell (`versus` names it).
     parity: our policies against their kvpress counterparts (`grid.PARITY_PAIRS`).
     """
-    from benchmarks.grid import PARITY_PAIRS
+    from benchmarks.grid import PARITY_PAIRS, base_label
 
     frame = pd.DataFrame(records)
     out: dict[str, list[dict[str, Any]]] = {"kvcrush_vs_base": [], "kvcrush_vs_kvpress": [], "parity": []}
@@ -159,16 +159,15 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     for task, dataset, budget in cells:
         best = _best_press(frame, task, dataset, budget)
         for policy in policies:
-            if not policy.startswith("kvcrush:"):
+            base = base_label(policy)
+            if base is None:
                 continue
-            base = policy.split(":")[1]
-            if policy.endswith("+qa"):
-                base += "+qa"
             if base in policies:
                 row = _paired(frame, policy, base, task, dataset, budget)
                 if row:
                     out["kvcrush_vs_base"].append(row)
-            rivals = [KVPRESS_COUNTERPART.get(base), best]
+            counterpart = None if policy.endswith("+qa") else KVPRESS_COUNTERPART.get(policy.split(":")[1])
+            rivals = [counterpart, best]
             for rival, role in zip(rivals, ("counterpart", "best kvpress"), strict=True):
                 if rival in policies:
                     row = _paired(frame, policy, rival, task, dataset, budget)
@@ -388,13 +387,7 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
     lines += [KNOWN_DIFFERENCES, ""]
     overhead = summary.get("overhead", [])
     if overhead:
-        rows = [[o["length"], o["policy"], o["prefill_s"], o["score_s"], o["select_s"], o["crush_s"], o["decode_s"],
-                 o["decode_tokens"], o["e2e_s"], o["crush_pct"], o["score_pct"]] for o in overhead]
-        lines += [f"## Overhead (paper target: KVCrush < {PAPER_OVERHEAD_PCT}% of end-to-end latency)", "",
-                  "e2e = prefill + selection + decode of up to 32 tokens, our engine, medians of "
-                  f"{overhead[0]['repeats']} repeat(s); crush % = signatures + grouping; score % = base scoring.", "",
-                  markdown_table(["tokens", "policy", "prefill s", "score s", "select s", "crush s", "decode s",
-                                  "tokens out", "e2e s", "crush %", "score %"], rows), ""]
+        lines += [overhead_markdown(overhead), ""]
     memory = summary.get("memory", [])
     if memory:
         rows = [[m["length"], m["engine"], f"{m['budget']:.0%}", 100 * m["kv_fraction_mean"],
@@ -421,10 +414,32 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _overhead_cells(row: dict[str, Any]) -> list[Any]:
+    """KVCrush's overhead columns of an overhead or scale row (older files lack them: empty cells)."""
+    return [row.get("base_policy_s", math.nan), row.get("overhead_s", math.nan), row.get("overhead_pct", math.nan)]
+
+
+def overhead_markdown(overhead: list[dict[str, Any]]) -> str:
+    rows = [[o["length"], o["policy"], o["prefill_s"], o["score_s"], o["select_s"],
+             *_overhead_cells(o), o["crush_s"], o.get("crush_pct", math.nan), o["decode_s"], o["decode_tokens"],
+             o["e2e_s"]] for o in overhead]
+    return "\n".join([
+        f"## Overhead (paper target: KVCrush < {PAPER_OVERHEAD_PCT}% of end-to-end latency)", "",
+        "Our engine, one prefill per repeat shared by every row of a length; e2e = prefill + scoring + selection +"
+        f" decode of up to 32 tokens, medians of {overhead[0]['repeats']} repeat(s). **overhead** = KVCrush's"
+        " policy time (scoring + selection + gather) minus its base policy's on the same prefill and the same"
+        " scores: everything KVCrush adds; overhead % is its share of KVCrush's e2e. crush s / crush % is the"
+        " part KVCrush times itself (signatures, grouping, refill), a breakdown.", "",
+        markdown_table(["tokens", "policy", "prefill s", "score s", "select s", "base policy s", "overhead s",
+                        "overhead %", "crush s", "crush %", "decode s", "tokens out", "e2e s"], rows),
+    ])
+
+
 def scale_markdown(scale: list[dict[str, Any]]) -> str:
     first = scale[0]
-    rows = [[s["length"], s["policy"], f"{s['budget']:.0%}", s["prefill_s"], s["score_s"], s["crush_s"],
-             s["crush_pct"], s["kv_bytes_after"] / 2**20, s["kv_bytes_before"] / 2**20, s["decode_ms_per_token"],
+    rows = [[s["length"], s["policy"], f"{s['budget']:.0%}", s["prefill_s"], s["score_s"], s["select_s"],
+             s.get("overhead_s", math.nan), s.get("overhead_pct", math.nan), s["crush_s"], s["crush_pct"],
+             s["kv_bytes_after"] / 2**20, s["kv_bytes_before"] / 2**20, s["decode_ms_per_token"],
              s["full_decode_ms_per_token"],
              (s["peak_gpu_bytes"] if isinstance(s["peak_gpu_bytes"], int) else s["peak_rss_bytes"]) / 2**30]
             for s in scale]
@@ -432,10 +447,12 @@ def scale_markdown(scale: list[dict[str, Any]]) -> str:
     return "\n".join([
         f"## Scale: {first['shape']} with random weights, {first['layers']} layers, {first['dtype']} on "
         f"{first['device']}", "",
-        "Timing and memory only (random weights); score s / crush s summed over layers; kvpress scoring is inside"
-        " its prefill.", "",
-        markdown_table(["tokens", "policy", "budget", "prefill s", "score s", "crush s", "crush %", "KV MiB after",
-                        "KV MiB before", "decode ms/tok", "full ms/tok", peak], rows),
+        "Timing and memory only (random weights); score s / select s / crush s summed over layers; our engine"
+        " prefills once per length for every row; kvpress scoring is inside its prefill. overhead = KVCrush's"
+        " scoring + selection minus its base's on the same scores; overhead % and crush % of e2e.", "",
+        markdown_table(["tokens", "policy", "budget", "prefill s", "score s", "select s", "overhead s", "overhead %",
+                        "crush s", "crush %", "KV MiB after", "KV MiB before", "decode ms/tok", "full ms/tok", peak],
+                       rows),
     ])
 
 
@@ -447,12 +464,16 @@ KNOWN_DIFFERENCES = """### Known differences between the engines (by design, not
   (zero padding). `snapkv-avg` is our SnapKV with kvpress's pooling. Both keep the window itself.
 - **TOVA:** our `tova` averages the last query's attention over the query heads of each GQA group (each KV
   head keeps its own tokens); kvpress's TOVAPress averages all heads of the layer (all KV heads keep the same
-  tokens). `tova-all` is ours with kvpress's reduction. Both always keep the last token.
+  tokens). `tova@all` is ours with kvpress's reduction (`@all` exists for H2O, SnapKV, PyramidKV and KVCrush
+  over them too). Both always keep the last token.
 - **StreamingLLM / Knorm:** same rule on both sides (4 sink tokens + most recent; smallest key norms).
 - **H2O vs ObservedAttention:** ours sums the attention a token receives and keeps a 32-token recent
   window; kvpress divides by the number of queries that can see the token and keeps no window.
-- Timing: both prefills compute only the last position's logits (`logits_to_keep=1`). kvpress's scoring
-  runs inside its prefill forward, so its `score_s`/`select_s` are empty."""
+- Same loop after compression: both engines append the question, decode greedily and score likelihoods with
+  `kvcrush.decoding`, and count KV bytes with `kvcrush.kvcache.cache_bytes`.
+- Timing: both prefills compute only the last position's logits (`logits_to_keep=1`). Our engine prefills
+  each prompt once for every policy and budget (each run's `prefill_s` still counts that prefill);
+  kvpress's scoring runs inside its prefill forward, so its `score_s`/`select_s` are empty."""
 
 
 # ---------------------------------------------------------------------------------------------

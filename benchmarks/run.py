@@ -78,8 +78,9 @@ class RunSettings:
             dropped=[
                 "Quick mode drops: budgets 10%/75%/90%; needle at 2k/4k tokens and at depths 30%/70%;"
                 " likelihood at 2k tokens (1k, one sample instead of five); HotpotQA and all but two SQuAD"
-                " questions; the policies h2o, pyramidkv, tova, random, tova-all, KVCrush over h2o and all"
-                " anchors but alternating, and the kvpress presses tova, observed_attention,"
+                " questions; the policies h2o, pyramidkv, tova, random, the @all head-reduction variants but"
+                " snapkv@all, KVCrush over h2o and all anchors but alternating, and the kvpress presses tova,"
+                " observed_attention,"
                 " expected_attention, keydiff; overhead at 4k tokens, KVCrush over h2o, and repeats"
                 " (1 instead of 3). Use --full for everything.",
             ],
@@ -146,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", nargs="+", help=f"subset of {', '.join(ALL_TASKS)}")
     parser.add_argument("--budgets", nargs="+", help="fractions or percentages, e.g. 0.25 50%%")
     parser.add_argument("--policies", nargs="+",
-                        help="specs or groups: snapkv, kvcrush:snapkv:alternating, kvpress:snapkv, baselines, "
-                             "matched, kvcrush, kvpress, all (see benchmarks/grid.py)")
+                        help="specs or groups: snapkv, snapkv@all, kvcrush:snapkv:alternating, kvpress:snapkv, "
+                             "baselines, matched, kvcrush, head-reduction, kvpress, all (see benchmarks/grid.py)")
     parser.add_argument("--samples", type=int, help="samples per needle cell / likelihood / agreement dataset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="default: the packaged SmolLM2-135M-Instruct; "

@@ -197,10 +197,12 @@ class PreparedPrompt:
         def hook(module, args, kwargs, output):
             if should_stop is not None and should_stop():
                 raise RunCancelled("The run was cancelled.")
+            synchronize(self.lm.device)  # the layer's own attention is not scoring time
             start = time.perf_counter()
             kept = self.layers[module.layer_idx]
             layer = _layer_inputs(module, kwargs, kept.n_layers, kept.n_context, kept.window_start, kept.query_aware, 0)
             per_layer.append(policy.score(layer).float())
+            synchronize(self.lm.device)
             seconds[0] += time.perf_counter() - start
             return output
 

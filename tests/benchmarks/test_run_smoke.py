@@ -32,6 +32,14 @@ def out_dir(tmp_path_factory):
     return out
 
 
+def test_our_runs_share_one_prefill_per_item(out_dir):
+    samples = pd.read_csv(out_dir / "samples.csv")
+    ours = samples[(samples["engine"] == "ours") & (samples["policy"] != "full")]
+    assert ours["prefill_reused"].astype(bool).all()
+    kvpress = samples[samples["engine"] == "kvpress"]
+    assert not kvpress["prefill_reused"].astype(bool).any()
+
+
 def test_every_file_is_written(out_dir):
     for name in ("results.csv", "breakdown.csv", "samples.csv", "parity.csv", "overhead.csv", "summary.json",
                  "report.md", "chart.html", "environment.json"):
@@ -71,6 +79,11 @@ def test_comparisons_overhead_and_parity(out_dir):
     overhead = pd.read_csv(out_dir / "overhead.csv")
     assert set(overhead["policy"]) == {"full", "kvcrush:snapkv:alternating"}
     assert overhead["crush_pct"].map(math.isfinite).all()
+    crush = overhead[overhead["policy"] == "kvcrush:snapkv:alternating"].iloc[0]
+    for column in ("policy_s", "base_policy_s", "overhead_s", "overhead_pct", "e2e_s"):
+        assert math.isfinite(crush[column]), column
+    assert crush["overhead_s"] == pytest.approx(crush["policy_s"] - crush["base_policy_s"], abs=1e-6)
+    assert "overhead %" in (out_dir / "report.md").read_text()
     parity = pd.read_csv(out_dir / "parity.csv")
     assert ((parity["jaccard"] >= 0) & (parity["jaccard"] <= 1)).all()
     streaming = parity[parity["ours"] == "streaming"]["jaccard"]
