@@ -1,17 +1,26 @@
 """KVCrush Explorer: `streamlit run app.py`.
 
-The entry point builds the shared sidebar (model, policy, budget, KVCrush options, prompt, run
+The entry point builds the shared sidebar (model, policy, budget, the policy's options, prompt, run
 options), loads the model once per process, and hands over to the page chosen in the navigation.
-Pages live in pages/ and only render traces recorded by `kvcrush.generate`.
+Pages live in pages/ and only render what the session's prepared prompt (`kvcrush.prepare`) selected
+and generated; `ui.runs` orchestrates the runs.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
-import streamlit as st
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. The model decodes while the
+# browser draws the page on the same cores; with spinning threads the 2k-token example's 32-token
+# answer took 16-23 s in Chromium instead of 2-3 s (2 CPU cores). An operator's own setting wins.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ui import shell
+import streamlit as st  # noqa: E402
+
+from ui import shell  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PAGES = [

@@ -27,6 +27,7 @@ Memory held by a prepared prompt (`nbytes`): the full KV cache, plus the kept hi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,6 +240,12 @@ class PreparedPrompt:
         self.runs += 1
         return self._run_trace(policy, traces, timings)
 
+    def _check_selection(self, selection: RunTrace, policy: Policy) -> None:
+        if (selection.policy != policy.describe() or selection.n_context != self.n_budgeted
+                or selection.query_aware != self.query_aware or len(selection.layers) != len(self.layers)):
+            raise ValueError("This selection was made for another policy or prompt: call select(policy) on this "
+                             "prepared prompt, or pass no selection.")
+
     def _run_trace(self, policy: Policy, traces: list[LayerTrace], timings: Timings) -> RunTrace:
         return RunTrace(
             policy=policy.describe(), model=self.lm.name, token_strings=self.token_strings(),
@@ -255,11 +262,14 @@ class PreparedPrompt:
         progress: Progress | None = None,
         should_stop: ShouldStop | None = None,
         on_token: Callable[[list[int]], None] | None = None,
+        selection: RunTrace | None = None,
     ) -> GenerationResult:
         """Compress with `policy` (a gather of the full cache, which stays intact), append the tail, decode.
 
         `reference_ids` adds their teacher-forced NLL after the tail (`max_new_tokens=0` only scores them).
         `on_token(ids_so_far)` is called after every decoded token, to stream the answer.
+        `selection`: what `select(policy)` on this prompt already returned, so it is not selected again
+        (a trace of another policy or prompt is refused).
         """
         policy = as_policy(policy)
         _check_max_new_tokens(max_new_tokens)
@@ -267,7 +277,11 @@ class PreparedPrompt:
         n_positions = len(self.encoded.all_ids) + len(reference)
         check_length(self.lm, n_positions, max_new_tokens)
         limits.preflight(self.lm, n_positions, max_new_tokens, policy, prepared=self)
-        trace = self.select(policy, should_stop)
+        if selection is None:
+            trace = self.select(policy, should_stop)
+        else:
+            self._check_selection(selection, policy)
+            trace = dataclasses.replace(selection, timings=dataclasses.replace(selection.timings))
         timings = trace.timings
         model, device = self.lm.model, self.lm.device
         with self.lm.lock, torch.no_grad():

@@ -1,4 +1,7 @@
-"""Groups: distances of the evicted candidates, KVCrush's buckets and representatives, a map of signatures."""
+"""Groups: distances of the evicted candidates, KVCrush's buckets and representatives, a map of signatures.
+
+Rendered from the selection; the run's answer decodes meanwhile and streams in (see `ui.runs`).
+"""
 
 from __future__ import annotations
 
@@ -9,48 +12,57 @@ from ui.units import bucket_table, unit_view
 
 COLOR_BY = {"kept / evicted / representative": "status", "bucket": "bucket", "distance to the anchor": "distance"}
 
+
+def render(live: runs.LiveRun) -> None:
+    trace = live.trace
+    policy = live.request.policy
+    layer_index = pick.layer("grp", len(trace.layers), st.columns([1, 4])[0])
+    layer = trace.layers[layer_index]
+    view = unit_view(trace, layer)
+    if view is None:
+        reason = ("this layer kept everything (the budget covers the prompt)" if layer.no_op
+                  else f"the policy is {policy.label}; buckets are recorded by KVCrush runs")
+        st.info(f"No groups to show: {reason}. Pick **kvcrush** as the policy in the sidebar.")
+        return
+
+    unit = "block" if view.granularity == "block" else "token"
+    st.caption(f"Layer {layer_index}: {int(view.candidate.sum()):,} evicted candidate {unit}s, "
+               f"{len(layer.buckets)} buckets, {layer.crush_used:,} of {layer.crush:,} KVCrush tokens used.")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(plots.distance_histogram(view), key="grp_hist", config={"displayModeBar": False})
+    with right:
+        st.plotly_chart(plots.bucket_figure(view), key="grp_buckets", config={"displayModeBar": False})
+
+    buckets = bucket_table(view)
+    with st.container(key="bucket_table"):
+        st.markdown("**Buckets**: each representative stands in for the evicted candidates next to it in the "
+                    "distance order.")
+        st.dataframe(buckets, hide_index=True, key="grp_table", height=260)
+        export.csv_button(buckets, f"buckets-layer{layer_index}-{policy.label}", "grp_csv")
+    runs.begin_answer(live, runs.HEAD_START_S)  # the selection is shown; the map is fitted while it decodes
+
+    st.subheader("Map of the signatures")
+    cols = st.columns([1, 2, 3])
+    methods = list(embedding.METHODS)
+    method = cols[0].radio("Projection", methods, index=methods.index(embedding.default_method()),
+                           key="grp_projection",
+                           help="UMAP (umap-learn, Hamming metric) is slow the first time; PCA is instant.")
+    color_label = cols[1].radio("Colour by", list(COLOR_BY), key="grp_color", horizontal=True)
+    with st.spinner(f"Fitting {method} on {view.n_units:,} signatures (the first UMAP fit takes a while)…"):
+        coords, used, note = embedding.embed(view.bits, method, seed=int(trace.policy.get("seed") or 0))
+    cols[2].caption(f"{used}: {note}. Identical signatures are spread slightly so their count shows.")
+    with st.container(key="embedding_view"):
+        st.plotly_chart(plots.embedding_scatter(coords, view, COLOR_BY[color_label], used), key="grp_map",
+                        config={"displayModeBar": False})
+
+
 st.title("Groups")
 config, lm = page.context()
-record = runs.current_run(config, lm)
-if record is None:
+live = runs.current_run(config, lm)
+if live is None:
     st.stop()
-trace = record.result.trace
-page.summary(record)
-
-layer_index = pick.layer("grp", len(trace.layers), st.columns([1, 4])[0])
-layer = trace.layers[layer_index]
-view = unit_view(trace, layer)
-if view is None:
-    reason = ("this layer kept everything (the budget covers the prompt)" if layer.no_op
-              else f"the policy is {record.label}; buckets are recorded by KVCrush runs")
-    st.info(f"No groups to show: {reason}. Pick **kvcrush** as the policy in the sidebar.")
-    st.stop()
-
-unit = "block" if view.granularity == "block" else "token"
-st.caption(f"Layer {layer_index}: {int(view.candidate.sum()):,} evicted candidate {unit}s, "
-           f"{len(layer.buckets)} buckets, {layer.crush_used:,} of {layer.crush:,} KVCrush tokens used.")
-left, right = st.columns(2)
-with left:
-    st.plotly_chart(plots.distance_histogram(view), key="grp_hist", config={"displayModeBar": False})
-with right:
-    st.plotly_chart(plots.bucket_figure(view), key="grp_buckets", config={"displayModeBar": False})
-
-buckets = bucket_table(view)
-with st.container(key="bucket_table"):
-    st.markdown("**Buckets**: each representative stands in for the evicted candidates next to it in the "
-                "distance order.")
-    st.dataframe(buckets, hide_index=True, key="grp_table", height=260)
-    export.csv_button(buckets, f"buckets-layer{layer_index}-{record.label}", "grp_csv")
-
-st.subheader("Map of the signatures")
-cols = st.columns([1, 2, 3])
-methods = list(embedding.METHODS)
-method = cols[0].radio("Projection", methods, index=methods.index(embedding.default_method()), key="grp_projection",
-                       help="UMAP (umap-learn, Hamming metric) is slow the first time; PCA is instant.")
-color_label = cols[1].radio("Colour by", list(COLOR_BY), key="grp_color", horizontal=True)
-with st.spinner(f"Fitting {method} on {view.n_units:,} signatures (the first UMAP fit takes a while)…"):
-    coords, used, note = embedding.embed(view.bits, method, seed=record.request.policy.seed)
-cols[2].caption(f"{used}: {note}. Identical signatures are spread slightly so their count shows.")
-with st.container(key="embedding_view"):
-    st.plotly_chart(plots.embedding_scatter(coords, view, COLOR_BY[color_label], used), key="grp_map",
-                    config={"displayModeBar": False})
+answers = config.prompt.answers if config.prompt else ()
+slots = page.run_header(live, answers)
+render(live)
+runs.finish(lm, live, slots, answers)  # stream the rest of the answer into its box at the top

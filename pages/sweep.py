@@ -1,4 +1,8 @@
-"""Sweep: quality versus budget on the current prompt, and benchmark CSVs from benchmarks/."""
+"""Sweep: quality versus budget on the current prompt, and benchmark CSVs from benchmarks/.
+
+One prefill serves the whole sweep: the full cache's answer is the reference, and every other run
+scores its likelihood (`reference_ids`) on the same prepared prompt (`ui.runs.run_all`).
+"""
 
 from __future__ import annotations
 
@@ -19,14 +23,15 @@ SWEEP_STATE = "_sweep"
 def _row(record: RunRecord, fraction: float, full_ids: list[int], answers: tuple[str, ...]) -> dict:
     result = record.result
     return {
-        "policy": record.request.policy.name if record.request.policy.name != "kvcrush" else record.label,
+        "policy": record.label,
         "budget_fraction": fraction,
         "agreement": token_agreement(result.new_token_ids, full_ids),
         "nll": result.reference_nll,
         "answer_found": any(contains_answer(result.text, a) for a in answers) if answers else None,
         "kv_bytes_after": result.kv_bytes_after,
         "reduction": result.kv_bytes_before / max(result.kv_bytes_after, 1),
-        "prefill_s": result.timings.prefill_s, "select_s": result.timings.select_s,
+        "prefill_s": result.timings.prefill_s, "score_s": result.timings.score_s,
+        "select_s": result.timings.select_s, "policy_s": result.timings.policy_s,
         "decode_s": result.timings.decode_s, "text": result.text,
     }
 
@@ -56,13 +61,14 @@ if config.prompt is None:
     st.info(config.prompt_error or "Choose a prompt in the sidebar.")
 else:
     cols = st.columns([2, 2, 1])
-    names = [n for n in kvcrush.POLICIES if n != "full"]
+    names = [n for n, cls in kvcrush.POLICIES.items() if cls.evicts]
     policies = cols[0].multiselect("Policies", names, default=["kvcrush", "snapkv"], key="sweep_policies")
     budgets = cols[1].multiselect("Budgets (% of prompt)", BUDGETS, default=[10, 25, 50], key="sweep_budgets")
     n_runs = len(policies) * len(budgets) + 2
     clicked = cols[2].button("Run sweep", key="sweep_run", type="primary", disabled=not (policies and budgets))
     st.caption(f"{n_runs} runs (including the full cache twice: its output is the reference, then its own "
-               f"likelihood), {config.options.max_new_tokens} new tokens each; KVCrush uses the sidebar's options.")
+               f"likelihood), {config.options.max_new_tokens} new tokens each, one prefill for all; every "
+               "policy uses the sidebar's options where it declares them.")
     if clicked:
         rows = _sweep(config, lm, policies, sorted(budgets))
         if rows is not None:

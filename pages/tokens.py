@@ -1,4 +1,8 @@
-"""Tokens: the prompt coloured by what one layer's KV head kept, a layer x head grid, a whole-prompt strip."""
+"""Tokens: the prompt coloured by what one layer's KV head kept, a layer x head grid, a whole-prompt strip.
+
+Everything below the answer box renders from the selection. The answer starts decoding once the
+counts are out (`runs.begin_answer`) and streams into its box while the token view and charts draw.
+"""
 
 from __future__ import annotations
 
@@ -50,13 +54,13 @@ def _window(token_strings: list[str], n_tokens: int) -> tuple[int, int]:
 
 st.title("Tokens")
 config, lm = page.context()
-record = runs.current_run(config, lm)
-if record is None:
+live = runs.current_run(config, lm)
+if live is None:
     st.stop()
-result = record.result
-trace = result.trace
-page.summary(record)
-page.generated(record, config.prompt.answers if config.prompt else ())
+trace = live.trace
+answers = config.prompt.answers if config.prompt else ()
+slots = page.run_header(live, answers)
+label, budget_label = live.request.policy.label, live.request.policy.budget_text
 
 _apply_grid_click()
 n_layers, kv_heads = len(trace.layers), trace.layers[0].kept.shape[0]
@@ -77,6 +81,7 @@ with left:
         unsafe_allow_html=True,
     )
     st.html(tok.legend_html(status_counts))
+    runs.begin_answer(live, runs.HEAD_START_S)  # counts are out; the token view and charts draw while it decodes
     start, end = _window(trace.token_strings, layer.n_tokens)
     st.caption(f"Tokens {start:,}–{end - 1:,} of {layer.n_tokens:,} · {page.trace_notes(trace)} · "
                "hover a token for its score, signature and distance")
@@ -102,7 +107,9 @@ with st.expander("Token table and downloads"):
     st.dataframe(table.drop(columns=["status_code"]).iloc[start:end], hide_index=True, key="tok_table")
     cols = st.columns(3)
     with cols[0]:
-        export.trace_json_button(result, f"{record.label}-{record.request.policy.budget_text}", "tok_json")
+        export.trace_json_button(live.latest, f"{label}-{budget_label}", "tok_json")
     with cols[1]:
         export.csv_button(table.drop(columns=["status_code"]),
-                          f"tokens-layer{layer_index}-head{head_index}-{record.label}", "tok_csv")
+                          f"tokens-layer{layer_index}-head{head_index}-{label}", "tok_csv")
+
+runs.finish(lm, live, slots, answers)  # stream the rest of the answer into its box at the top

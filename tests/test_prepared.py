@@ -177,3 +177,15 @@ def test_packaged_model_shared_prefill_equals_fresh_runs(packaged_lm, query_awar
         fresh = kvcrush.generate_encoded(packaged_lm, encoded, make_policy(name, budget=0.5, **options),
                                          max_new_tokens=12, query_aware=query_aware)
         _same_run(result, fresh)
+
+
+def test_generate_reuses_a_selection_and_refuses_another_policys(tiny_lm, essay_prompt):
+    prepared = kvcrush.prepare(tiny_lm, essay_prompt, QUESTION)
+    policy = make_policy("kvcrush", budget=0.3)
+    trace = prepared.select(policy)
+    reused = prepared.generate(policy, max_new_tokens=4, selection=trace)
+    again = prepared.generate(policy, max_new_tokens=4)
+    assert reused.new_token_ids == again.new_token_ids and reused.kv_bytes_after == again.kv_bytes_after
+    assert reused.trace.layers is trace.layers and reused.trace.timings is not trace.timings
+    with pytest.raises(ValueError, match="another policy"):
+        prepared.generate(make_policy("kvcrush", budget=0.5), max_new_tokens=1, selection=trace)

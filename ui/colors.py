@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import kvcrush
 from kvcrush.trace import EVICTED, IMPORTANT, PROTECTED, RECENT, REPRESENTATIVE, SINK, STATUS_NAMES
 
 OKABE_ITO = {
@@ -33,20 +34,12 @@ STATUS_SHORT: dict[int, str] = {
     EVICTED: "evicted", SINK: "sink", RECENT: "recent", IMPORTANT: "kept", REPRESENTATIVE: "representative",
     PROTECTED: "question",
 }
-# The statuses the token view can show (the question is never part of the context tokens).
-SHOWN_STATUSES = (IMPORTANT, REPRESENTATIVE, SINK, RECENT, EVICTED)
+# The statuses the token view can show, in legend order ("question": query-aware, the question's own
+# tokens are under the budget as the observation window and always kept).
+SHOWN_STATUSES = (IMPORTANT, REPRESENTATIVE, SINK, RECENT, PROTECTED, EVICTED)
 
-POLICY_COLORS: dict[str, str] = {
-    "full": OKABE_ITO["black"],
-    "kvcrush": OKABE_ITO["vermillion"],
-    "snapkv": OKABE_ITO["blue"],
-    "h2o": OKABE_ITO["bluish_green"],
-    "pyramidkv": OKABE_ITO["sky_blue"],
-    "tova": OKABE_ITO["reddish_purple"],
-    "streaming": OKABE_ITO["orange"],
-    "knorm": "#B8A800",  # Okabe-Ito yellow, darkened to be readable on white
-    "random": OKABE_ITO["grey"],
-}
+# Each policy declares its colour (`Policy.color`): a new policy needs no edit here.
+POLICY_COLORS: dict[str, str] = {name: cls.color for name, cls in kvcrush.POLICIES.items()}
 # Categorical sequence for things without a fixed meaning (buckets, pairs of policies).
 SEQUENCE = [OKABE_ITO[k] for k in ("blue", "orange", "bluish_green", "vermillion", "reddish_purple",
                                    "sky_blue", "black", "grey")]
@@ -55,8 +48,9 @@ CONTINUOUS_SCALE = "Cividis"  # perceptually uniform and colour-blind safe
 
 def policy_color(name: str) -> str:
     """Colour of a policy by its name (a label like 'kvcrush (snapkv)' or 'kvcrush-h2o' uses its first word)."""
-    words = re.split(r"[^a-z0-9]+", str(name).lower())
-    return POLICY_COLORS.get(words[0] if words else "", OKABE_ITO["grey"])
+    words = re.split(r"[^a-z0-9_]+", str(name).lower())
+    cls = kvcrush.POLICIES.get(words[0] if words else "")  # read at call time: a policy added later has one too
+    return cls.color if cls is not None else OKABE_ITO["grey"]
 
 
 def status_colorscale(codes: tuple[int, ...] = tuple(range(len(STATUS_NAMES)))) -> list[list]:

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
 
-from kvcrush.trace import GenerationResult
+from kvcrush.trace import GenerationResult, RunTrace, to_jsonable
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
 
 
-def trace_json_button(result: GenerationResult, name: str, key: str) -> None:
+def trace_json_button(latest: Callable[[], GenerationResult | RunTrace], name: str, key: str) -> None:
+    """`latest()` is asked when the button is clicked: the finished run by then, or only its selection."""
     st.download_button(
-        "Download trace (JSON)", data=lambda: result.to_json(), file_name=f"kvcrush-trace-{slug(name)}.json",
-        mime="application/json", key=key, on_click="ignore",
+        "Download trace (JSON)", data=lambda: json.dumps(to_jsonable(latest())),
+        file_name=f"kvcrush-trace-{slug(name)}.json", mime="application/json", key=key, on_click="ignore",
         help="The whole run: generated text, bytes, timings and every layer's decisions.",
     )
 

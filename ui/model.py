@@ -1,12 +1,13 @@
 """The model, loaded once per process and shared by every session; built-in examples per tokenizer.
 
-`kvcrush.generate` holds `lm.lock` for a whole run, so sessions sharing one `LoadedModel` queue
-instead of mixing their hooks. Names typed into the app go through `kvcrush.limits` first when that
-module is present (which folders and hub ids a shared app may load).
+The engine holds `lm.lock` while the model runs (prefill, scoring, decoding), so sessions sharing one
+`LoadedModel` queue instead of mixing their hooks. Names typed into the app go through `kvcrush.limits`
+first (which folders and hub ids a shared app may load).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 
 import streamlit as st
@@ -79,15 +80,32 @@ def get_model(choice: ModelChoice) -> kvcrush.LoadedModel:
         raise kvcrush.ModelError(f"Could not load {label}: {error}") from None
 
 
-def preflight(lm: kvcrush.LoadedModel, n_tokens: int, max_new_tokens: int, policy: kvcrush.Policy) -> None:
-    """Refuse runs that would not fit in memory (when `kvcrush.limits` provides the check)."""
-    try:
-        from kvcrush import limits
-    except ImportError:
-        return
-    check = getattr(limits, "preflight", None)
-    if check is not None:
-        check(lm, n_tokens, max_new_tokens, policy)
+_FROZEN: set[tuple[str | None, str]] = set()
+
+
+def freeze_long_lived(choice: ModelChoice) -> None:
+    """Once per model per process: exempt what exists now (the model, torch, the examples) from the cyclic GC.
+
+    Streamlit runs a full `gc.collect(2)` after every script run (`runner.postScriptGC`); with a model
+    loaded that scans about 700k long-lived objects for 0.35 s while holding the GIL, so the finished
+    answer's last messages (and the next rerun) waited behind it on half of the budget changes.
+    `gc.freeze()` moves them to a generation the collector skips; objects made later (runs, traces,
+    charts) are collected as before, and reference counting still frees everything.
+    """
+    key = (choice.load_name, choice.device)
+    if key not in _FROZEN:
+        _FROZEN.add(key)
+        gc.collect()
+        gc.freeze()
+
+
+def preflight(lm: kvcrush.LoadedModel, n_tokens: int, max_new_tokens: int, policy: kvcrush.Policy,
+              prepared: kvcrush.PreparedPrompt | None = None) -> None:
+    """Refuse runs that would not fit in memory. With the session's `prepared` prompt, its cache and hidden
+    states count as already allocated; only the compressed copy, decoding and a new scorer are added."""
+    from kvcrush import limits
+
+    limits.preflight(lm, n_tokens, max_new_tokens, policy, prepared=prepared)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

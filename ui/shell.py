@@ -12,7 +12,7 @@ import streamlit as st
 import kvcrush
 from kvcrush.errors import KVCrushError
 from ui import model as model_ui
-from ui import sidebar
+from ui import session_prompt, sidebar
 from ui.state import AppConfig, set_config
 
 BUILT_THIS_RUN = "_shell_built"
@@ -25,10 +25,13 @@ def build() -> tuple[AppConfig, kvcrush.LoadedModel]:
     try:
         lm = model_ui.get_model(choice)
     except KVCrushError as error:
+        session_prompt.release()  # it belongs to the model the sidebar no longer names
         st.error(f"The model could not be loaded: {error}")
         st.info("Clear the model box in the sidebar's **Model** section to use the packaged SmolLM2-135M-Instruct.")
         st.stop()
     config = sidebar.render(slots, choice, lm)
+    model_ui.freeze_long_lived(choice)  # after the first run's model and examples exist
+    session_prompt.release_stale(config.prompt_key)  # a new prompt, question, mode or model frees the old prefill
     set_config(config)
     st.session_state[BUILT_THIS_RUN] = True
     return config, lm

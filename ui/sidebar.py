@@ -1,7 +1,9 @@
-"""The shared sidebar: policy and budget, KVCrush options, the prompt, run options, the model.
+"""The shared sidebar: policy and budget, the policy's declared options, the prompt, run options, the model.
 
 Rendered by app.py on every rerun before the page runs, so every page sees the same `AppConfig`.
-Widget keys are stable names (tests and the browser test address widgets by them).
+Widget keys are stable names (tests and the browser test address widgets by them). The policy's
+options come from its own declarations (`ui.policy_options`, `ui.option_widgets`): a new policy
+needs no edit here.
 """
 
 from __future__ import annotations
@@ -11,24 +13,14 @@ from dataclasses import dataclass
 import streamlit as st
 
 import kvcrush
-from kvcrush.crush import ANCHOR_MODES
 from kvcrush.errors import KVCrushError
 from kvcrush.textio import MAX_TEXT_BYTES, decode_text
 from ui import model as model_ui
+from ui import option_widgets, policy_options
 from ui.state import AppConfig, ModelChoice, PolicyConfig, PromptInput, RunOptions, request_run, take_run_request
 
 SOURCES = ("Built-in example", "Paste text", "Upload .txt")
-POLICY_HELP = {
-    "full": "No eviction: the reference every other policy is compared with.",
-    "random": "Keeps a seeded random subset of the middle tokens.",
-    "streaming": "StreamingLLM: attention sinks plus the most recent tokens.",
-    "h2o": "Heavy hitters: attention each token receives from all prompt queries.",
-    "snapkv": "Attention from the last prompt tokens (observation window), max-pooled.",
-    "pyramidkv": "SnapKV scores with budgets shrinking from lower to upper layers.",
-    "tova": "Attention from the last prompt query only.",
-    "knorm": "Keeps tokens whose keys have the smallest L2 norm.",
-    "kvcrush": "A base policy's top tokens plus representatives of the evicted ones, grouped by head signature.",
-}
+DEFAULT_POLICY = "kvcrush"
 
 
 @dataclass
@@ -64,35 +56,55 @@ def show_model(slots: SidebarSlots, lm: kvcrush.LoadedModel) -> None:
     slots.model.caption(f"Device: **{device}** · {lm.name} · {lm.n_layers} layers × {lm.kv_heads} KV heads")
 
 
+def _policy_help() -> str:
+    return "\n\n".join(f"**{name}**: {cls.help}" for name, cls in kvcrush.POLICIES.items())
+
+
+def _budget() -> float | int:
+    mode = st.radio("Budget as", ["% of prompt", "tokens"], horizontal=True, key="budget_mode")
+    if mode == "% of prompt":
+        percent = st.slider("Budget: % of prompt tokens each KV head keeps", 1, 100, 25, key="budget_pct",
+                            help="Counted including sink, recent and KVCrush tokens.")
+        return 1.0 if percent >= 100 else percent / 100
+    return int(st.number_input("Budget: tokens each KV head keeps", 1, 1_000_000, 256, step=16,
+                               key="budget_tokens"))
+
+
+def _options(name: str) -> tuple[str | None, dict]:
+    """The base policy (for a composite policy) and every declared option, one expander per declaring class.
+
+    The first section opens by itself for a composite policy (KVCrush's own options are what the app is
+    about); the others stay folded.
+    """
+    base = None
+    values: dict = {}
+    if policy_options.has_base(name):
+        choices = list(policy_options.base_choices())
+        default = policy_options.default_base(name)
+        with st.expander(f"{name} options", expanded=True):
+            base = st.selectbox("Base policy", choices, index=choices.index(default), key="base",
+                                help="The policy whose scores pick the importance tokens.\n\n"
+                                     + "\n\n".join(f"**{c}**: {policy_options.policy_class(c).help}"
+                                                    for c in choices))
+            own, *rest = policy_options.groups(name, base)
+            values.update(option_widgets.render(own))
+    else:
+        rest = list(policy_options.groups(name))
+    for group in rest:
+        if group.specs:
+            with st.expander(group.title, expanded=False):
+                values.update(option_widgets.render(group))
+    return base, values
+
+
 def policy_section(slots: SidebarSlots) -> PolicyConfig:
     names = list(kvcrush.POLICIES)
     with slots.policy:
         st.subheader("Policy")
-        name = st.selectbox("Policy", names, index=names.index("kvcrush"), key="policy",
-                            format_func=lambda n: n, help="\n\n".join(f"**{k}**: {v}" for k, v in POLICY_HELP.items()))
-        mode = st.radio("Budget as", ["% of prompt", "tokens"], horizontal=True, key="budget_mode")
-        if mode == "% of prompt":
-            percent = st.slider("Budget: % of prompt tokens each KV head keeps", 1, 100, 25, key="budget_pct",
-                                help="Counted including sink, recent and KVCrush tokens.")
-            budget: float | int = 1.0 if percent >= 100 else percent / 100
-        else:
-            budget = int(st.number_input("Budget: tokens each KV head keeps", 1, 1_000_000, 256, step=16,
-                                         key="budget_tokens"))
-        with st.expander("KVCrush options", expanded=name == "kvcrush"):
-            base = st.selectbox("Base policy", list(kvcrush.BASE_CHOICES),
-                                index=list(kvcrush.BASE_CHOICES).index("snapkv"), key="base")
-            crush_fraction = st.slider("Crush fraction", 0.0, 1.0, 0.25, 0.05, key="crush_fraction",
-                                       help="Share of the evictable budget given to representatives.")
-            anchor = st.selectbox("Anchor", list(ANCHOR_MODES), index=list(ANCHOR_MODES).index("alternating"),
-                                  key="anchor")
-            heads = st.radio("Signature heads", ["query", "kv"], horizontal=True, key="signature_heads")
-            granularity = st.radio("Granularity", ["token", "block"], horizontal=True, key="granularity")
-            block_size = int(st.number_input("Block size", 1, 256, 16, key="block_size",
-                                             disabled=granularity != "block"))
-            seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="seed",
-                                       help="Used by the random anchor and the random policy."))
-    return PolicyConfig(name=name, budget=budget, base=base, crush_fraction=float(crush_fraction), anchor=anchor,
-                        signature_heads=heads, granularity=granularity, block_size=block_size, seed=seed)
+        name = st.selectbox("Policy", names, index=names.index(DEFAULT_POLICY), key="policy", help=_policy_help())
+        budget = _budget()
+        base, values = _options(name)
+    return PolicyConfig(name=name, budget=budget, base=base, options=tuple(values.items())).normalized()
 
 
 def _example_prompt(lm: kvcrush.LoadedModel) -> tuple[PromptInput | None, str | None]:

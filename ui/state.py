@@ -1,74 +1,66 @@
 """Typed per-session state: what the sidebar chose, the results computed so far, the run in progress.
 
 Everything a user sees lives in `st.session_state` (one per browser session); the model itself is
-shared by the process (see `ui.model`). Results are kept in a small LRU keyed by everything that
-changes a run, so going back to an earlier budget or switching pages never recomputes.
+shared by the process (see `ui.model`), the session's prepared prompt by its runs (see
+`ui.session_prompt`). Finished runs and selections are kept in small LRUs keyed by everything that
+changes them, so going back to an earlier budget or switching pages never recomputes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 import streamlit as st
 
 import kvcrush
-from kvcrush.trace import GenerationResult
+from kvcrush.trace import GenerationResult, RunTrace
+from ui import policy_options
 
-KVCRUSH_ONLY = ("base", "crush_fraction", "anchor", "signature_heads", "granularity", "block_size")
-SEEDED = ("random", "kvcrush")
+T = TypeVar("T")
 MAX_RESULTS = 32
+MAX_SELECTIONS = 16  # a 2k-token KVCrush trace of a 30-layer model holds a few MB
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """A policy as the sidebar describes it; `build()` turns it into a `kvcrush` policy."""
+    """A policy as the sidebar describes it; `build()` turns it into a `kvcrush` policy.
+
+    `options` holds whatever the policy (and, for a composite such as KVCrush, its `base`) declares,
+    as sorted (name, value) pairs; `normalized()` keeps only non-default declared values, so equal
+    runs share one cache key.
+    """
 
     name: str = "kvcrush"
     budget: float | int = 0.25
-    base: str = "snapkv"
-    crush_fraction: float = 0.25
-    anchor: str = "alternating"
-    signature_heads: str = "query"
-    granularity: str = "token"
-    block_size: int = 16
-    seed: int = 0
+    base: str | None = None
+    options: policy_options.Options = ()
 
     def normalized(self) -> PolicyConfig:
-        """Drop settings this policy ignores, so equal runs share one cache entry."""
-        defaults = PolicyConfig()
-        changes: dict[str, Any] = {}
-        if self.name != "kvcrush":
-            changes.update({k: getattr(defaults, k) for k in KVCRUSH_ONLY})
-        if self.name not in SEEDED:
-            changes["seed"] = 0
-        if self.name == "full":
-            changes["budget"] = 1.0
-        return dataclasses.replace(self, **changes)
-
-    def options(self) -> dict[str, Any]:
-        if self.name == "kvcrush":
-            return {
-                "base": self.base, "crush_fraction": float(self.crush_fraction), "anchor": self.anchor,
-                "signature_heads": self.signature_heads, "granularity": self.granularity,
-                "block_size": int(self.block_size), "seed": int(self.seed),
-            }
-        return {"seed": int(self.seed)} if self.name in SEEDED else {}
+        base = (self.base or policy_options.default_base(self.name)) if policy_options.has_base(self.name) else None
+        evicts = policy_options.policy_class(self.name).evicts
+        return dataclasses.replace(self, base=base, budget=self.budget if evicts else 1.0,
+                                   options=policy_options.normalize(self.name, base, dict(self.options)))
 
     def build(self) -> kvcrush.Policy:
         """The engine policy (raises a `KVCrushError` with a readable message on bad settings)."""
-        return kvcrush.make_policy(self.name, self.budget, **self.options())
+        config = self.normalized()
+        base = {"base": config.base} if config.base else {}
+        return kvcrush.make_policy(config.name, config.budget, **base, **dict(config.options))
 
     def with_name(self, name: str) -> PolicyConfig:
-        return dataclasses.replace(self, name=name).normalized()
+        """Another policy with this one's budget and the options it shares (e.g. SnapKV's window)."""
+        return dataclasses.replace(self.normalized(), name=name).normalized()
 
     def with_budget(self, budget: float | int) -> PolicyConfig:
-        return dataclasses.replace(self, budget=budget).normalized()
+        return dataclasses.replace(self.normalized(), budget=budget).normalized()
 
     @property
     def budget_text(self) -> str:
@@ -76,11 +68,14 @@ class PolicyConfig:
 
     @property
     def label(self) -> str:
-        """Short name for legends: the policy, plus the base for KVCrush."""
-        if self.name == "kvcrush":
-            suffix = f"{self.base}, {self.granularity}" if self.granularity == "block" else self.base
-            return f"kvcrush ({suffix})"
-        return self.name
+        """Short name for legends: the policy, plus the base for a composite policy."""
+        config = self.normalized()
+        return f"{config.name} ({config.base})" if config.base else config.name
+
+    @property
+    def settings_text(self) -> str:
+        """The options that differ from their defaults, e.g. 'window=64, granularity=block' ('' if none)."""
+        return ", ".join(f"{key}={value}" for key, value in self.normalized().options)
 
 
 def budget_text(budget: float | int) -> str:
@@ -100,8 +95,9 @@ class PromptInput:
     answers: tuple[str, ...] = ()
     kind: str = "text"
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
+        """Hashed once per rerun's prompt object, however many keys ask for it."""
         return _digest([self.context, self.question or ""])
 
 
@@ -133,10 +129,28 @@ class AppConfig:
     prompt_error: str | None = None
     run_request: str | None = None  # 'run' or 'force' when a sidebar button was pressed this rerun
 
+    @property
+    def prompt_key(self) -> PromptKey | None:
+        """The prepared prompt these settings need (None without a prompt)."""
+        if self.prompt is None:
+            return None
+        return PromptKey(self.model.name.strip(), self.model.device, self.prompt.digest, self.options.query_aware)
+
+
+@dataclass(frozen=True)
+class PromptKey:
+    """Everything that changes a prefill; the session keeps one prepared prompt (`ui.session_prompt`) per key."""
+
+    model: str
+    device: str
+    prompt: str  # digest of the context and the question
+    query_aware: bool
+    chat_template: bool | None = None  # None: the tokenizer's template when it has one (the app never overrides)
+
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One call of `kvcrush.generate`; `key` names its result in the session's store."""
+    """One run (`prepared.select` + `prepared.generate`); `key` names its result in the session's store."""
 
     model: ModelChoice
     policy: PolicyConfig
@@ -146,12 +160,19 @@ class RunRequest:
     reference_ids: tuple[int, ...] = ()
 
     @property
-    def key(self) -> str:
+    def prompt_key(self) -> PromptKey:
+        return PromptKey(self.model.name.strip(), self.model.device, self.prompt.digest, self.query_aware)
+
+    @property
+    def selection_key(self) -> str:
+        """What the kept tokens depend on: the prompt and the policy, not the decoding settings."""
         policy = dataclasses.asdict(self.policy.normalized())
-        return _digest([
-            self.model.name.strip(), self.model.device, json.dumps(policy, sort_keys=True), self.prompt.digest,
-            str(self.max_new_tokens), str(self.query_aware), ",".join(map(str, self.reference_ids)),
-        ])
+        return _digest([json.dumps(dataclasses.asdict(self.prompt_key), sort_keys=True),
+                        json.dumps(policy, sort_keys=True)])
+
+    @property
+    def key(self) -> str:
+        return _digest([self.selection_key, str(self.max_new_tokens), ",".join(map(str, self.reference_ids))])
 
     @classmethod
     def from_config(cls, config: AppConfig, policy: PolicyConfig | None = None,
@@ -175,30 +196,53 @@ class RunRecord:
         return self.request.policy.label
 
 
-class ResultStore:
-    """Least-recently-used results of this session (at most `MAX_RESULTS`)."""
+class LRUStore(Generic[T]):
+    """The least recently used values are dropped beyond `capacity`. Thread-safe: a run's answer is
+    stored by its worker thread (`ui.answer`) while the script thread reads."""
 
-    def __init__(self, capacity: int = MAX_RESULTS) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, RunRecord] = OrderedDict()
+        self._items: OrderedDict[str, T] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def get(self, key: str) -> RunRecord | None:
-        record = self._items.get(key)
-        if record is not None:
+    def get(self, key: str) -> T | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def set(self, key: str, value: T) -> None:
+        with self._lock:
+            self._items[key] = value
             self._items.move_to_end(key)
-        return record
-
-    def put(self, record: RunRecord) -> None:
-        self._items[record.request.key] = record
-        self._items.move_to_end(record.request.key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
 
     def drop(self, key: str) -> None:
-        self._items.pop(key, None)
+        with self._lock:
+            self._items.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class ResultStore(LRUStore[RunRecord]):
+    """Finished runs of this session (at most `MAX_RESULTS`), by `RunRequest.key`."""
+
+    def __init__(self, capacity: int = MAX_RESULTS) -> None:
+        super().__init__(capacity)
+
+    def put(self, record: RunRecord) -> None:
+        self.set(record.request.key, record)
+
+
+class SelectionStore(LRUStore[RunTrace]):
+    """Selections (traces without decoding) of this session, by `RunRequest.selection_key`: going back to a
+    budget shows its kept tokens at once even when its answer was never finished."""
+
+    def __init__(self, capacity: int = MAX_SELECTIONS) -> None:
+        super().__init__(capacity)
 
 
 @dataclass
@@ -224,6 +268,10 @@ def _session_object(name: str, factory):
 
 def results() -> ResultStore:
     return _session_object("_results", ResultStore)
+
+
+def selections() -> SelectionStore:
+    return _session_object("_selections", SelectionStore)
 
 
 def run_control() -> RunControl:

@@ -13,8 +13,10 @@ import pandas as pd
 import torch
 
 from kvcrush.metrics import kept_mask
-from kvcrush.trace import EVICTED, IMPORTANT, SINK, LayerTrace, RunTrace
+from kvcrush.trace import EVICTED, IMPORTANT, PROTECTED, SINK, LayerTrace, RunTrace
 from ui.colors import SHOWN_STATUSES, STATUS_COLORS, STATUS_LABELS, STATUS_SHORT, STATUS_TEXT_COLORS
+
+ONLY_WHEN_PRESENT = (PROTECTED,)  # the question is under the budget only in query-aware runs
 
 
 def layer_status(layer: LayerTrace, head: int) -> np.ndarray:
@@ -23,6 +25,8 @@ def layer_status(layer: LayerTrace, head: int) -> np.ndarray:
     if layer.no_op:
         status = np.full(layer.n_tokens, IMPORTANT, dtype=np.int8)
         status[: layer.sink] = SINK
+        if layer.protected:
+            status[layer.n_tokens - layer.protected :] = PROTECTED
         return status
     return layer.token_status(head).numpy()
 
@@ -119,15 +123,20 @@ def tooltip(row, head_scores: list[str]) -> str:
     return "\n".join(parts)
 
 
+def token_css() -> str:
+    """One rule per status, so each span carries only its class (400 spans with inline styles were 150 KB)."""
+    rules = [".kv-tokens .kvt{border-radius:3px;padding:1px 0;}"]
+    for code in SHOWN_STATUSES:
+        extra = "text-decoration:line-through;text-decoration-color:#aaaaaa;" if code == EVICTED else ""
+        rules.append(f".kv-tokens .kvt-{STATUS_SHORT[code]}{{background:{STATUS_COLORS[code]};"
+                     f"color:{STATUS_TEXT_COLORS.get(code, '#111111')};{extra}}}")
+    return "".join(rules)
+
+
 def _span(row, head_scores: list[str]) -> str:
     code = int(row.status_code)
-    background = STATUS_COLORS[code]
-    color = STATUS_TEXT_COLORS.get(code, "#111111")
-    extra = "text-decoration: line-through; text-decoration-color: #aaaaaa;" if code == EVICTED else ""
     return (f'<span class="kvt kvt-{STATUS_SHORT[code]}" data-pos="{row.position}" '
-            f'title="{html.escape(tooltip(row, head_scores), quote=True)}" '
-            f'style="background:{background};color:{color};{extra}border-radius:3px;padding:1px 0;">'
-            f"{visible(row.token)}</span>")
+            f'title="{html.escape(tooltip(row, head_scores), quote=True)}">{visible(row.token)}</span>')
 
 
 def tokens_html(table: pd.DataFrame, start: int, end: int) -> str:
@@ -135,6 +144,7 @@ def tokens_html(table: pd.DataFrame, start: int, end: int) -> str:
     head_scores = [c for c in table.columns if c.startswith("score_h")]
     spans = "".join(_span(row, head_scores) for row in table.iloc[start:end].itertuples(index=False))
     return (
+        f"<style>{token_css()}</style>"
         '<div class="kv-tokens" style="font-family: ui-monospace, SFMono-Regular, Menlo, monospace; '
         "font-size: 0.82rem; line-height: 1.85; white-space: pre-wrap; word-break: break-word; "
         'max-height: 540px; overflow-y: auto; border: 1px solid #d0d0d0; border-radius: 6px; padding: 10px;">'
@@ -145,6 +155,8 @@ def tokens_html(table: pd.DataFrame, start: int, end: int) -> str:
 def legend_html(status_counts: dict[int, int] | None = None) -> str:
     items = []
     for code in SHOWN_STATUSES:
+        if code in ONLY_WHEN_PRESENT and status_counts is not None and not status_counts.get(code):
+            continue
         count = "" if status_counts is None else f" ({status_counts.get(code, 0):,})"
         color = STATUS_TEXT_COLORS.get(code, "#111111")
         items.append(

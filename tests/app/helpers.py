@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import numpy as np
 
@@ -34,3 +35,18 @@ def html_bodies(at) -> list[str]:
 def no_errors(at) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
+
+
+def legend_counts(at) -> dict[str, int]:
+    """Tokens per status in the current layer/head, read from the rendered legend."""
+    legend = next(body for body in html_bodies(at) if 'class="kv-legend"' in body)
+    return {name: int(count.replace(",", ""))
+            for name, count in re.findall(r'kv-legend-(\w+)".*?</span> \(([\d,]+)\)', legend)}
+
+
+def token_view(at) -> str:
+    return next(body for body in html_bodies(at) if 'class="kv-tokens"' in body)
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)

@@ -6,24 +6,9 @@ import re
 
 import numpy as np
 
-from tests.app.helpers import chart, decode_array, html_bodies, no_errors
+from tests.app.helpers import chart, decode_array, html_bodies, legend_counts, metric, no_errors, token_view
 
 PAGES = ("pages/tokens.py", "pages/signatures.py", "pages/groups.py", "pages/compare.py", "pages/sweep.py")
-
-
-def legend_counts(at) -> dict[str, int]:
-    """Tokens per status in the current layer/head, read from the rendered legend."""
-    legend = next(body for body in html_bodies(at) if 'class="kv-legend"' in body)
-    return {name: int(count.replace(",", ""))
-            for name, count in re.findall(r'kv-legend-(\w+)".*?</span> \(([\d,]+)\)', legend)}
-
-
-def token_view(at) -> str:
-    return next(body for body in html_bodies(at) if 'class="kv-tokens"' in body)
-
-
-def metric(at, label: str) -> str:
-    return next(m.value for m in at.metric if m.label == label)
 
 
 def test_tokens_page_renders_coloured_tokens_grid_and_strip(app):
@@ -126,7 +111,7 @@ def test_groups_page_histogram_buckets_and_map(app):
     assert n_buckets > 0 and buckets["size"].sum() > n_buckets
     figure = chart(at, "grp_map")
     assert "PCA map" in figure["layout"]["title"]["text"]
-    at.slider(key="crush_fraction").set_value(0.5).run()
+    at.slider(key="opt_kvcrush_crush_fraction").set_value(0.5).run()
     no_errors(at)
     assert len(at.dataframe[0].value) > n_buckets  # more KVCrush budget, more representatives
     at.radio(key="grp_color").set_value("bucket").run()
@@ -136,8 +121,8 @@ def test_groups_page_histogram_buckets_and_map(app):
 
 def test_block_granularity_renders_blocks(app):
     at = app.run()
-    at.radio(key="granularity").set_value("block").run()
-    at.number_input(key="block_size").set_value(8).run()
+    at.selectbox(key="opt_kvcrush_granularity").set_value("block").run()
+    at.number_input(key="opt_kvcrush_block_size").set_value(8).run()
     no_errors(at)
     at.switch_page("pages/signatures.py").run()
     no_errors(at)
@@ -149,12 +134,12 @@ def test_block_granularity_renders_blocks(app):
 
 def test_bad_settings_show_an_error_and_the_app_stays_usable(app):
     at = app.run()
-    at.radio(key="granularity").set_value("block").run()
-    at.number_input(key="block_size").set_value(256)
+    at.selectbox(key="opt_kvcrush_granularity").set_value("block").run()
+    at.number_input(key="opt_kvcrush_block_size").set_value(256)
     at.slider(key="budget_pct").set_value(2).run()
     assert not at.exception
     assert any("block" in error.value.lower() for error in at.error)
-    at.radio(key="granularity").set_value("token").run()
+    at.selectbox(key="opt_kvcrush_granularity").set_value("token").run()
     no_errors(at)
     assert token_view(at)
 
@@ -261,11 +246,16 @@ def test_a_bad_model_name_shows_an_error_and_clearing_it_recovers(app):
 
 
 def test_run_again_recomputes_and_full_and_pyramidkv_render(app):
+    from ui.state import RunRequest
+
     at = app.run()
-    first = at.markdown[0].value
+    key = RunRequest.from_config(at.session_state["_config"]).key
+    first = at.session_state["_results"].get(key)
     at.button(key="rerun_btn").click().run()
     no_errors(at)
-    assert at.markdown[0].value != first  # a new run, a new wall time
+    again = at.session_state["_results"].get(key)
+    assert again is not None and again is not first  # computed anew, not taken from the cache
+    assert again.finished_at > first.finished_at
     at.selectbox(key="policy").set_value("full").run()
     no_errors(at)
     counts = legend_counts(at)
@@ -280,7 +270,7 @@ def test_query_aware_run_mentions_the_question_window(app):
     at = app.run()
     at.checkbox(key="query_aware").check().run()
     no_errors(at)
-    assert any("kept as the observation window" in caption.value for caption in at.caption)
+    assert any("the observation window, always kept" in caption.value for caption in at.caption)
 
 
 def test_sweep_page_reads_benchmark_csvs(app, tmp_path, monkeypatch):

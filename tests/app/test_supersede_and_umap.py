@@ -1,4 +1,4 @@
-"""A newer run supersedes an older one in the same session; the Groups page's real UMAP path."""
+"""A newer run supersedes an older one in the same session (in its prefill or its decode); real UMAP."""
 
 from __future__ import annotations
 
@@ -47,6 +47,40 @@ def test_a_newer_run_supersedes_the_running_one():
     assert not any("the old run finished" in m.value for m in at.markdown)
     assert len(at.session_state["_results"]) == 0  # a cancelled run stores nothing
     assert not at.session_state["lock"].locked()  # and gave the model back
+
+
+def _superseded_while_decoding_script():
+    import dataclasses
+
+    import streamlit as st
+
+    from ui import page, runs, state
+    from ui.model import _load
+
+    lm = _load("random:tiny", "cpu")
+    prompt = state.PromptInput("text", "repeated text", "The quick brown fox jumps over the lazy dog. " * 60)
+    config = state.AppConfig(state.ModelChoice("random:tiny", "cpu"), state.PolicyConfig(name="snapkv"), prompt,
+                             state.RunOptions(max_new_tokens=4))
+    first = runs.current_run(config, lm)
+    runs.finish(lm, first, page.RunSlots(st.empty(), st.empty()))  # finished: the prefill and scores exist
+    config = dataclasses.replace(config, policy=config.policy.with_budget(0.5))
+    with lm.lock:  # the new answer's job starts but waits for the model until the newer run has begun
+        live = runs.current_run(config, lm)
+        slots = page.run_header(live)
+        st.write(f"selection shown: {live.trace.layers[0].kept.shape[1]} tokens kept")
+        state.run_control().current = "a newer run"  # a widget changed while the page rendered the selection
+    runs.finish(lm, live, slots)
+
+
+def test_a_newer_run_supersedes_one_that_is_decoding():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(_superseded_while_decoding_script, default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(m.value.startswith("selection shown") for m in at.markdown)  # the kept tokens came first
+    assert any("superseded" in info.value for info in at.info)
+    assert len(at.session_state["_results"]) == 1 and len(at.session_state["_selections"]) == 2
+    assert at.session_state["_prepared"].prepared.prefills == 1  # kept for the newer run
 
 
 @pytest.mark.slow

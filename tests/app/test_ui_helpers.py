@@ -10,7 +10,7 @@ import torch
 
 import kvcrush
 from kvcrush.trace import EVICTED, IMPORTANT, REPRESENTATIVE, STATUS_NAMES
-from ui import colors, embedding, memory_panel, textdiff, units
+from ui import colors, embedding, memory_panel, policy_options, textdiff, units
 from ui import tokens as tok
 from ui.state import ModelChoice, PolicyConfig, PromptInput, ResultStore, RunRecord, RunRequest
 
@@ -19,7 +19,7 @@ from ui.state import ModelChoice, PolicyConfig, PromptInput, ResultStore, RunRec
 def run():
     lm = kvcrush.load_model("random:tiny", device="cpu")
     text = "Alpha <b>beta</b> & gamma.\nDelta \"epsilon\" zeta. " * 30
-    return kvcrush.generate(lm, text, kvcrush.make_policy("kvcrush", 0.3), max_new_tokens=2)
+    return kvcrush.prepare(lm, text).generate(kvcrush.make_policy("kvcrush", 0.3), max_new_tokens=2)
 
 
 def test_token_table_matches_the_trace(run):
@@ -48,15 +48,17 @@ def test_tokens_html_escapes_and_carries_tooltips(run):
 
 def test_no_op_layers_show_everything_kept(run):
     lm = kvcrush.load_model("random:tiny", device="cpu")
-    result = kvcrush.generate(lm, "short text " * 20, kvcrush.make_policy("snapkv", 1.0), max_new_tokens=1)
-    status = tok.layer_status(result.trace.layers[0], 0)
+    trace = kvcrush.prepare(lm, "short text " * 20).select(kvcrush.make_policy("snapkv", 1.0))
+    status = tok.layer_status(trace.layers[0], 0)
     assert (status == IMPORTANT).all()
 
 
 def test_head_grid_values(run):
     kept, agreement = tok.head_grid_values(run.trace)
     assert kept.shape == agreement.shape == (2, 2)
-    assert np.allclose(kept, run.trace.kept_matrix().numpy())
+    expected = [[len(set(layer.kept[head].tolist())) / layer.n_tokens for head in range(layer.kept.shape[0])]
+                for layer in run.trace.layers]
+    assert np.allclose(kept, expected)
     assert ((agreement > 0) & (agreement <= 1)).all()
 
 
@@ -81,7 +83,7 @@ def test_unit_view_token_and_block(run):
 
     lm = kvcrush.load_model("random:tiny", device="cpu")
     policy = kvcrush.make_policy("kvcrush", 0.5, granularity="block", block_size=4)
-    block = kvcrush.generate(lm, "Some words to fill blocks. " * 40, policy, max_new_tokens=1).trace
+    block = kvcrush.prepare(lm, "Some words to fill blocks. " * 40).select(policy)
     bview = units.unit_view(block, block.layers[0])
     assert bview.granularity == "block" and bview.bits.shape[1] == 16
     assert (bview.ends - bview.starts == 4).all()
@@ -115,13 +117,28 @@ def test_colours_are_distinct_and_cover_every_status_and_policy():
 
 
 def test_policy_config_normalises_and_builds():
-    config = PolicyConfig(name="snapkv", budget=0.5, base="h2o", crush_fraction=0.9, seed=7)
-    assert config.normalized() == PolicyConfig(name="snapkv", budget=0.5)
+    config = PolicyConfig(name="snapkv", budget=0.5, base="h2o", options=(("crush_fraction", 0.9), ("window", 32)))
+    assert config.normalized() == PolicyConfig(name="snapkv", budget=0.5)  # undeclared and default values dropped
     assert PolicyConfig(name="full", budget=0.1).normalized().budget == 1.0
-    policy = PolicyConfig(name="kvcrush", budget=64, base="h2o", anchor="mean").build()
-    assert policy.describe()["base"]["name"] == "h2o" and policy.anchor == "mean"
+    assert PolicyConfig().normalized().base == "snapkv"  # KVCrush's declared default base
+    policy = PolicyConfig(name="kvcrush", budget=64, base="h2o", options=(("anchor", "mean"), ("recent", 8))).build()
+    assert policy.describe()["base"]["name"] == "h2o" and policy.anchor == "mean" and policy.base.recent == 8
     with pytest.raises(kvcrush.KVCrushError):
-        PolicyConfig(name="kvcrush", anchor="sideways").build()
+        PolicyConfig(name="kvcrush", options=(("anchor", "sideways"),)).build()
+    # Float widgets and option order never split a cache key; switching policy keeps the shared options.
+    noisy = PolicyConfig(options=(("window", 64.0), ("crush_fraction", 0.1 + 0.2)))
+    assert noisy.normalized() == PolicyConfig(options=(("crush_fraction", 0.3), ("window", 64))).normalized()
+    assert noisy.with_name("snapkv").options == (("window", 64),)
+    assert noisy.label == "kvcrush (snapkv)" and noisy.settings_text == "crush_fraction=0.3, window=64"
+
+
+def test_option_groups_come_from_the_declarations():
+    own, base = policy_options.groups("kvcrush", "snapkv")
+    assert [spec.name for spec in own.specs] == [s.name for s in kvcrush.declared_options(kvcrush.POLICIES["kvcrush"])
+                                                 if s.name not in ("sink", "recent")]
+    assert {"window", "kernel", "pooling", "sink", "recent"} <= {spec.name for spec in base.specs}
+    (only,) = policy_options.groups("h2o")
+    assert {spec.name for spec in only.specs} == {s.name for s in kvcrush.declared_options(kvcrush.POLICIES["h2o"])}
 
 
 def test_result_store_is_a_small_lru(run):
@@ -137,15 +154,23 @@ def test_result_store_is_a_small_lru(run):
 def test_run_request_key_ignores_settings_the_policy_does_not_use():
     prompt = PromptInput("text", "t", "some text")
 
-    def key(policy: PolicyConfig, **changes) -> str:
+    def request(policy: PolicyConfig, **changes) -> RunRequest:
         fields = {"model": ModelChoice(), "policy": policy.normalized(), "prompt": prompt, "max_new_tokens": 8,
                   "query_aware": False, **changes}
-        return RunRequest(**fields).key
+        return RunRequest(**fields)
 
-    assert key(PolicyConfig(name="h2o", crush_fraction=0.1)) == key(PolicyConfig(name="h2o", crush_fraction=0.9))
-    assert key(PolicyConfig(name="h2o")) != key(PolicyConfig(name="h2o", budget=0.5))
+    def key(policy: PolicyConfig, **changes) -> str:
+        return request(policy, **changes).key
+
+    h2o = PolicyConfig(name="h2o")
+    assert key(h2o) == key(PolicyConfig(name="h2o", options=(("crush_fraction", 0.9),)))
+    assert key(h2o) != key(PolicyConfig(name="h2o", budget=0.5))
     assert key(PolicyConfig()) != key(PolicyConfig(), reference_ids=(1, 2))
     assert key(PolicyConfig()) != key(PolicyConfig(), prompt=PromptInput("text", "t", "other text"))
+    # Decoding settings change the result but neither the selection nor the prefill.
+    longer = request(PolicyConfig(), max_new_tokens=64)
+    assert longer.selection_key == request(PolicyConfig()).selection_key
+    assert longer.prompt_key == request(h2o).prompt_key != request(h2o, query_aware=True).prompt_key
 
 
 def test_memory_budget_fraction():
@@ -156,7 +181,7 @@ def test_memory_budget_fraction():
 
 def test_traces_on_cpu_moves_every_tensor_and_tensor_list():
     """A CUDA run leaves some trace tensors on the GPU; the app moves them all with `.cpu()` (spied here)."""
-    from ui.runs import traces_on_cpu
+    from ui.answer import trace_on_cpu
 
     moved: list[str] = []
 
@@ -166,10 +191,10 @@ def test_traces_on_cpu_moves_every_tensor_and_tensor_list():
             return torch.Tensor.cpu(self, *args, **kwargs).as_subclass(torch.Tensor)
 
     lm = kvcrush.load_model("random:tiny", device="cpu")
-    result = kvcrush.generate(lm, "Words and more words. " * 30, kvcrush.make_policy("kvcrush", 0.3), max_new_tokens=1)
-    layer = result.trace.layers[0]
+    trace = kvcrush.prepare(lm, "Words and more words. " * 30).select(kvcrush.make_policy("kvcrush", 0.3))
+    layer = trace.layers[0]
     layer.signatures = layer.signatures.as_subclass(Spy)
     layer.buckets = [bucket.as_subclass(Spy) for bucket in layer.buckets]
-    traces_on_cpu(result)
+    trace_on_cpu(trace)
     assert len(moved) == 1 + len(layer.buckets)
     assert type(layer.signatures) is torch.Tensor and all(type(b) is torch.Tensor for b in layer.buckets)
