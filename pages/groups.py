@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import embedding, export, page, pick, plots, runs
-from ui.units import bucket_table, unit_view
+from ui.units import bucket_table
 
 COLOR_BY = {"kept / evicted / representative": "status", "bucket": "bucket", "distance to the anchor": "distance"}
 
@@ -18,11 +18,8 @@ def render(live: runs.LiveRun) -> None:
     policy = live.request.policy
     layer_index = pick.layer("grp", len(trace.layers), st.columns([1, 4])[0])
     layer = trace.layers[layer_index]
-    view = unit_view(trace, layer)
+    view = page.kvcrush_view(trace, layer, policy.label, "groups")
     if view is None:
-        reason = ("this layer kept everything (the budget covers the prompt)" if layer.no_op
-                  else f"the policy is {policy.label}; buckets are recorded by KVCrush runs")
-        st.info(f"No groups to show: {reason}. Pick **kvcrush** as the policy in the sidebar.")
         return
 
     unit = "block" if view.granularity == "block" else "token"

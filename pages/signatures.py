@@ -9,7 +9,7 @@ import streamlit as st
 
 from kvcrush.trace import REPRESENTATIVE
 from ui import export, page, pick, plots, runs
-from ui.units import order, unit_view
+from ui.units import order
 
 MAX_ROWS = 400
 SORTS = {"position": "position", "distance to the anchor": "distance"}
@@ -22,11 +22,8 @@ def render(live: runs.LiveRun) -> None:
     layer_index = pick.layer("sig", len(trace.layers), cols[0])
     sort_label = cols[1].radio("Sort rows by", list(SORTS), key="sig_sort", horizontal=True)
     layer = trace.layers[layer_index]
-    view = unit_view(trace, layer)
+    view = page.kvcrush_view(trace, layer, policy.label, "signatures")
     if view is None:
-        reason = ("this layer kept everything (the budget covers the prompt)" if layer.no_op
-                  else f"the policy is {policy.label}; signatures are recorded by KVCrush runs")
-        st.info(f"No signatures to show: {reason}. Pick **kvcrush** as the policy in the sidebar.")
         return
 
     rows = order(view, SORTS[sort_label])

@@ -117,3 +117,15 @@ def trace_notes(trace: kvcrush.RunTrace) -> str:
         else:
             parts.append(f"{trace.n_question} question tokens appended after compression (not shown)")
     return " · ".join(parts)
+
+
+def kvcrush_view(trace: kvcrush.RunTrace, layer, policy_label: str, what: str):
+    """The layer's KVCrush units (`ui.units.unit_view`), or None after saying why there are none to show."""
+    from ui.units import unit_view
+
+    view = unit_view(trace, layer)
+    if view is None:
+        reason = ("this layer kept everything (the budget covers the prompt)" if layer.no_op
+                  else f"the policy is {policy_label}; {what} are recorded by KVCrush runs")
+        st.info(f"No {what} to show: {reason}. Pick **kvcrush** as the policy in the sidebar.")
+    return view
