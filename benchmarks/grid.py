@@ -72,12 +72,11 @@ HEAD_REDUCTION_POLICIES = tuple(name for name in OUR_BASELINES if head_reduction
 MATCHED = ("snapkv-avg", "tova@all")
 
 # Which of our policies each kvpress press should agree with (same idea, same inputs).
+# Our specs that reproduce a press's exact settings, beside the policy that declares the press.
+_MATCHED_SETTINGS: dict[str, tuple[str, ...]] = {"snapkv": ("snapkv-avg",), "tova": ("tova@all",)}
 PARITY_PAIRS: dict[str, tuple[str, ...]] = {
-    "kvpress:snapkv": ("snapkv", "snapkv-avg"),
-    "kvpress:streaming": ("streaming",),
-    "kvpress:knorm": ("knorm",),
-    "kvpress:tova": ("tova", "tova@all"),
-    "kvpress:observed_attention": ("h2o",),
+    f"kvpress:{cls.kvpress_press}": (name, *_MATCHED_SETTINGS.get(name, ()))
+    for name, cls in POLICIES.items() if cls.kvpress_press
 }
 
 FULL_BUDGETS = (0.10, 0.25, 0.50, 0.75, 0.90)

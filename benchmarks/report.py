@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from kvcrush import POLICIES
+
 RESULT_COLUMNS = [
     "task", "dataset", "policy", "engine", "method", "base", "anchor", "budget", "compression_ratio",
     "score", "score_name", "higher_is_better", "score_std", "n", "full_score", "delta_vs_full",
@@ -125,9 +127,8 @@ def _paired(records: pd.DataFrame, a: str, b: str, task: str, dataset: str, budg
     }
 
 
-# kvpress's closest press to each KVCrush base (the same scoring idea).
-KVPRESS_COUNTERPART = {"snapkv": "kvpress:snapkv", "h2o": "kvpress:observed_attention", "tova": "kvpress:tova",
-                       "knorm": "kvpress:knorm", "streaming": "kvpress:streaming"}
+# kvpress's closest press to each KVCrush base (the same scoring idea), as each policy declares it.
+KVPRESS_COUNTERPART = {name: f"kvpress:{cls.kvpress_press}" for name, cls in POLICIES.items() if cls.kvpress_press}
 
 
 def _best_press(frame: pd.DataFrame, task: str, dataset: str, budget: float) -> str | None:

@@ -72,6 +72,7 @@ class Policy:
     evicts: ClassVar[bool] = True
     scorer_name: ClassVar[str | None] = None  # policies sharing a scoring function share this name
     chunked_scoring: ClassVar[bool] = False  # scores in query chunks (memory: see kvcrush.limits)
+    kvpress_press: ClassVar[str | None] = None  # NVIDIA kvpress's press with the same scoring idea, if any
 
     budget: float | int = 0.25
     sink: int = option(0, "First tokens always kept (attention sinks).", minimum=0, maximum=4096)

@@ -19,6 +19,7 @@ from kvcrush.policies.options import option
 @dataclass
 class HeavyHitters(Policy):
     name = "h2o"
+    kvpress_press = "observed_attention"
     help = "Heavy hitters: attention each token receives from all prompt queries."
     color = "#009E73"
     chunked_scoring = True

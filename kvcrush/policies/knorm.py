@@ -17,6 +17,7 @@ from kvcrush.policies.base import Policy
 @dataclass
 class KeyNorm(Policy):
     name = "knorm"
+    kvpress_press = "knorm"
     help = "Keeps tokens whose keys have the smallest L2 norm."
     color = "#B8A800"  # Okabe-Ito yellow, darkened to be readable on white
 

@@ -48,6 +48,7 @@ class PyramidKV(SnapKV):
     name = "pyramidkv"
     help = "SnapKV scores with budgets shrinking from lower to upper layers (same total memory)."
     color = "#56B4E9"
+    kvpress_press = None  # the benchmark runs no kvpress PyramidKV press
     scorer_name = "snapkv"  # the same scores as SnapKV: a prepared prompt computes them once for both
 
     beta: float = option(20.0, "Largest / smallest layer budget.", minimum=1.0, maximum=100.0, step=1.0)

@@ -25,6 +25,7 @@ from kvcrush.policies.options import option
 @dataclass
 class SnapKV(Policy):
     name = "snapkv"
+    kvpress_press = "snapkv"
     help = "Attention from the last prompt tokens (observation window), max-pooled."
     color = "#0072B2"
 

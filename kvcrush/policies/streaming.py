@@ -19,6 +19,7 @@ from kvcrush.policies.options import option
 @dataclass
 class StreamingLLM(Policy):
     name = "streaming"
+    kvpress_press = "streaming"
     help = "StreamingLLM: attention sinks plus the most recent tokens."
     color = "#E69F00"
 

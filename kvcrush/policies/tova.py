@@ -20,6 +20,7 @@ from kvcrush.policies.options import option
 @dataclass
 class TOVA(Policy):
     name = "tova"
+    kvpress_press = "tova"
     help = "Attention from the last prompt query only."
     color = "#CC79A7"
 
