@@ -71,10 +71,13 @@ def extend(model, cache, ids: list[int], start: int, last_only: bool = False) ->
 @torch.no_grad()
 def greedy_decode(model, cache, logits: torch.Tensor, position: int, max_new_tokens: int, stops: set[int],
                   progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-                  on_token: Callable[[list[int]], None] | None = None) -> list[int]:
+                  on_token: Callable[[list[int]], None] | None = None,
+                  after_forward: Callable[[int], None] | None = None) -> list[int]:
     """Greedy tokens after `logits` (`[vocab]`, the next token's); token i goes at true position `position + i`.
 
-    Stops after a token in `stops` or `max_new_tokens` tokens. `on_token(ids_so_far)` streams the answer.
+    Stops after a token in `stops` or `max_new_tokens` tokens. `on_token(ids_so_far)` streams the answer;
+    `after_forward(n_generated)` runs after each forward has appended a token to `cache` (decode-time
+    eviction shrinks the cache there).
     """
     new_ids: list[int] = []
     for step in range(max_new_tokens):
@@ -91,6 +94,8 @@ def greedy_decode(model, cache, logits: torch.Tensor, position: int, max_new_tok
         output = model(input_ids=_ids([token], model.device), past_key_values=cache,
                        position_ids=_positions(position + step, 1, model.device), use_cache=True)
         logits = output.logits[0, -1].float()
+        if after_forward is not None:
+            after_forward(step + 1)
     return new_ids
 
 

@@ -26,6 +26,7 @@ Memory held by a prepared prompt (`nbytes`): the full KV cache, plus the kept hi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -37,6 +38,7 @@ from transformers import DynamicCache
 
 from kvcrush import limits
 from kvcrush.attention import LayerInputs
+from kvcrush.decode_eviction import DecodeEvictor
 from kvcrush.decoding import Progress, continuation_nll, extend, greedy_decode, stop_ids, synchronize
 from kvcrush.errors import PromptError, RunCancelled
 from kvcrush.kvcache import cache_bytes, compressed_copy
@@ -293,29 +295,53 @@ class PreparedPrompt:
             bytes_before = cache_bytes(self.cache)
             bytes_after = cache_bytes(cache)
 
+            evictor = self._evictor(policy, cache, trace) if policy.decode_interval and max_new_tokens else None
             start = time.perf_counter()
             logits = self.last_logits
             if self.appended_ids:
-                logits = extend(model, cache, self.appended_ids, self.n_budgeted, last_only=True)[-1]
+                with evictor.capturing() if evictor else contextlib.nullcontext():  # its window may need the tail
+                    logits = extend(model, cache, self.appended_ids, self.n_budgeted, last_only=True)[-1]
+                if evictor:
+                    evictor.append_positions(self.n_budgeted, len(self.appended_ids))
             synchronize(device)
             timings.prefill_s += time.perf_counter() - start
             position = len(self.encoded.all_ids)
 
             nll = None
-            if reference:
+            if reference:  # scored on the compressed prompt, without decode-time eviction
                 scratch = copy.deepcopy(cache) if max_new_tokens else cache
                 nll = continuation_nll(model, scratch, logits, position, reference)
             new_ids: list[int] = []
             if max_new_tokens:
                 start = time.perf_counter()
                 stops = stop_ids(model, self.lm.tokenizer)
-                new_ids = greedy_decode(model, cache, logits, position, max_new_tokens, stops, progress, should_stop,
-                                        on_token)
+                if evictor is not None:
+                    with evictor.capturing():
+                        new_ids = greedy_decode(model, cache, logits, position, max_new_tokens, stops, progress,
+                                                should_stop, on_token,
+                                                lambda n: evictor.after_forward(n, position + n - 1))
+                    timings.decode_evict_s = evictor.seconds
+                else:
+                    new_ids = greedy_decode(model, cache, logits, position, max_new_tokens, stops, progress,
+                                            should_stop, on_token)
                 synchronize(device)
                 timings.decode_s = time.perf_counter() - start
                 timings.decode_tokens = len(new_ids)
+            final = cache_bytes(cache)
         text = self.lm.tokenizer.decode(new_ids, skip_special_tokens=True)
-        return GenerationResult(text, new_ids, bytes_before, bytes_after, timings, trace, nll)
+        if evictor is None:
+            return GenerationResult(text, new_ids, bytes_before, bytes_after, timings, trace, nll, final)
+        return GenerationResult(text, new_ids, bytes_before, bytes_after, timings, trace, nll, final, evictor.evictions,
+                                evictor.peak_tokens, [p.to("cpu") for p in evictor.positions])
+
+    def _evictor(self, policy: Policy, cache: DynamicCache, trace: RunTrace) -> DecodeEvictor:
+        """Decode-time eviction for `policy`, starting from the compressed prompt (the tail is appended next)."""
+        positions = []
+        for layer in trace.layers:
+            kept = layer.kept if not layer.no_op else torch.arange(self.n_budgeted).expand(len(layer.kept), -1)
+            positions.append(kept)
+        budgets = [int(p.shape[1]) for p in positions]
+        return DecodeEvictor(self.lm, policy, cache, budgets, positions)
 
 
 def _layer_inputs(module, kwargs: dict, n_layers: int, n_context: int, window_start: int, query_aware: bool,

@@ -104,6 +104,7 @@ class Timings:
     crush_s: float = 0.0
     decode_s: float = 0.0
     decode_tokens: int = 0
+    decode_evict_s: float = 0.0  # decode-time eviction's share of decode_s
     prefill_reused: bool = False
     score_reused: bool = False
 
@@ -155,6 +156,11 @@ class GenerationResult:
     timings: Timings
     trace: RunTrace
     reference_nll: float | None = None
+    kv_bytes_final: int | None = None  # the cache after the answer (tail and generated tokens included)
+    # `kvcrush.decode_eviction.DecodeEviction`s, in order (with a policy's decode_interval > 0)
+    decode_evictions: list[Any] = field(default_factory=list)
+    peak_cache_tokens: int | None = None  # the most tokens any head of any layer held while decoding
+    cache_positions: list[Any] | None = None  # per layer `[kv_heads, slots]` true positions held at the end
 
     @property
     def prefill_s(self) -> float:

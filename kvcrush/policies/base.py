@@ -73,16 +73,28 @@ class Policy:
     scorer_name: ClassVar[str | None] = None  # policies sharing a scoring function share this name
     chunked_scoring: ClassVar[bool] = False  # scores in query chunks (memory: see kvcrush.limits)
     kvpress_press: ClassVar[str | None] = None  # NVIDIA kvpress's press with the same scoring idea, if any
+    # Whether scores can come from the recent decoded tokens alone (decode-time eviction): not for
+    # scorers that need every query of the sequence (H2O).
+    decode_eviction: ClassVar[bool] = True
 
     budget: float | int = 0.25
     sink: int = option(0, "First tokens always kept (attention sinks).", minimum=0, maximum=4096)
     recent: int = option(0, "Last context tokens always kept.", minimum=0, maximum=65536)
     seed: int = 0
+    decode_interval: int = option(0, "Decode-time eviction: whenever the cache holds budget + this many tokens "
+                                  "per head, evict back to the budget (0: off, compress once after the prompt).",
+                                  minimum=0, maximum=4096)
 
     def __post_init__(self) -> None:
         validate_budget(self.budget)
         if self.sink < 0 or (self.recent is not None and self.recent < 0):
             raise BudgetError(f"sink and recent must be >= 0, got sink={self.sink}, recent={self.recent}.")
+        if isinstance(self.decode_interval, bool) or not isinstance(self.decode_interval, int) \
+                or self.decode_interval < 0:
+            raise BudgetError(f"decode_interval must be a whole number of tokens >= 0, got {self.decode_interval!r}.")
+        if self.decode_interval and not self.supports_decode_eviction():
+            raise PolicyError(f"{self.name} scores need every query of the sequence, so it cannot evict while "
+                              "decoding; use decode_interval=0 or a window-scored policy (snapkv, tova, knorm, ...).")
         reduction = getattr(self, "head_reduction", "group")
         if reduction not in HEAD_REDUCTIONS:
             raise PolicyError(f"head_reduction must be 'group' or 'all', got {reduction!r}.")
@@ -165,19 +177,25 @@ class Policy:
         trace.score_s = score_s
         return trace
 
-    def plan(self, layer: LayerInputs) -> BudgetPlan:
-        """This layer's budget split (cheap: no scores needed)."""
-        budget_tokens = self.layer_budget(layer.n_context, layer.layer_idx, layer.n_layers)
+    def supports_decode_eviction(self) -> bool:
+        return self.decode_eviction
+
+    def plan(self, layer: LayerInputs, budget_tokens: int | None = None) -> BudgetPlan:
+        """This layer's budget split (cheap: no scores needed); `budget_tokens` overrides the policy's budget."""
+        if budget_tokens is None:
+            budget_tokens = self.layer_budget(layer.n_context, layer.layer_idx, layer.n_layers)
         recent = max(self.recent_tokens(layer), layer.protected_tail)
         return plan_budget(layer.n_context, budget_tokens, self.sink, recent, self.crush_fraction_for_plan())
 
-    def select(self, head_scores: torch.Tensor | None, layer: LayerInputs) -> LayerTrace:
+    def select(self, head_scores: torch.Tensor | None, layer: LayerInputs,
+               budget_tokens: int | None = None) -> LayerTrace:
         """Decide the kept tokens of one layer from its scores `[query_heads or kv_heads, n_context]`.
 
         `head_scores` may be None when the plan is a no-op (budget >= prompt) or the policy never evicts.
+        `budget_tokens` overrides the policy's budget for this layer (decode-time eviction).
         """
         n_context = layer.n_context
-        plan = self.plan(layer)
+        plan = self.plan(layer, budget_tokens)
         if plan.no_op or not self.evicts:
             everything = torch.arange(n_context).expand(layer.kv_heads, n_context).clone()
             return LayerTrace(layer.layer_idx, n_context, n_context, plan.sink, n_context - plan.sink, 0, 0, 0,

@@ -23,6 +23,7 @@ class HeavyHitters(Policy):
     help = "Heavy hitters: attention each token receives from all prompt queries."
     color = "#009E73"
     chunked_scoring = True
+    decode_eviction = False  # heavy hitters accumulate over every query, which decoding does not keep
 
     recent: int = option(32, "Last context tokens always kept (H2O's local window).", minimum=0, maximum=65536)
     chunk_size: int = option(256, "Prompt queries scored at once (memory: [heads, chunk, N]).", minimum=1,

@@ -99,6 +99,9 @@ class KVCrush(Policy):
     def scorer_key(self) -> tuple:
         return self.base.scorer_key()
 
+    def supports_decode_eviction(self) -> bool:
+        return self.base.supports_decode_eviction()
+
     def scoring_rows(self, n_tokens: int) -> int:
         return self.base.scoring_rows(n_tokens)
 
