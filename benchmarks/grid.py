@@ -12,7 +12,8 @@ the grid without touching this one:
 - ``kvcrush:BASE:ANCHOR``: KVCrush over one of our baselines (`kvcrush.BASE_CHOICES`) with that anchor
   (``random|zeros|ones|mean|alternating``) and ``--crush-fraction`` (default 0.25).
 - ``kvpress:PRESS``: NVIDIA kvpress's press (``snapkv``, ``streaming``, ``knorm``, ``tova``,
-  ``observed_attention``, ``expected_attention``, ``keydiff``) at compression ratio ``1 - budget``.
+  ``observed_attention``, ``expected_attention``, ``keydiff``; ``kvcrush``: our `KVCrushPress` over
+  SnapKVPress, run inside kvpress's own hooks) at compression ratio ``1 - budget``.
 - ``@all`` suffix, head reduction: policies that declare ``head_reduction`` (H2O, SnapKV, PyramidKV,
   TOVA, and KVCrush over any of them, where it goes to the base) rank tokens per GQA group by default
   (``group``: each KV head by the mean of its own query heads); ``snapkv@all``,
@@ -42,7 +43,8 @@ from kvcrush.policies import Policy
 
 KVCRUSH = "kvcrush"
 OUR_BASELINES: tuple[str, ...] = tuple(BASE_CHOICES)  # every evicting policy but KVCrush, in declaration order
-KVPRESS_NAMES = ("snapkv", "streaming", "knorm", "tova", "observed_attention", "expected_attention", "keydiff")
+KVPRESS_NAMES = ("snapkv", "streaming", "knorm", "tova", "observed_attention", "expected_attention", "keydiff",
+                 "kvcrush")  # kvpress:kvcrush = our KVCrushPress over SnapKVPress, inside kvpress's own hooks
 KVCRUSH_BASES = ("snapkv", "h2o")  # the bases the grid's KVCrush groups use (any of BASE_CHOICES parses)
 
 HEAD_REDUCTION = "head_reduction"

@@ -71,6 +71,13 @@ def _factory(press_class: type[ScorerPress]) -> PressFactory:
     return make
 
 
+def _kvcrush_press(compression_ratio: float, **opts: Any):
+    """Our `KVCrushPress` (kvcrush.integrations.kvpress) over kvpress's SnapKVPress, run by kvpress itself."""
+    from kvcrush.integrations.kvpress import KVCrushPress
+
+    return KVCrushPress(SnapKVPress(), compression_ratio=compression_ratio, **opts)
+
+
 KVPRESS_PRESSES: dict[str, PressFactory] = {
     "snapkv": _factory(SnapKVPress),
     "streaming": _factory(StreamingLLMPress),
@@ -79,6 +86,7 @@ KVPRESS_PRESSES: dict[str, PressFactory] = {
     "observed_attention": _factory(ObservedAttentionPress),
     "expected_attention": _factory(ExpectedAttentionPress),
     "keydiff": _factory(KeyDiffPress),
+    "kvcrush": _kvcrush_press,
 }
 
 # Presses whose scores need the attention matrices returned by eager attention.

@@ -42,8 +42,9 @@ def test_unknown_specs_are_refused(bad):
 def test_groups_expand_without_duplicates_and_skip_full():
     specs = parse_policies(["full, snapkv", "baselines", "kvpress"])
     labels = [s.label for s in specs]
-    assert labels[0] == "snapkv" and len(labels) == len(set(labels)) == 7 + 7
-    assert len(parse_policies(["all"])) == len(GROUPS["all"]) == 33
+    assert labels[0] == "snapkv" and len(labels) == len(set(labels)) == 7 + 8
+    assert "kvpress:kvcrush" in labels  # our KVCrushPress, run by kvpress
+    assert len(parse_policies(["all"])) == len(GROUPS["all"]) == 34
 
 
 def test_policy_names_come_from_the_declarations():
