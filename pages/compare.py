@@ -77,13 +77,22 @@ if records is not None:
             sub[1].metric("Policy", seconds(result.timings.policy_s),
                           help=f"Scoring {seconds(result.timings.score_s)} plus selection "
                                f"{seconds(result.timings.select_s)}; the prefill is shared by every column.")
+            interval = int(result.trace.policy.get("decode_interval") or 0)
+            sub = st.columns(2)
+            sub[0].metric("KV after answer", bytes_text(result.kv_bytes_final) if result.kv_bytes_final else "n/a",
+                          help="The whole cache after the answer (question, template and generated tokens "
+                               "included), measured from its tensors"
+                               + (f"; decode-time eviction every {interval} tokens kept it at the budget."
+                                  if interval else "; no decode-time eviction, so it grew with the answer."))
             if found is not None:
-                st.caption("answer found" if found else "answer not found")
+                sub[1].caption("answer found" if found else "answer not found")
         timings = result.timings
         rows.append({
             "policy": record.label, "budget": record.request.policy.budget_text,
             "kv_bytes_before": result.kv_bytes_before, "kv_bytes_after": result.kv_bytes_after,
             "reduction": result.kv_bytes_before / max(result.kv_bytes_after, 1),
+            "kv_bytes_final": result.kv_bytes_final, "decode_interval": interval,
+            "decode_evictions": len(result.decode_evictions), "peak_cache_tokens": result.peak_cache_tokens,
             "prefill_s": timings.prefill_s, "prefill_reused": timings.prefill_reused, "score_s": timings.score_s,
             "score_reused": timings.score_reused, "select_s": timings.select_s, "policy_s": timings.policy_s,
             "crush_s": timings.crush_s, "decode_s": timings.decode_s, "decode_tokens": timings.decode_tokens,

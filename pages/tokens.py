@@ -9,12 +9,14 @@ from __future__ import annotations
 import streamlit as st
 
 from kvcrush.trace import EVICTED
-from ui import export, page, pick, plots, runs
+from ui import decode_view, export, page, pick, plots, runs
 from ui import tokens as tok
+from ui.fmt import bytes_text, seconds
 
 WINDOWS = (200, 400, 600)
 GRID_KEY = "tok_grid"
 GRID_APPLIED = "_tok_grid_applied"
+STEP_KEY = "tok_step"
 COLOR_BY = {"agreement with the other heads": "agreement", "share of tokens kept": "kept"}
 
 
@@ -52,6 +54,59 @@ def _window(token_strings: list[str], n_tokens: int) -> tuple[int, int]:
     return start, min(n_tokens, start + size)
 
 
+def _decode_eviction(record, layer_index: int, head_index: int, table, start: int, end: int, legend_slot,
+                     view_slot, slider_slot, memory_slot) -> None:
+    """A run with decode-time eviction: the step slider, the prompt and generated tokens held after token n,
+    and the cache's size over the answer (`ui.decode_view` rebuilds what is held from the eviction records)."""
+    result = record.result
+    interval = int(result.trace.policy.get("decode_interval") or 0)
+    line = decode_view.timeline(result, layer_index, interval)
+    n_generated = line.n_generated
+    if st.session_state.get(STEP_KEY, 0) > n_generated:
+        st.session_state[STEP_KEY] = n_generated
+    with slider_slot:
+        step = st.slider("Cache after generated token n (0: right after the prompt's compression)", 0, n_generated,
+                         n_generated, key=STEP_KEY,
+                         help=f"Decode-time eviction (k = {interval}): whenever this layer's cache holds "
+                              f"T + k = {line.budget + interval} tokens per head, the policy evicts it back to "
+                              f"T = {line.budget}.")
+        view = decode_view.step_view(line, head_index, step)
+        shown = tok.mark_decode_evicted(table, view.prompt) if step else table
+        evictions = sum(1 for s in line.steps if s <= line.in_cache(step))
+        st.caption(f"After generated token {step}: KV head {head_index} of layer {layer_index} holds "
+                   f"**{view.tokens:,}** tokens ({int(view.prompt.sum()):,} of the prompt, "
+                   f"{int(view.appended.sum())} of {line.n_appended} question/template tokens, "
+                   f"{int(view.generated.sum())} of {len(view.generated)} generated ones fed back) · "
+                   f"{evictions} decode-time eviction(s) in this layer so far")
+        strings = [lm.tokenizer.decode([i]) for i in result.new_token_ids[: len(view.generated)]]
+        st.html(tok.generated_html(strings, view.generated, line.first_generated))
+        if step == n_generated and n_generated:
+            st.caption("The last generated token is never fed back into the cache (decoding stops after "
+                       "choosing it).")
+    legend_slot.html(tok.legend_html(tok.counts(shown["status_code"].to_numpy())))
+    view_slot.html(tok.tokens_html(shown, start, end))
+    with memory_slot.container(key="decode_memory", border=True):
+        st.markdown("**Cache size while decoding**")
+        held = decode_view.held_counts(line, head_index)
+        without = decode_view.counts_without_eviction(line)
+        st.plotly_chart(plots.decode_cache_curve(held, without, line.budget + interval, step,
+                                                 f"Layer {layer_index}, KV head {head_index}: tokens held per head"),
+                        key="tok_decode_curve", config={"displayModeBar": False})
+        cols = st.columns(4)
+        computed = decode_view.bytes_without_eviction(result)
+        final = result.kv_bytes_final
+        cols[0].metric("KV after answer", bytes_text(final) if final is not None else "n/a",
+                       help="Bytes of the whole cache after the answer (every layer), measured from its tensors.")
+        cols[1].metric("Without decode-time eviction", bytes_text(computed) if computed is not None else "n/a",
+                       help="Computed, not measured: every layer's T + the appended question/template tokens + "
+                            "the generated tokens fed back, at the bytes per token of the compressed cache.")
+        cols[2].metric("Peak tokens per head", f"{result.peak_cache_tokens:,}" if result.peak_cache_tokens else "n/a",
+                       help="The most tokens any head of any layer held while decoding.")
+        cols[3].metric("Decode-time eviction", seconds(result.timings.decode_evict_s),
+                       help=f"Time spent evicting while decoding ({len(result.decode_evictions)} evictions over "
+                            f"all layers), part of the decode time {seconds(result.timings.decode_s)}.")
+
+
 st.title("Tokens")
 config, lm = page.context()
 live = runs.current_run(config, lm)
@@ -80,13 +135,17 @@ with left:
         f"{' (no eviction: budget ≥ prompt)' if layer.no_op else ''}</div>",
         unsafe_allow_html=True,
     )
-    st.html(tok.legend_html(status_counts))
+    legend_slot = st.empty()
+    legend_slot.html(tok.legend_html(status_counts))
     runs.begin_answer(live, runs.HEAD_START_S)  # counts are out; the token view and charts draw while it decodes
+    slider_slot = st.container()  # the decode-time eviction step slider, once the answer is done
     start, end = _window(trace.token_strings, layer.n_tokens)
     st.caption(f"Tokens {start:,}–{end - 1:,} of {layer.n_tokens:,} · {page.trace_notes(trace)} · "
                "hover a token for its score, signature and distance")
     with st.container(key="token_view"):
-        st.html(tok.tokens_html(table, start, end))
+        view_slot = st.empty()
+        view_slot.html(tok.tokens_html(table, start, end))
+    memory_slot = st.empty()
 
 with right:
     color_label = st.radio("Grid colour", list(COLOR_BY), key="tok_grid_color", horizontal=False)
@@ -112,4 +171,7 @@ with st.expander("Token table and downloads"):
         export.csv_button(table.drop(columns=["status_code"]),
                           f"tokens-layer{layer_index}-head{head_index}-{label}", "tok_csv")
 
-runs.finish(lm, live, slots, answers)  # stream the rest of the answer into its box at the top
+record = runs.finish(lm, live, slots, answers)  # stream the rest of the answer into its box at the top
+if record is not None and record.result.decode_evictions:
+    _decode_eviction(record, layer_index, head_index, table, start, end, legend_slot, view_slot, slider_slot,
+                     memory_slot)

@@ -8,6 +8,7 @@ stores), `session_prompt` (the session's one prepared prompt), `model` (the mode
 cached per process), `runs` (prefill once, selections first, caching, superseding older runs),
 `answer` (an answer decoding on a worker thread while the page renders), `page` (summary and
 streamed or finished answer), `pick` (layer/head pickers), `tokens` and `units` (per-token and
-per-unit views of a trace), `plots` (Plotly figure builders), `colors` (one colour-blind-safe
+per-unit views of a trace), `decode_view` (what a head holds after each
+generated token with decode-time eviction), `plots` (Plotly figure builders), `colors` (one colour-blind-safe
 palette), `embedding` (UMAP/PCA maps), `textdiff`, `memory_panel`, `benchmarks`, `export`, `fmt`.
 """

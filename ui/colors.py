@@ -28,15 +28,19 @@ STATUS_COLORS: dict[int, str] = {
     REPRESENTATIVE: OKABE_ITO["orange"],
     PROTECTED: OKABE_ITO["yellow"],
 }
-STATUS_TEXT_COLORS: dict[int, str] = {EVICTED: "#6b6b6b"}
-STATUS_LABELS: dict[int, str] = dict(enumerate(STATUS_NAMES))
+# A display-only status (never in a trace): a prompt token kept at compression and evicted later, while
+# the answer was decoded (decode-time eviction, `ui.decode_view`).
+DECODE_EVICTED = 99
+STATUS_COLORS[DECODE_EVICTED] = "#F5CDB6"  # light vermillion: evicted, but later than the grey ones
+STATUS_TEXT_COLORS: dict[int, str] = {EVICTED: "#6b6b6b", DECODE_EVICTED: "#8a3d00"}
+STATUS_LABELS: dict[int, str] = {**dict(enumerate(STATUS_NAMES)), DECODE_EVICTED: "evicted while decoding"}
 STATUS_SHORT: dict[int, str] = {
     EVICTED: "evicted", SINK: "sink", RECENT: "recent", IMPORTANT: "kept", REPRESENTATIVE: "representative",
-    PROTECTED: "question",
+    PROTECTED: "question", DECODE_EVICTED: "decode_evicted",
 }
 # The statuses the token view can show, in legend order ("question": query-aware, the question's own
 # tokens are under the budget as the observation window and always kept).
-SHOWN_STATUSES = (IMPORTANT, REPRESENTATIVE, SINK, RECENT, PROTECTED, EVICTED)
+SHOWN_STATUSES = (IMPORTANT, REPRESENTATIVE, SINK, RECENT, PROTECTED, EVICTED, DECODE_EVICTED)
 
 # Each policy declares its colour (`Policy.color`): a new policy needs no edit here.
 POLICY_COLORS: dict[str, str] = {name: cls.color for name, cls in kvcrush.POLICIES.items()}

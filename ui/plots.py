@@ -283,3 +283,24 @@ def benchmark_figure(frame, x: str, y: str, color: str | None) -> go.Figure:
     fig.update_xaxes(title=x)
     fig.update_yaxes(title=f"mean {y}")
     return _layout(fig, 360, title=f"{y} versus {x}")
+
+
+def decode_cache_curve(held: Sequence[int], without: Sequence[int], ceiling: int | None, step: int,
+                       title: str) -> go.Figure:
+    """Tokens one KV head holds after each generated token with decode-time eviction, against the tokens it
+    would hold without (computed), the `T + k` ceiling (dotted) and the slider's step (a marker)."""
+    steps = list(range(len(held)))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=steps, y=list(without), name="without decode-time eviction (computed)",
+                             mode="lines", line=dict(color=OKABE_ITO["grey"], dash="dash")))
+    fig.add_trace(go.Scatter(x=steps, y=list(held), name="held with decode-time eviction", mode="lines",
+                             line=dict(color=OKABE_ITO["vermillion"], shape="hv")))
+    fig.add_trace(go.Scatter(x=[step], y=[held[step]], name=f"after token {step}", mode="markers",
+                             marker=dict(color=OKABE_ITO["black"], size=9), showlegend=False,
+                             hovertemplate="after token %{x}: %{y} tokens<extra></extra>"))
+    if ceiling is not None:
+        fig.add_hline(y=ceiling, line=dict(color=OKABE_ITO["blue"], dash="dot"),
+                      annotation_text=f"T + k = {ceiling}", annotation_position="top left")
+    fig.update_xaxes(title="generated tokens")
+    fig.update_yaxes(title="cache tokens per head")
+    return _layout(fig, 300, title=title, legend=dict(orientation="h", y=-0.3))

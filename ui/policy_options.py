@@ -2,8 +2,9 @@
 
 `kvcrush.declared_options(cls)` lists what a policy class declares (name, type, default, range,
 help). A policy with a `base` field (KVCrush) is a composite: its own options, then its base's,
-routed the way `kvcrush.make_policy` routes them: the options every policy shares (those the
-`kvcrush.Policy` base class declares: sink, recent) belong to the base. Adding a policy file and its
+routed the way `kvcrush.make_policy` routes them: sink and recent (declared by the `kvcrush.Policy`
+base class) belong to the base; every other option the composite declares, `decode_interval` included,
+is its own. Adding a policy file and its
 registry line is enough for the sidebar, the cache keys and the labels to follow.
 """
 
@@ -20,6 +21,8 @@ import kvcrush
 from kvcrush.policies.options import OptionSpec
 
 Options = tuple[tuple[str, Any], ...]  # sorted (name, value) pairs: hashable, one spelling per setting
+# Shared options `kvcrush.make_policy` hands to a composite policy's base (the others stay with the composite).
+BASE_ROUTED = frozenset({"sink", "recent"})
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def groups(name: str, base: str | None = None) -> tuple[OptionGroup, ...]:
     specs = tuple(kvcrush.declared_options(cls))
     if not has_base(name):
         return (OptionGroup(name, f"{name} options", cls.help, specs),)
-    shared = {spec.name for spec in kvcrush.declared_options(kvcrush.Policy)}
+    shared = {spec.name for spec in kvcrush.declared_options(kvcrush.Policy)} & BASE_ROUTED
     own = tuple(spec for spec in specs if spec.name not in shared)
     owned = {spec.name for spec in own}
     base_name = base or default_base(name)

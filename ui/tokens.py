@@ -14,9 +14,11 @@ import torch
 
 from kvcrush.metrics import kept_mask
 from kvcrush.trace import EVICTED, IMPORTANT, PROTECTED, SINK, LayerTrace, RunTrace
-from ui.colors import SHOWN_STATUSES, STATUS_COLORS, STATUS_LABELS, STATUS_SHORT, STATUS_TEXT_COLORS
+from ui.colors import DECODE_EVICTED, SHOWN_STATUSES, STATUS_COLORS, STATUS_LABELS, STATUS_SHORT, STATUS_TEXT_COLORS
 
-ONLY_WHEN_PRESENT = (PROTECTED,)  # the question is under the budget only in query-aware runs
+# The question is under the budget only in query-aware runs; tokens are evicted while decoding only with
+# decode-time eviction, after the first generated tokens.
+ONLY_WHEN_PRESENT = (PROTECTED, DECODE_EVICTED)
 
 
 def layer_status(layer: LayerTrace, head: int) -> np.ndarray:
@@ -127,7 +129,8 @@ def token_css() -> str:
     """One rule per status, so each span carries only its class (400 spans with inline styles were 150 KB)."""
     rules = [".kv-tokens .kvt{border-radius:3px;padding:1px 0;}"]
     for code in SHOWN_STATUSES:
-        extra = "text-decoration:line-through;text-decoration-color:#aaaaaa;" if code == EVICTED else ""
+        extra = {EVICTED: "text-decoration:line-through;text-decoration-color:#aaaaaa;",
+                 DECODE_EVICTED: "text-decoration:line-through;text-decoration-color:#D55E00;"}.get(code, "")
         rules.append(f".kv-tokens .kvt-{STATUS_SHORT[code]}{{background:{STATUS_COLORS[code]};"
                      f"color:{STATUS_TEXT_COLORS.get(code, '#111111')};{extra}}}")
     return "".join(rules)
@@ -195,3 +198,41 @@ def find_token(token_strings: list[str], needle: str) -> int | None:
         return None
     offsets = np.cumsum([len(t) for t in token_strings])
     return int(np.searchsorted(offsets, index, side="right"))
+
+
+def mark_decode_evicted(table: pd.DataFrame, held_prompt: np.ndarray) -> pd.DataFrame:
+    """The token table with the prompt tokens kept at compression but no longer held (`held_prompt[i]`
+    False) marked as evicted while decoding. A copy; the original is untouched."""
+    status = table["status_code"].to_numpy()
+    later = (status != EVICTED) & ~held_prompt[: len(status)]
+    if not later.any():
+        return table
+    out = table.copy()
+    out.loc[later, "status_code"] = DECODE_EVICTED
+    out.loc[later, "status"] = STATUS_LABELS[DECODE_EVICTED]
+    return out
+
+
+GENERATED_HELD = "#56B4E9"  # sky blue: the generated tokens' own colour, distinct from the prompt's statuses
+
+
+def generated_html(tokens: list[str], held: np.ndarray, first_position: int) -> str:
+    """The tokens generated so far in one line: held ones in blue, evicted ones struck through.
+
+    tokens: each generated token's text; held: `[len(tokens)]` bool; first_position: token 0's position.
+    """
+    spans = []
+    for i, (token, kept) in enumerate(zip(tokens, held, strict=True)):
+        cls = "kvg-held" if kept else "kvg-evicted"
+        title = f"generated token {i} (#{first_position + i}): {'held' if kept else 'evicted while decoding'}"
+        spans.append(f'<span class="kvg {cls}" title="{html.escape(title, quote=True)}">{visible(token)}</span>')
+    style = (f".kv-generated-strip .kvg{{border-radius:3px;padding:1px 0;}}"
+             f".kv-generated-strip .kvg-held{{background:{GENERATED_HELD};color:#111111;}}"
+             f".kv-generated-strip .kvg-evicted{{background:{STATUS_COLORS[DECODE_EVICTED]};"
+             f"color:{STATUS_TEXT_COLORS[DECODE_EVICTED]};text-decoration:line-through;}}")
+    body = "".join(spans) if spans else "<em>no tokens generated yet</em>"
+    return (f"<style>{style}</style>"
+            '<div class="kv-generated-strip" style="font-family: ui-monospace, SFMono-Regular, Menlo, monospace; '
+            "font-size: 0.82rem; line-height: 1.85; white-space: pre-wrap; word-break: break-word; "
+            'max-height: 160px; overflow-y: auto; border: 1px solid #d0d0d0; border-radius: 6px; padding: 6px 10px;">'
+            f"{body}</div>")

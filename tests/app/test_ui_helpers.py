@@ -106,7 +106,7 @@ def test_diff_html_marks_changes_and_escapes():
 
 
 def test_colours_are_distinct_and_cover_every_status_and_policy():
-    assert set(colors.STATUS_COLORS) == set(range(len(STATUS_NAMES)))
+    assert set(colors.STATUS_COLORS) == set(range(len(STATUS_NAMES))) | {colors.DECODE_EVICTED}
     assert len(set(colors.STATUS_COLORS.values())) == len(colors.STATUS_COLORS)
     assert set(colors.POLICY_COLORS) == set(kvcrush.POLICIES)
     assert len(set(colors.POLICY_COLORS.values())) == len(colors.POLICY_COLORS)
