@@ -14,6 +14,11 @@ from torch import nn
 from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 
 
+def attention_modules(model) -> list[nn.Module]:
+    """The attention module of every decoder layer of a Llama-like causal LM, in layer order."""
+    return [layer.self_attn for layer in model.model.layers]
+
+
 @dataclass
 class LayerInputs:
     """Everything a policy may read about one attention layer right after prefill.

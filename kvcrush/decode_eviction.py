@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvcrush.attention import LayerInputs
+from kvcrush.attention import LayerInputs, attention_modules
 from kvcrush.kvcache import gather_rows
 from kvcrush.policies import Policy
 from kvcrush.trace import LayerTrace
@@ -55,6 +55,12 @@ class _Recent:
     cos: torch.Tensor
     sin: torch.Tensor
 
+    def last(self, rows: int) -> _Recent | None:
+        """Only the last `rows` rows (None when that is none)."""
+        if rows <= 0:
+            return None
+        return _Recent(self.hidden[:, -rows:], self.cos[:, -rows:], self.sin[:, -rows:])
+
 
 class DecodeEvictor:
     """Keeps every layer of `cache` at its budget during decoding (see the module docstring).
@@ -74,6 +80,7 @@ class DecodeEvictor:
         self.evictions: list[DecodeEviction] = []
         self.seconds = 0.0
         self.peak_tokens = max(p.shape[1] for p in self.positions)
+        self.modules = attention_modules(lm.model)
 
     @contextlib.contextmanager
     def capturing(self):
@@ -84,8 +91,7 @@ class DecodeEvictor:
             self._remember(module.layer_idx, kwargs["hidden_states"], cos, sin)
             return output
 
-        handles = [layer.self_attn.register_forward_hook(hook, with_kwargs=True)
-                   for layer in self.lm.model.model.layers]
+        handles = [module.register_forward_hook(hook, with_kwargs=True) for module in self.modules]
         try:
             yield self
         finally:
@@ -97,8 +103,7 @@ class DecodeEvictor:
         if kept is not None:
             hidden, cos, sin = (torch.cat([a, b], dim=1) for a, b in
                                 ((kept.hidden, hidden), (kept.cos, cos), (kept.sin, sin)))
-        rows = self.buffer_rows
-        self.recent[layer] = _Recent(hidden[:, -rows:], cos[:, -rows:], sin[:, -rows:])
+        self.recent[layer] = _Recent(hidden, cos, sin).last(self.buffer_rows)
 
     def append_positions(self, start: int, count: int) -> None:
         """`count` tokens at true positions `start...` were appended to every layer."""
@@ -127,9 +132,8 @@ class DecodeEvictor:
         cos = recent.cos.new_zeros(shape)  # rows before `offset` are never read (no queries there)
         sin = recent.sin.new_zeros(shape)
         cos[:, offset:], sin[:, offset:] = recent.cos, recent.sin
-        module = self.lm.model.model.layers[layer_idx].self_attn
-        layer = LayerInputs(module, layer_idx, self.lm.n_layers, recent.hidden, layer_cache.keys, layer_cache.values,
-                            cos, sin, n_slots, n_slots, False, offset)
+        layer = LayerInputs(self.modules[layer_idx], layer_idx, self.lm.n_layers, recent.hidden, layer_cache.keys,
+                            layer_cache.values, cos, sin, n_slots, n_slots, False, offset)
         return layer if self.policy.query_rows(layer)[0] >= offset else None
 
     def _evict(self, step: int, layer_idx: int, layer_cache, n_slots: int) -> None:
@@ -145,10 +149,7 @@ class DecodeEvictor:
         self.positions[layer_idx] = self.positions[layer_idx].gather(1, kept)
         # The buffered rows stay aligned with the last cache slots only as far as the recent window kept them.
         recent = self.recent[layer_idx]
-        tail = min(trace.recent, recent.hidden.shape[1]) if recent is not None else 0
-        self.recent[layer_idx] = _Recent(recent.hidden[:, recent.hidden.shape[1] - tail:],
-                                         recent.cos[:, recent.cos.shape[1] - tail:],
-                                         recent.sin[:, recent.sin.shape[1] - tail:]) if tail else None
+        self.recent[layer_idx] = recent.last(trace.recent) if recent is not None else None
         seconds = time.perf_counter() - start
         self.seconds += seconds
         self.evictions.append(DecodeEviction(step, layer_idx, n_slots, self.positions[layer_idx].to("cpu"), trace,

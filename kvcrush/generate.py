@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 from kvcrush import limits
 from kvcrush.decoding import Progress
-from kvcrush.errors import PromptError, RunCancelled
+from kvcrush.errors import RunCancelled
 from kvcrush.models.loading import LoadedModel
 from kvcrush.policies import Policy
-from kvcrush.prepared import as_policy, check_length, prepare_encoded
+from kvcrush.prepared import as_policy, check_length, check_max_new_tokens, prepare_encoded
 from kvcrush.prompts import EncodedPrompt, encode_prompt
 from kvcrush.trace import GenerationResult
 
@@ -58,8 +58,7 @@ def generate_encoded(
     `max_new_tokens=0` only prefills and compresses (useful with `reference_ids` to score a
     continuation, as the benchmark's likelihood task does).
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise PromptError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}.")
+    check_max_new_tokens(max_new_tokens)
     n_positions = len(encoded.all_ids) + len(reference_ids or [])
     check_length(model, n_positions, max_new_tokens)
     if encoded.n_context:  # the whole run's estimate, before anything is allocated

@@ -37,9 +37,9 @@ import torch
 from transformers import DynamicCache
 
 from kvcrush import limits
-from kvcrush.attention import LayerInputs
+from kvcrush.attention import LayerInputs, attention_modules
 from kvcrush.decode_eviction import DecodeEvictor
-from kvcrush.decoding import Progress, continuation_nll, extend, greedy_decode, stop_ids, synchronize
+from kvcrush.decoding import Progress, continuation_nll, extend, stop_ids, synchronize, timed_greedy_decode
 from kvcrush.errors import PromptError, RunCancelled
 from kvcrush.kvcache import cache_bytes, compressed_copy
 from kvcrush.models.loading import LoadedModel
@@ -59,7 +59,6 @@ class _Scores:
 
     per_layer: list[torch.Tensor]
     seconds: float
-    used: int = 0  # selections served so far
 
 
 def check_length(lm: LoadedModel, n_tokens: int, max_new_tokens: int) -> None:
@@ -73,17 +72,13 @@ def check_length(lm: LoadedModel, n_tokens: int, max_new_tokens: int) -> None:
         )
 
 
-def _check_max_new_tokens(max_new_tokens: int) -> None:
+def check_max_new_tokens(max_new_tokens: int) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise PromptError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}.")
 
 
 def as_policy(policy: Policy | str) -> Policy:
     return make_policy(policy) if isinstance(policy, str) else policy
-
-
-def _attention_modules(model) -> list[torch.nn.Module]:
-    return [layer.self_attn for layer in model.model.layers]
 
 
 def _hidden_rows_to_keep(lm: LoadedModel, n_tokens: int, protected: int, hidden_limit: int | None) -> int:
@@ -209,7 +204,7 @@ class PreparedPrompt:
             seconds[0] += time.perf_counter() - start
             return output
 
-        handles = [m.register_forward_hook(hook, with_kwargs=True) for m in _attention_modules(self.lm.model)]
+        handles = [m.register_forward_hook(hook, with_kwargs=True) for m in attention_modules(self.lm.model)]
         try:
             self.lm.model(input_ids=torch.tensor([self.budgeted_ids], device=self.lm.device),
                           past_key_values=DynamicCache(config=self.lm.model.config), use_cache=True, logits_to_keep=1)
@@ -231,7 +226,6 @@ class PreparedPrompt:
         if self._needs_scores(policy):
             per_layer, timings.score_reused = self.scores(policy, should_stop)  # type: ignore[assignment]
             timings.score_s = self._scores[policy.scorer_key()].seconds
-            self._scores[policy.scorer_key()].used += 1
         synchronize(self.lm.device)
         start = time.perf_counter()
         with torch.no_grad():
@@ -274,7 +268,7 @@ class PreparedPrompt:
         (a trace of another policy or prompt is refused).
         """
         policy = as_policy(policy)
-        _check_max_new_tokens(max_new_tokens)
+        check_max_new_tokens(max_new_tokens)
         reference = list(reference_ids or [])
         n_positions = len(self.encoded.all_ids) + len(reference)
         check_length(self.lm, n_positions, max_new_tokens)
@@ -313,26 +307,22 @@ class PreparedPrompt:
                 nll = continuation_nll(model, scratch, logits, position, reference)
             new_ids: list[int] = []
             if max_new_tokens:
-                start = time.perf_counter()
-                stops = stop_ids(model, self.lm.tokenizer)
-                if evictor is not None:
-                    with evictor.capturing():
-                        new_ids = greedy_decode(model, cache, logits, position, max_new_tokens, stops, progress,
-                                                should_stop, on_token,
-                                                lambda n: evictor.after_forward(n, position + n - 1))
-                    timings.decode_evict_s = evictor.seconds
-                else:
-                    new_ids = greedy_decode(model, cache, logits, position, max_new_tokens, stops, progress,
-                                            should_stop, on_token)
-                synchronize(device)
-                timings.decode_s = time.perf_counter() - start
+                after_forward = (lambda n: evictor.after_forward(n, position + n - 1)) if evictor else None
+                with evictor.capturing() if evictor else contextlib.nullcontext():
+                    new_ids, timings.decode_s = timed_greedy_decode(
+                        model, cache, logits, position, max_new_tokens, stop_ids(model, self.lm.tokenizer),
+                        progress=progress, should_stop=should_stop, on_token=on_token, after_forward=after_forward)
                 timings.decode_tokens = len(new_ids)
+                timings.decode_evict_s = evictor.seconds if evictor else 0.0
             final = cache_bytes(cache)
         text = self.lm.tokenizer.decode(new_ids, skip_special_tokens=True)
-        if evictor is None:
-            return GenerationResult(text, new_ids, bytes_before, bytes_after, timings, trace, nll, final)
-        return GenerationResult(text, new_ids, bytes_before, bytes_after, timings, trace, nll, final, evictor.evictions,
-                                evictor.peak_tokens, [p.to("cpu") for p in evictor.positions])
+        result = GenerationResult(text, new_ids, bytes_before, bytes_after, timings, trace, nll, final,
+                                  n_appended=len(self.appended_ids))
+        if evictor is not None:
+            result.decode_evictions = evictor.evictions
+            result.peak_cache_tokens = evictor.peak_tokens
+            result.cache_positions = [p.to("cpu") for p in evictor.positions]
+        return result
 
     def _evictor(self, policy: Policy, cache: DynamicCache, trace: RunTrace) -> DecodeEvictor:
         """Decode-time eviction for `policy`, starting from the compressed prompt (the tail is appended next)."""
@@ -393,7 +383,7 @@ def prepare_encoded(
     model = lm.model
     cache = DynamicCache(config=model.config)
     with lm.lock, torch.no_grad():
-        handles = [m.register_forward_hook(capture, with_kwargs=True) for m in _attention_modules(model)]
+        handles = [m.register_forward_hook(capture, with_kwargs=True) for m in attention_modules(model)]
         try:
             synchronize(lm.device)
             start = time.perf_counter()

@@ -161,6 +161,7 @@ class GenerationResult:
     decode_evictions: list[Any] = field(default_factory=list)
     peak_cache_tokens: int | None = None  # the most tokens any head of any layer held while decoding
     cache_positions: list[Any] | None = None  # per layer `[kv_heads, slots]` true positions held at the end
+    n_appended: int = 0  # tokens appended uncompressed after eviction (question and/or template suffix)
 
     @property
     def prefill_s(self) -> float:

@@ -28,6 +28,9 @@ def test_the_cache_never_holds_more_than_budget_plus_interval(tiny_lm, prepared,
     assert result.peak_cache_tokens <= T + K
     assert result.decode_evictions and all(e.before <= T + K for e in result.decode_evictions)
     assert all(e.positions.shape[1] <= T for e in result.decode_evictions)
+    first = result.decode_evictions[0]  # before it: the kept prompt, the appended tail, the tokens fed back
+    assert result.n_appended == len(prepared.appended_ids)
+    assert first.before == result.trace.layers[first.layer].kept.shape[1] + result.n_appended + first.step
     assert result.kv_bytes_final <= (T + K) * tiny_lm.kv_bytes_per_token()
     plain = prepared.generate(make_policy(name, budget=T, **options), max_new_tokens=NEW)
     assert plain.kv_bytes_final > 2 * result.kv_bytes_final  # without it the cache grows with the answer

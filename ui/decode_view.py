@@ -31,16 +31,6 @@ def prompt_kept(layer: LayerTrace) -> np.ndarray:
     return layer.kept.numpy()
 
 
-def appended_count(result: GenerationResult) -> int:
-    """Question and template tokens appended after compression, read off the first decode-time eviction
-    (it saw T prompt tokens + the appended ones + `step` generated ones). 0 without evictions."""
-    if not result.decode_evictions:
-        return 0
-    first = result.decode_evictions[0]
-    kept = prompt_kept(result.trace.layers[first.layer]).shape[1]
-    return int(first.before - kept - first.step)
-
-
 @dataclass(frozen=True)
 class LayerTimeline:
     """One layer's cache during decoding: its start after the prompt and its evictions, in step order."""
@@ -69,7 +59,7 @@ def timeline(result: GenerationResult, layer: int, interval: int = 0) -> LayerTi
     trace = result.trace
     start = prompt_kept(trace.layers[layer])
     own = sorted((e for e in result.decode_evictions if e.layer == layer), key=lambda e: e.step)
-    return LayerTimeline(layer, trace.n_context, appended_count(result), len(result.new_token_ids),
+    return LayerTimeline(layer, trace.n_context, result.n_appended, len(result.new_token_ids),
                          start.shape[1], interval, start, tuple(int(e.step) for e in own),
                          tuple(e.positions.numpy() for e in own))
 
@@ -132,5 +122,5 @@ def bytes_without_eviction(result: GenerationResult) -> int | None:
     if not kept or not result.kv_bytes_after:
         return None
     per_token = result.kv_bytes_after / kept  # one token in every layer, keys and values, all KV heads
-    grown = appended_count(result) + max(0, len(result.new_token_ids) - 1)
+    grown = result.n_appended + max(0, len(result.new_token_ids) - 1)
     return int(round(per_token * (kept + grown * len(trace.layers))))

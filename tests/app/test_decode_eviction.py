@@ -105,7 +105,7 @@ def test_held_positions_match_the_final_cache(name, query_aware):
     prepared = kvcrush.prepare(lm, context, "What is the code word of line 5?", query_aware=query_aware)
     result = prepared.generate(kvcrush.make_policy(name, budget=0.25, decode_interval=8), max_new_tokens=48)
     assert result.decode_evictions and result.cache_positions is not None
-    assert decode_view.appended_count(result) == len(prepared.appended_ids)
+    assert result.n_appended == len(prepared.appended_ids)
     last = len(result.new_token_ids)
     for layer_index, final in enumerate(result.cache_positions):
         line = decode_view.timeline(result, layer_index, 8)
