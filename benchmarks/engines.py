@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmarks.grid import ENGINE_KVPRESS, PolicySpec
+from benchmarks.grid import ENGINE_KVPRESS, ENGINE_OURS, PolicySpec
 from benchmarks.tasks import Item
 from kvcrush import LoadedModel, Policy, PreparedPrompt, make_policy, prepare_encoded
+from kvcrush.decoding import ReferenceScores
 from kvcrush.trace import GenerationResult
 
 NAN = float("nan")
@@ -62,6 +63,7 @@ class Outcome:
     kept: list[torch.Tensor] | None = field(default=None, repr=False)
     prefill_reused: bool = False
     score_reused: bool = False
+    reference: ReferenceScores | None = None  # the item's reference ids under teacher forcing
 
     @property
     def kv_fraction(self) -> float:
@@ -92,7 +94,7 @@ def outcome_of(result: GenerationResult, keep_kept: bool = False) -> Outcome:
         kv_bytes_before=result.kv_bytes_before, kv_bytes_after=result.kv_bytes_after,
         prefill_s=timings.prefill_s, score_s=timings.score_s, select_s=timings.select_s, crush_s=timings.crush_s,
         decode_s=timings.decode_s, decode_tokens=timings.decode_tokens, kept=kept,
-        prefill_reused=timings.prefill_reused, score_reused=timings.score_reused,
+        prefill_reused=timings.prefill_reused, score_reused=timings.score_reused, reference=result.reference,
     )
 
 
@@ -109,6 +111,29 @@ class ItemRuns:
         self.item = item
         self.seed = seed
         self._prepared: dict[bool, PreparedPrompt] = {}
+        self._kvpress: dict[tuple[str, float], Outcome] = {}
+        self._ours: dict[tuple[str, float], Outcome] = {}
+
+    def run_scoring_batch(self, specs: list[PolicySpec], budgets: list[float], query_aware: bool = False) -> None:
+        """Scoring-only items (a reference and nothing to decode): every spec of ours x budget, batched
+        (`PreparedPrompt.score_many`, one budget at a time); `run` then hands each outcome out once."""
+        item = self.item
+        if item.max_new_tokens or not item.reference_ids:
+            return
+        for qa in (False, True):
+            mode = [spec for spec in specs if spec.engine == ENGINE_OURS and (query_aware or spec.query_aware) == qa]
+            if not mode:
+                continue
+            prepared = self.prepared(qa)
+            for budget in budgets:
+                results = prepared.score_many([spec.policy(budget, self.seed) for spec in mode], item.reference_ids)
+                for spec, result in zip(mode, results, strict=True):
+                    self._ours[(spec.label, budget)] = outcome_of(result)
+
+    def run_kvpress_batch(self, specs: list[PolicySpec], budgets: list[float]) -> None:
+        """Run every kvpress spec x budget from one shared prefill per query mode (`run_kvpress_all`);
+        `run` then hands each outcome out once."""
+        self._kvpress.update(run_kvpress_all(self.lm, specs, budgets, self.item))
 
     def prepared(self, query_aware: bool = False) -> PreparedPrompt:
         """The item prefilled once (query-aware: context and question; without a question, the same one)."""
@@ -128,12 +153,16 @@ class ItemRuns:
     def run(self, spec: PolicySpec, budget: float, query_aware: bool = False, keep_kept: bool = False) -> Outcome:
         """`spec` at `budget` (query-aware, globally or by a `+qa` spec, is our engine only)."""
         if spec.engine == ENGINE_KVPRESS:
-            return run_kvpress(self.lm, spec, budget, self.item)
+            outcome = self._kvpress.pop((spec.label, budget), None)
+            return outcome if outcome is not None else run_kvpress(self.lm, spec, budget, self.item)
+        batched = None if keep_kept else self._ours.pop((spec.label, budget), None)
+        if batched is not None:
+            return batched
         return self.run_policy(spec.policy(budget, self.seed), query_aware or spec.query_aware, keep_kept)
 
     def run_policy(self, policy: Policy, query_aware: bool = False, keep_kept: bool = False,
                    max_new_tokens: int | None = None) -> Outcome:
-        """One of our policies on the shared prefill: decode the item's answer, or score its reference.
+        """One of our policies on the shared prefill: decode the item's answer and/or score its reference.
 
         `max_new_tokens=0` only selects, gathers and appends the tail (what a policy costs, no decoding).
         """
@@ -141,10 +170,9 @@ class ItemRuns:
         prepared = self.prepared(query_aware)
         if max_new_tokens is not None:
             result = prepared.generate(policy, max_new_tokens)
-        elif item.reference_ids:
-            result = prepared.generate(policy, 0, reference_ids=item.reference_ids)
         else:
-            result = prepared.generate(policy, item.max_new_tokens)
+            result = prepared.generate(policy, item.max_new_tokens, reference_ids=item.reference_ids,
+                                       stop_at_newline=item.stop_at_newline)
         return outcome_of(result, keep_kept)
 
     def run_base(self, spec: PolicySpec, budget: float, query_aware: bool = False) -> Outcome:
@@ -156,6 +184,8 @@ class ItemRuns:
 
     def close(self) -> None:
         self._prepared.clear()
+        self._ours.clear()
+        self._kvpress.clear()
 
 
 def kvcrush_overhead(kvcrush: Outcome, base: Outcome) -> dict[str, float]:
@@ -181,29 +211,64 @@ def compression_ratio(budget: float) -> float:
     return round(1.0 - budget, 9)
 
 
-def _press_options(spec: PolicySpec, item: Item) -> dict:
+def _press_options(spec: PolicySpec, item: Item, n_context: int | None = None) -> dict:
     options = dict(spec.options)
+    n_context = item.encoded.n_context if n_context is None else n_context
     window = options.get("window_size")
-    if window is not None and item.encoded.n_context <= window:  # SnapKVPress asserts N > window
-        options["window_size"] = max(1, item.encoded.n_context - 1)
+    if window is not None and n_context <= window:  # SnapKVPress asserts N > window
+        options["window_size"] = max(1, n_context - 1)
     return options
 
 
-def run_kvpress(lm: LoadedModel, spec: PolicySpec, budget: float, item: Item) -> Outcome:
-    """One press on one item: its own compressed prefill, then our engine's appending, decoding and scoring."""
-    from benchmarks.kvpress_runner import run_press
+def _kvpress_parts(item: Item, query_aware: bool) -> tuple[list[int], list[int]]:
+    """(compressed context, appended tail) for kvpress: query-aware, the question is compressed with the context."""
+    encoded = item.encoded
+    if query_aware and encoded.question_ids:
+        return encoded.context_ids + encoded.question_ids, encoded.suffix_ids
+    return encoded.context_ids, encoded.tail_ids
 
-    result = run_press(
-        lm.model, lm.tokenizer, spec.method, compression_ratio(budget), item.encoded.context_ids,
-        item.encoded.tail_ids or None, max_new_tokens=item.max_new_tokens,
-        continuation_ids=item.reference_ids or None, **_press_options(spec, item),
-    )
+
+def _press_outcome(result) -> Outcome:
     return Outcome(
         text=result.text, new_ids=list(result.new_token_ids), nll=result.nll,
         kv_bytes_before=result.kv_bytes_before, kv_bytes_after=result.kv_bytes_after,
         prefill_s=result.prefill_s + result.question_s, score_s=NAN, select_s=NAN, crush_s=NAN,
-        decode_s=result.decode_s, decode_tokens=len(result.new_token_ids),
+        decode_s=result.decode_s, decode_tokens=len(result.new_token_ids), reference=result.reference,
     )
+
+
+def run_kvpress(lm: LoadedModel, spec: PolicySpec, budget: float, item: Item) -> Outcome:
+    """One press on one item: its own compressed prefill, then our engine's appending, decoding and scoring."""
+    return run_kvpress_all(lm, [spec], [budget], item)[(spec.label, budget)]
+
+
+def run_kvpress_all(lm: LoadedModel, specs: list[PolicySpec], budgets: list[float], item: Item
+                    ) -> dict[tuple[str, float], Outcome]:
+    """Every kvpress spec at every budget on one item, from one shared prefill per query mode.
+
+    `benchmarks.kvpress_runner.run_presses`: each press's own ``compress`` runs in a hook of one forward
+    over the context and leaves the cache a prefill under that press alone would leave (tested equal);
+    then each cache gets the tail appended and is decoded and/or scored like ours. Each outcome's
+    ``prefill_s`` is what a prefill under that press alone costs (the shared forward plus its own hook).
+    """
+    from benchmarks.kvpress_runner import run_presses
+
+    outcomes: dict[tuple[str, float], Outcome] = {}
+    for query_aware in (False, True):
+        mode = [spec for spec in specs if spec.engine == ENGINE_KVPRESS and spec.query_aware == query_aware]
+        if not mode:
+            continue
+        context, tail = _kvpress_parts(item, query_aware)
+        jobs = {(spec.method, compression_ratio(budget)): (spec, budget) for spec in mode for budget in budgets}
+        options = {spec.method: _press_options(spec, item, len(context)) for spec in mode}
+        results = run_presses(lm.model, lm.tokenizer, [(name, ratio, options[name]) for name, ratio in jobs],
+                              context, tail or None, max_new_tokens=item.max_new_tokens,
+                              continuation_ids=item.reference_ids or None, stop_at_newline=item.stop_at_newline,
+                              decode_with_reference=True)
+        for key, result in results.items():
+            spec, budget = jobs[key]
+            outcomes[(spec.label, budget)] = _press_outcome(result)
+    return outcomes
 
 
 def kvpress_kept(lm: LoadedModel, spec: PolicySpec, budget: float, item: Item) -> list[torch.Tensor]:

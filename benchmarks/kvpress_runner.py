@@ -12,7 +12,7 @@ same process:
 3. decode greedily, or score a true continuation under teacher forcing.
 
 Steps 2 and 3 are our engine's own loop (`kvcrush.decoding.extend`, `greedy_decode`,
-`continuation_nll`) and KV bytes are counted by `kvcrush.kvcache.cache_bytes`, so a difference between
+`score_reference`) and KV bytes are counted by `kvcrush.kvcache.cache_bytes`, so a difference between
 the engines is a difference in what the compressed cache holds, never in how it is read. After eviction
 the cache is shorter than the sequence, so every later forward passes explicit ``position_ids`` (true
 positions: context length + i) while ``cache_position`` is left to its default (the actual cache
@@ -31,16 +31,28 @@ Notes on kvpress 0.5.5 learned from its source:
 - Kept keys are gathered in top-k order (highest score first), not in position order; attention
   does not care because RoPE is already applied to cached keys.
 - Defaults: SnapKV ``window_size=64`` (context must be longer) and ``kernel_size=5``;
-  StreamingLLM ``n_sink=4``; ExpectedAttention ``n_future_positions=512``, ``n_sink=4``.
+  StreamingLLM ``n_sink=4``; ExpectedAttention ``n_future_positions=512``, ``n_sink=4``; PyramidKV
+  ``window_size=64``, ``beta=20``.
+- ``PyramidKVPress`` overrides ``compress``: each layer keeps its own pyramid budget instead of
+  ``compute_n_kept``, and falls back to SnapKV's ``round(N * (1 - ratio))`` whenever the pyramid does not
+  fit (short contexts, few layers). Layers then differ in length, which `kvcrush.decoding.extend` handles.
+
+Every press and ratio from one prefill (`prefill_with_presses`, `run_presses`): a press hook runs after
+its attention layer has attended over the full keys, and no later layer reads this layer's cache, so the
+prefill's hidden states never depend on the press. One forward with our own hook on every attention
+layer therefore serves any number of presses: per layer it calls each press's own ``compress`` with the
+arguments kvpress's ``BasePress.forward_hook`` passes and keeps the result in that press's own cache,
+while the forward's cache stays uncompressed. Presses that need eager attention get a second forward.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,22 +61,35 @@ from kvpress import (
     KeyDiffPress,
     KnormPress,
     ObservedAttentionPress,
+    PyramidKVPress,
     ScorerPress,
     SnapKVPress,
     StreamingLLMPress,
     TOVAPress,
 )
-from kvpress.utils import compute_n_kept
+from kvpress.presses.base_press import BasePress, is_prefilling
+from kvpress.utils import extract_keys_and_values
+from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from kvcrush.decoding import continuation_nll, extend, stop_ids, synchronize, timed_greedy_decode
-from kvcrush.kvcache import cache_bytes, cache_lengths
+from kvcrush.attention import attention_modules
+from kvcrush.decoding import (
+    ReferenceScores,
+    extend,
+    newline_ids,
+    score_reference,
+    score_reference_batch,
+    stop_ids,
+    synchronize,
+    timed_greedy_decode,
+)
+from kvcrush.kvcache import cache_bytes, cache_lengths, stack_caches
 
-PressFactory = Callable[..., ScorerPress]
+PressFactory = Callable[..., BasePress]
 
 
 def _factory(press_class: type[ScorerPress]) -> PressFactory:
-    def make(compression_ratio: float, **opts: Any) -> ScorerPress:
+    def make(compression_ratio: float, **opts: Any) -> BasePress:
         return press_class(compression_ratio=compression_ratio, **opts)
 
     make.__doc__ = f"{press_class.__name__}(compression_ratio, **opts)"
@@ -86,11 +111,16 @@ KVPRESS_PRESSES: dict[str, PressFactory] = {
     "observed_attention": _factory(ObservedAttentionPress),
     "expected_attention": _factory(ExpectedAttentionPress),
     "keydiff": _factory(KeyDiffPress),
+    "pyramidkv": _factory(PyramidKVPress),
     "kvcrush": _kvcrush_press,
 }
 
 # Presses whose scores need the attention matrices returned by eager attention.
 EAGER_PRESSES = frozenset({"observed_attention"})
+
+
+JobKey = tuple[str, float]  # (press name, compression_ratio)
+PressJob = tuple[str, float, dict]  # (press name, compression_ratio, options for make_press)
 
 
 @dataclass
@@ -101,9 +131,12 @@ class PressResult:
     values, N tokens) and ``kv_bytes_after`` what the press left, both counted by
     `kvcrush.kvcache.cache_bytes` as in our engine; ``kept_per_layer`` the tokens per layer after
     compression. ``nll`` is the mean negative log-likelihood (nats/token) of the continuation, or None
-    when decoding instead. ``prefill_s``: the compressed prefill of the context (the press's scoring
-    and eviction included); ``question_s``: appending the question uncompressed; ``decode_s``: greedy
-    decoding alone (0 when scoring a continuation), as our engine's `Timings.decode_s`.
+    when decoding instead. ``prefill_s``: the compressed prefill of the context, the press's scoring
+    and eviction included (`run_presses`: the shared forward without any hook work plus this press's
+    own ``hook_s``, i.e. what a prefill under this press alone would cost); ``hook_s``: the part of it
+    spent in the press's ``compress`` over all layers; ``question_s``: appending the question
+    uncompressed; ``decode_s``: greedy decoding alone (0 when scoring a continuation), as our engine's
+    `Timings.decode_s`.
     """
 
     text: str
@@ -115,13 +148,15 @@ class PressResult:
     decode_s: float
     nll: float | None
     question_s: float = 0.0
+    hook_s: float = 0.0
+    reference: ReferenceScores | None = None  # the continuation's per-token NLL and argmax agreement
 
 
 def make_press(
     press_name: str, compression_ratio: float, window_size: int | None = None, **opts: Any
-) -> ScorerPress:
+) -> BasePress:
     """Build a press from ``KVPRESS_PRESSES``; ``window_size`` goes to presses that have one
-    (SnapKV) and is ignored by the others."""
+    (SnapKV, PyramidKV) and is ignored by the others."""
     if press_name not in KVPRESS_PRESSES:
         raise ValueError(f"Unknown kvpress press {press_name!r}; choose from {sorted(KVPRESS_PRESSES)}.")
     if not 0.0 <= compression_ratio < 1.0:
@@ -152,28 +187,341 @@ def _ids_tensor(ids: Sequence[int] | torch.Tensor, device: torch.device) -> torc
     return tensor.reshape(1, -1)
 
 
+class _Stopwatch:
+    """Accumulates synchronized seconds over several timed blocks."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.seconds += time.perf_counter() - start
+
+
+@contextmanager
+def _timed_compress(press: BasePress, watch: _Stopwatch) -> Iterator[None]:
+    """Time every ``press.compress`` call kvpress's hook makes (an instance attribute shadows the method)."""
+    original = press.compress
+
+    def timed(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        with watch.timing():
+            return original(*args)
+
+    press.compress = timed
+    try:
+        yield
+    finally:
+        del press.compress
+
+
 @torch.no_grad()
 def prefill_with_press(
     model: PreTrainedModel,
-    press: ScorerPress | None,
+    press: BasePress | None,
     input_ids: Sequence[int] | torch.Tensor,
     eager: bool = False,
+    hook_watch: _Stopwatch | None = None,
 ) -> tuple[DynamicCache, torch.Tensor, float]:
     """Prefill ``input_ids`` under ``press`` (None: no compression) into a fresh DynamicCache.
 
-    Returns the compressed cache, the last position's logits ``[1, 1, vocab]`` and the seconds the
-    forward took. ``eager=True`` runs this prefill with eager attention.
+    This is kvpress's own pipeline (``with press(model)``). Returns the compressed cache, the last
+    position's logits ``[1, 1, vocab]`` and the seconds the forward took (the press's hooks included).
+    ``eager=True`` runs this prefill with eager attention. ``hook_watch`` (internal) accumulates the
+    seconds spent in the press's ``compress``.
     """
     ids = _ids_tensor(input_ids, model.device)
     cache = DynamicCache(config=model.config)
     attention = attention_implementation(model, "eager") if eager else nullcontext()
-    with attention, press(model) if press is not None else nullcontext():
+    timed = _timed_compress(press, hook_watch) if press is not None and hook_watch is not None else nullcontext()
+    with attention, press(model) if press is not None else nullcontext(), timed:
         synchronize(model.device)
         start = time.perf_counter()
         out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         synchronize(model.device)
         seconds = time.perf_counter() - start
     return cache, out.logits, seconds
+
+
+# --- every press and ratio from one prefill --------------------------------------------------------------
+
+
+@dataclass
+class SharedForward:
+    """One uncompressed forward over the context that a group of jobs rode on.
+
+    attention: the implementation it ran under; logits: ``[vocab]`` float, its last position;
+    seconds: the forward without any hook work.
+    """
+
+    attention: str
+    logits: torch.Tensor
+    seconds: float
+
+
+@dataclass
+class PressCaches:
+    """What `prefill_with_presses` left: one compressed cache per (press name, compression_ratio).
+
+    caches: the cache each press left, exactly what a prefill under that press alone leaves.
+    logits: ``[vocab]`` float, the last position of the first forward (the model's own attention
+        implementation when any job runs under it); ``forwards[key].logits`` is the job's own.
+    kv_bytes_before: uncompressed context cache bytes (`kvcrush.kvcache.cache_bytes`).
+    prefill_s: the shared forward(s) without the presses' hook work, summed; ``forwards[key].seconds``
+        is the one forward that job rode on.
+    hook_s: seconds each press's ``compress`` took over all layers (synchronized).
+    forwards: the `SharedForward` each job rode on (jobs of one group share the object).
+    """
+
+    caches: dict[JobKey, DynamicCache]
+    logits: torch.Tensor
+    kv_bytes_before: int
+    prefill_s: float
+    hook_s: dict[JobKey, float]
+    forwards: dict[JobKey, SharedForward] = field(default_factory=dict)
+
+    def job_prefill_s(self, key: JobKey) -> float:
+        """A standalone prefill under this press: its shared forward plus its own hook work."""
+        return self.forwards[key].seconds + self.hook_s[key]
+
+
+@dataclass
+class _Job:
+    """One press of a shared forward: its press, the cache it fills and its hook seconds."""
+
+    key: JobKey
+    press: BasePress
+    cache: DynamicCache
+    watch: _Stopwatch
+
+
+def _attention_for(model: PreTrainedModel, press_name: str) -> str:
+    return "eager" if press_name in EAGER_PRESSES else model.config._attn_implementation
+
+
+def _group_jobs(model: PreTrainedModel, jobs: Sequence[PressJob]) -> dict[str, list[PressJob]]:
+    """Jobs by the attention implementation their forward needs (model's own first); keys must be unique."""
+    groups: dict[str, list[PressJob]] = {model.config._attn_implementation: []}
+    seen: set[JobKey] = set()
+    for name, ratio, opts in jobs:
+        key = (name, float(ratio))
+        if key in seen:
+            raise ValueError(f"Duplicate job {key}: one press per (name, compression_ratio).")
+        seen.add(key)
+        groups.setdefault(_attention_for(model, name), []).append((name, float(ratio), dict(opts)))
+    return {attention: members for attention, members in groups.items() if members}
+
+
+def _prepare_presses(model: PreTrainedModel) -> None:
+    """What kvpress's ``press(model)`` does before hooking: every attention layer can reach the rotary
+    embedding (ExpectedAttentionPress reads ``module.rotary_emb``)."""
+    for module in attention_modules(model):
+        module.rotary_emb = model.model.rotary_emb
+
+
+# Presses whose ``score`` never reads ``compression_ratio`` (checked in kvpress 0.5.5's source; StreamingLLM's
+# does: its scores are the kept window itself). kvcrush: our KVCrushPress, scored by its inner SnapKVPress.
+RATIO_FREE_SCORES = frozenset({"snapkv", "knorm", "tova", "observed_attention", "expected_attention", "keydiff",
+                               "pyramidkv", "kvcrush"})
+
+
+def _share_scores(press: BasePress, memo: dict[int, tuple[torch.Tensor, float]], watch: _Stopwatch) -> None:
+    """Compute a press's scores once per layer for all its compression ratios.
+
+    A press's ``score(module, hidden_states, keys, values, attentions, kwargs)`` does not read
+    ``compression_ratio`` (only ``compress`` turns scores into a kept count), so the jobs of one press at
+    several ratios in one forward get identical scores; the first job computes them, the others reuse
+    them (each job's kept set is still its own press's ``compress``). Each job's ``hook_s`` still counts
+    the scoring seconds, so it reads as a prefill under that press alone. Wrapper presses (our
+    KVCrushPress) score through their inner ``press``, which is the one shared.
+    """
+    target = press.press if isinstance(getattr(press, "press", None), BasePress) else press
+    original = target.score
+
+    def score(module: nn.Module, *args: Any) -> torch.Tensor:
+        cached = memo.get(module.layer_idx)
+        if cached is not None:
+            watch.seconds += cached[1]
+            return cached[0]
+        synchronize(watch.device)
+        start = time.perf_counter()
+        scores = original(module, *args)
+        synchronize(watch.device)
+        memo[module.layer_idx] = (scores, time.perf_counter() - start)
+        return scores
+
+    target.score = score  # instance attribute shadows the method that compress() calls
+
+
+def _store(cache: DynamicCache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Put a press's compressed ``[1, kv_heads, n_kept, head_dim]`` keys and values into layer ``layer_idx``.
+
+    At ratio 0 a press returns the forward's own tensors: shared, never copied (decoding appends with
+    ``torch.cat``, which makes new tensors).
+    """
+    layer = cache.layers[layer_idx]
+    layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
+
+
+def _compress_hook(jobs: list[_Job], hook_watch: _Stopwatch) -> Callable:
+    """A forward hook that runs every job's ``compress`` on the layer's full keys, as kvpress's hook would."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple:
+        with hook_watch.timing():
+            hidden_states = kwargs["hidden_states"]
+            if not is_prefilling(kwargs["cache_position"], hidden_states.shape[1]):
+                raise RuntimeError("prefill_with_presses needs the prefill of an empty cache.")
+            # The forward's cache layer stays full: each press reads it and writes its result elsewhere.
+            keys, values = extract_keys_and_values(kwargs["past_key_values"], module.layer_idx)
+            for job in jobs:
+                with job.watch.timing():
+                    kept_keys, kept_values = job.press.compress(module, hidden_states, keys, values, output[1], kwargs)
+                    _store(job.cache, module.layer_idx, kept_keys, kept_values)
+        return output
+
+    return hook
+
+
+@torch.no_grad()
+def _shared_forward(model: PreTrainedModel, attention: str, jobs: list[_Job], ids: torch.Tensor
+                    ) -> tuple[SharedForward, DynamicCache]:
+    """One forward under ``attention`` with every job's hook; returns it and the forward's full cache."""
+    full = DynamicCache(config=model.config)
+    hook_watch = _Stopwatch(model.device)
+    hook = _compress_hook(jobs, hook_watch)
+    handles = [module.register_forward_hook(hook, with_kwargs=True) for module in attention_modules(model)]
+    try:
+        with attention_implementation(model, attention):
+            synchronize(model.device)
+            start = time.perf_counter()
+            out = model(input_ids=ids, past_key_values=full, use_cache=True, logits_to_keep=1)
+            synchronize(model.device)
+            seconds = time.perf_counter() - start
+    finally:
+        for handle in handles:
+            handle.remove()
+    return SharedForward(attention, out.logits[0, -1].float(), seconds - hook_watch.seconds), full
+
+
+def prefill_with_presses(
+    model: PreTrainedModel, jobs: Sequence[PressJob], context_ids: Sequence[int] | torch.Tensor
+) -> PressCaches:
+    """Every ``(press name, compression_ratio, options)`` job's compressed cache of ``context_ids``, from one
+    forward per attention implementation (one; two when an eager-only press is among the jobs).
+
+    Each layer's hook hands the layer's full keys and values ``[1, kv_heads, N, head_dim]`` to every
+    job's own press (`make_press`, ``post_init_from_model`` as ``press(model)`` does) through its own
+    ``compress(module, hidden_states, keys, values, attentions, kwargs)``, with exactly the arguments
+    kvpress's ``BasePress.forward_hook`` passes, and stores what it returns in that job's own
+    DynamicCache. So presses that override ``compress`` (PyramidKV's per-layer budgets, our KVCrushPress)
+    behave as under kvpress, and each cache equals what `prefill_with_press` leaves for that press alone.
+
+    Memory: the forward's full cache and every job's compressed cache exist at once (about
+    ``1 + sum(1 - ratio)`` times one full cache), plus one layer's attention matrices under eager.
+    Llama-like models only (`kvcrush.attention.attention_modules`); batch size 1.
+    """
+    ids = _ids_tensor(context_ids, model.device)
+    if ids.shape[1] == 0:
+        raise ValueError("context_ids is empty.")
+    groups = _group_jobs(model, jobs)
+    _prepare_presses(model)
+    caches, hook_s, forwards, shared = {}, {}, {}, []
+    kv_bytes_before = 0
+    for attention, members in groups.items():
+        group = []
+        memos: dict[tuple, dict[int, tuple[torch.Tensor, float]]] = {}
+        for name, ratio, opts in members:
+            press = make_press(name, ratio, **opts)
+            press.post_init_from_model(model)
+            job = _Job((name, ratio), press, DynamicCache(config=model.config), _Stopwatch(model.device))
+            if name in RATIO_FREE_SCORES:
+                _share_scores(press, memos.setdefault((name, repr(sorted(opts.items()))), {}), job.watch)
+            group.append(job)
+        forward, full = _shared_forward(model, attention, group, ids)
+        kv_bytes_before = cache_bytes(full)
+        del full  # only the jobs' caches outlive the forward
+        shared.append(forward)
+        for job in group:
+            caches[job.key], hook_s[job.key], forwards[job.key] = job.cache, job.watch.seconds, forward
+    if not shared:
+        raise ValueError("No jobs given.")
+    return PressCaches(caches, shared[0].logits, kv_bytes_before, sum(f.seconds for f in shared), hook_s, forwards)
+
+
+# --- after the prefill: append the tail, then decode or score ---------------------------------------------
+
+
+def _finish(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    cache: DynamicCache,
+    next_logits: torch.Tensor,
+    n_context: int,
+    tail_ids: Sequence[int] | None,
+    max_new_tokens: int,
+    continuation_ids: Sequence[int] | None,
+    eos_token_ids: Sequence[int] | int | None,
+    kv_bytes_before: int,
+    prefill_s: float,
+    hook_s: float,
+    stop_at_newline: bool = False,
+) -> PressResult:
+    """Everything after a compressed prefill: append ``tail_ids`` uncompressed, then score ``continuation_ids``
+    (teacher forcing) and/or decode, exactly as our engine's `PreparedPrompt.generate` does.
+
+    ``next_logits``: ``[vocab]`` float, the prefill's last position. ``cache`` is extended in place.
+    """
+    kv_bytes_after = cache_bytes(cache)
+    kept_per_layer = cache_lengths(cache)
+    position = n_context
+    reference: ReferenceScores | None = None
+    new_ids: list[int] = []
+    decode_s = 0.0
+    start = time.perf_counter()
+    if continuation_ids and not max_new_tokens and tail_ids:  # scoring only: tail and reference in one forward
+        reference = score_reference(model, cache, None, position, list(continuation_ids), lead_ids=list(tail_ids))
+        synchronize(model.device)
+        question_s = time.perf_counter() - start
+    else:
+        if tail_ids:
+            next_logits = extend(model, cache, list(tail_ids), position, last_only=True)[-1]
+            position += len(tail_ids)
+        synchronize(model.device)
+        question_s = time.perf_counter() - start
+        if continuation_ids:  # on a copy when decoding follows, as our engine does
+            scratch = copy.deepcopy(cache) if max_new_tokens else cache
+            reference = score_reference(model, scratch, next_logits, position, list(continuation_ids))
+        if max_new_tokens:
+            if eos_token_ids is None:
+                stops = stop_ids(model, tokenizer)
+            else:
+                stops = {eos_token_ids} if isinstance(eos_token_ids, int) else set(eos_token_ids)
+            if stop_at_newline and tokenizer is not None:
+                stops |= newline_ids(tokenizer)
+            new_ids, decode_s = timed_greedy_decode(model, cache, next_logits, position, max_new_tokens, stops)
+    nll = None if reference is None else reference.nll
+
+    text = tokenizer.decode(new_ids, skip_special_tokens=True) if tokenizer is not None and new_ids else ""
+    return PressResult(
+        text=text,
+        new_token_ids=new_ids,
+        kv_bytes_before=kv_bytes_before,
+        kv_bytes_after=kv_bytes_after,
+        kept_per_layer=kept_per_layer,
+        prefill_s=prefill_s,
+        decode_s=decode_s,
+        nll=nll,
+        question_s=question_s,
+        hook_s=hook_s,
+        reference=reference,
+    )
 
 
 def run_press(
@@ -203,44 +551,79 @@ def run_press(
         raise ValueError("context_ids is empty.")
     press = make_press(press_name, compression_ratio, window_size=window_size, **press_opts)
     n_context = len(context_ids)
-    eager = press_name in EAGER_PRESSES
-    cache, logits, prefill_s = prefill_with_press(model, press, context_ids, eager=eager)
-    kv_bytes_before = cache_bytes(cache, n_tokens=n_context)
-    kv_bytes_after = cache_bytes(cache)
-    kept_per_layer = cache_lengths(cache)
-
-    next_logits = logits[0, -1].float()
-    position = n_context
-    start = time.perf_counter()
-    if question_ids:
-        next_logits = extend(model, cache, list(question_ids), position, last_only=True)[-1]
-        position += len(question_ids)
-    synchronize(model.device)
-    question_s = time.perf_counter() - start
-    nll: float | None = None
-    new_ids: list[int] = []
-    decode_s = 0.0
+    watch = _Stopwatch(model.device)
+    cache, logits, prefill_s = prefill_with_press(model, press, context_ids, eager=press_name in EAGER_PRESSES,
+                                                  hook_watch=watch)
     if continuation_ids:
-        nll = continuation_nll(model, cache, next_logits, position, list(continuation_ids))
-    elif max_new_tokens:
-        if eos_token_ids is None:
-            stops = stop_ids(model, tokenizer)
-        else:
-            stops = {eos_token_ids} if isinstance(eos_token_ids, int) else set(eos_token_ids)
-        new_ids, decode_s = timed_greedy_decode(model, cache, next_logits, position, max_new_tokens, stops)
+        max_new_tokens = 0  # a continuation is scored, nothing is generated
+    return _finish(model, tokenizer, cache, logits[0, -1].float(), n_context, question_ids, max_new_tokens,
+                   continuation_ids, eos_token_ids, cache_bytes(cache, n_tokens=n_context), prefill_s, watch.seconds)
 
-    text = tokenizer.decode(new_ids, skip_special_tokens=True) if tokenizer is not None and new_ids else ""
-    return PressResult(
-        text=text,
-        new_token_ids=new_ids,
-        kv_bytes_before=kv_bytes_before,
-        kv_bytes_after=kv_bytes_after,
-        kept_per_layer=kept_per_layer,
-        prefill_s=prefill_s,
-        decode_s=decode_s,
-        nll=nll,
-        question_s=question_s,
-    )
+
+def run_presses(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    jobs: Sequence[PressJob],
+    context_ids: list[int],
+    tail_ids: list[int] | None,
+    max_new_tokens: int = 32,
+    continuation_ids: list[int] | None = None,
+    eos_token_ids: Sequence[int] | int | None = None,
+    stop_at_newline: bool = False,
+    decode_with_reference: bool = False,
+) -> dict[JobKey, PressResult]:
+    """`run_press` for every ``(press name, compression_ratio, options)`` job, from one shared prefill.
+
+    `prefill_with_presses` compresses the context for every job at once (all the compressed caches
+    exist together, see its memory note); then each job, in order, appends ``tail_ids`` and decodes or
+    scores exactly as `run_press` does, and its cache is released. Each result's ``prefill_s`` is the
+    shared forward it rode on (without hook work) plus its own ``hook_s``: what a prefill under that
+    press alone costs, so the numbers read as `run_press`'s.
+    """
+    if not context_ids:
+        raise ValueError("context_ids is empty.")
+    if continuation_ids and not decode_with_reference:
+        max_new_tokens = 0  # as run_press: a continuation is scored, nothing is generated
+    shared = prefill_with_presses(model, jobs, context_ids)
+    results = {}
+    if continuation_ids and tail_ids and not max_new_tokens:
+        return _score_batched(model, shared, len(context_ids), list(tail_ids), list(continuation_ids))
+    for key in list(shared.caches):
+        cache = shared.caches.pop(key)  # frees each compressed cache once its job is done
+        results[key] = _finish(model, tokenizer, cache, shared.forwards[key].logits, len(context_ids), tail_ids,
+                               max_new_tokens, continuation_ids, eos_token_ids, shared.kv_bytes_before,
+                               shared.job_prefill_s(key), shared.hook_s[key], stop_at_newline)
+    return results
+
+
+def _score_batched(model: PreTrainedModel, shared: PressCaches, n_context: int, tail_ids: list[int],
+                   continuation_ids: list[int], batch_size: int = 16) -> dict[JobKey, PressResult]:
+    """Scoring only: the jobs' caches with equal per-layer lengths go through the model together
+    (`kvcrush.decoding.score_reference_batch`, as our engine's `PreparedPrompt.score_many`); each job's
+    ``question_s`` is an equal share of its batch's forward (tail and reference)."""
+    groups: dict[tuple[int, ...], list[JobKey]] = {}
+    for key, cache in shared.caches.items():
+        groups.setdefault(tuple(cache_lengths(cache)), []).append(key)
+    results: dict[JobKey, PressResult] = {}
+    for members in groups.values():
+        for at in range(0, len(members), batch_size):
+            chunk = members[at: at + batch_size]
+            caches = [shared.caches.pop(key) for key in chunk]
+            sizes = [(cache_bytes(cache), cache_lengths(cache)) for cache in caches]
+            stacked = stack_caches(caches, model.config)
+            del caches
+            synchronize(model.device)
+            start = time.perf_counter()
+            scores = score_reference_batch(model, stacked, len(chunk), n_context, continuation_ids, tail_ids)
+            synchronize(model.device)
+            share = (time.perf_counter() - start) / len(chunk)
+            del stacked
+            for key, reference, (after, kept) in zip(chunk, scores, sizes, strict=True):
+                results[key] = PressResult(
+                    text="", new_token_ids=[], kv_bytes_before=shared.kv_bytes_before, kv_bytes_after=after,
+                    kept_per_layer=kept, prefill_s=shared.job_prefill_s(key), decode_s=0.0, nll=reference.nll,
+                    question_s=share, hook_s=shared.hook_s[key], reference=reference)
+    return results
 
 
 def press_kept_indices(
@@ -253,9 +636,10 @@ def press_kept_indices(
     """Per layer, the token indices a kvpress press keeps, ``[kv_heads, n_kept]`` sorted ascending.
 
     The press's ``score`` is wrapped to record its scores ``[batch, kv_heads, N]`` during a real
-    prefill; the indices are ``scores.topk(compute_n_kept(N, ratio))`` exactly as kvpress's
-    ``ScorerPress.compress`` selects them, then sorted. With ratio 0 kvpress skips scoring and every
-    layer keeps ``arange(N)``. ``opts`` go to ``make_press`` (e.g. ``window_size``, ``n_sink``).
+    prefill; the indices are ``scores.topk(n_kept)`` exactly as kvpress's ``ScorerPress.compress``
+    selects them, then sorted, with ``n_kept`` the length the press left in that layer
+    (``compute_n_kept(N, ratio)``; PyramidKV: its layer's budget). With ratio 0 kvpress skips scoring and
+    every layer keeps ``arange(N)``. ``opts`` go to ``make_press`` (e.g. ``window_size``, ``n_sink``).
     """
     press = make_press(press_name, compression_ratio, **opts)
     recorded: dict[int, torch.Tensor] = {}
@@ -276,14 +660,12 @@ def press_kept_indices(
     press.score = recording_score  # instance attribute shadows the method that compress() calls
     n_tokens = _ids_tensor(input_ids, torch.device("cpu")).shape[-1]
     cache, _, _ = prefill_with_press(model, press, input_ids, eager=press_name in EAGER_PRESSES)
-    n_kept = compute_n_kept(n_tokens, compression_ratio)
     kept = []
     for layer_idx, layer in enumerate(cache.layers):
         if layer_idx in recorded:
-            indices = recorded[layer_idx].topk(n_kept, dim=-1).indices[0]
+            indices = recorded[layer_idx].topk(layer.keys.shape[2], dim=-1).indices[0]
             kept.append(indices.sort(dim=-1).values)
         else:
             kv_heads = layer.keys.shape[1]
             kept.append(torch.arange(n_tokens, device=layer.keys.device).expand(kv_heads, n_tokens).clone())
     return kept
-

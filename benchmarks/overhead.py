@@ -16,9 +16,12 @@ decoding. With the engine's `Timings`:
 - ``score_pct``, ``select_pct``: the base scoring (which any eviction policy pays) and the selection
   with the gather, on the same scale.
 
-The full cache's end-to-end latency on the same prompt is reported beside it. Every configuration is
+The full cache's end-to-end latency on the same prompt is reported beside it. A kvpress spec in the
+list (``kvpress:snapkv``) gets a row with its own hook time (``policy_s``: the press's ``compress`` over
+every layer inside kvpress's forward hook), to hold against our SnapKV's ``policy_s``. Every configuration is
 repeated `repeats` times after one discarded full-cache run at that length; medians are reported (for
-the overhead, the median of the per-repeat differences).
+the overhead, the median of the per-repeat differences), with the smallest and largest repeat
+(``*_min``, ``*_max``) as the spread.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.engines import NAN, ItemRuns, Outcome, kvcrush_overhead
-from benchmarks.grid import ENGINE_OURS, PolicySpec
+from benchmarks.grid import ENGINE_KVPRESS, ENGINE_OURS, PolicySpec
 from benchmarks.tasks import Item
 from kvcrush.data import filler_tokens
 from kvcrush.prompts import EncodedPrompt
 
 TIME_FIELDS = ("prefill_s", "score_s", "select_s", "crush_s", "decode_s", "policy_s", "e2e_s")
 OVERHEAD_FIELDS = ("base_score_s", "base_select_s", "base_policy_s", "overhead_s", "overhead_pct", "crush_pct")
+SPREAD_FIELDS = ("policy_s", "overhead_s", "overhead_pct", "e2e_s")  # min and max over the repeats too
 
 
 def overhead_items(tokenizer, lengths: list[int], max_new_tokens: int) -> list[Item]:
@@ -72,6 +76,7 @@ def measure_overhead(
     """One row per (length, policy) with median timings and overhead percentages."""
     from tqdm.auto import tqdm  # ships with transformers
 
+    presses = [spec for spec in specs if spec.engine == ENGINE_KVPRESS and not spec.query_aware]
     specs = [spec for spec in specs if spec.engine == ENGINE_OURS]
     items = overhead_items(lm.tokenizer, lengths, max_new_tokens)
     rows: list[dict[str, Any]] = []
@@ -79,8 +84,29 @@ def measure_overhead(
                dynamic_ncols=True, unit="run")
     for item in items:
         rows.extend(_measure_length(lm, item, specs, budget, repeats, seed, bar))
+        for press in presses:
+            rows.append(_press_hook_row(lm, item, press, budget, repeats))
     bar.close()
     return rows
+
+
+def _press_hook_row(lm, item: Item, spec: PolicySpec, budget: float, repeats: int) -> dict[str, Any]:
+    """kvpress's own hook time for one press (its ``compress`` over every layer, synchronized), median and
+    spread of `repeats` prefills: the counterpart of our ``policy_s`` (scoring + selection + gather)."""
+    from benchmarks.engines import _press_options, compression_ratio
+    from benchmarks.kvpress_runner import prefill_with_presses
+
+    job = (spec.method, compression_ratio(budget), _press_options(spec, item))
+    hooks, forwards = [], []
+    for _ in range(repeats):
+        shared = prefill_with_presses(lm.model, [job], item.encoded.context_ids)
+        hooks.append(shared.hook_s[job[:2]])
+        forwards.append(shared.prefill_s)
+    return {"length": item.length, "n_context": item.encoded.n_context, "policy": spec.label, "base": "",
+            "budget": budget, "repeats": repeats, "policy_s": statistics.median(hooks), "policy_s_min": min(hooks),
+            "policy_s_max": max(hooks), "prefill_s": statistics.median(forwards), "score_s": NAN, "select_s": NAN,
+            "crush_s": NAN, "decode_s": NAN, "decode_tokens": 0, "e2e_s": NAN,
+            **{name: NAN for name in OVERHEAD_FIELDS}}
 
 
 def _measure_length(lm, item: Item, specs: list[PolicySpec], budget: float, repeats: int, seed: int,
@@ -106,11 +132,13 @@ def _measure_length(lm, item: Item, specs: list[PolicySpec], budget: float, repe
     rows = []
     for label, spec in [("full", None), *((spec.label, spec) for spec in specs)]:
         median = {key: statistics.median(run[key] for run in measured[label]) for key in measured[label][0]}
+        spread = {f"{key}_{name}": fn(run[key] for run in measured[label])
+                  for key in SPREAD_FIELDS for name, fn in (("min", min), ("max", max))}
         e2e = median["e2e_s"]
         rows.append({
             "length": item.length, "n_context": item.encoded.n_context, "policy": label,
             "base": spec.base if spec else "", "budget": budget if spec else 1.0, "repeats": repeats,
-            **median,
+            **median, **spread,
             "decode_ms_per_token": 1000 * median["decode_s"] / median["decode_tokens"]
             if median["decode_tokens"] else NAN,
             "score_pct": 100 * median["score_s"] / e2e if e2e else NAN,

@@ -18,9 +18,9 @@ from typing import Any
 
 from benchmarks.engines import ItemRuns, Outcome, kept_jaccard, kvpress_kept
 from benchmarks.grid import ENGINE_KVPRESS, PARITY_PAIRS, PolicySpec
-from benchmarks.tasks import Item, agreement, likelihood, needle
+from benchmarks.tasks import Item, agreement, likelihood, multikey, multivalue, needle
 
-TASK_MODULES = {module.NAME: module for module in (needle, likelihood, agreement)}
+TASK_MODULES = {module.NAME: module for module in (needle, multikey, multivalue, likelihood, agreement)}
 
 
 @dataclass
@@ -45,6 +45,10 @@ def _record(item: Item, spec: PolicySpec | None, budget: float, outcome: Outcome
     record = _base_record(item, spec, budget)
     metrics = module.score(item, outcome, full)
     record.update(metrics)
+    if "format" in item.meta:
+        record["format"] = item.meta["format"]
+    if "depth" in item.meta:
+        record["depth"] = item.meta["depth"]
     record.update(
         score=metrics[module.PRIMARY], score_name=module.PRIMARY, higher_is_better=module.HIGHER_IS_BETTER,
         kv_fraction=outcome.kv_fraction, kv_bytes_before=outcome.kv_bytes_before,
@@ -54,6 +58,11 @@ def _record(item: Item, spec: PolicySpec | None, budget: float, outcome: Outcome
         prefill_reused=outcome.prefill_reused, score_reused=outcome.score_reused, text=outcome.text,
     )
     return record
+
+
+def item_specs(item: Item, specs: list[PolicySpec]) -> list[PolicySpec]:
+    """The specs that apply to an item: query-aware (`+qa`) ones only where there is a question."""
+    return [spec for spec in specs if not spec.query_aware or item.encoded.question_ids]
 
 
 def parity_item(items: list[Item]) -> Item | None:
@@ -108,16 +117,22 @@ def run_grid(
     counterparts = _parity_counterparts(specs) if check is not None else {}
     our_kept: dict[tuple[str, float], list] = {}
     wanted = {label for mine in counterparts.values() for label in mine}
-    bar = _progress(len(items) * (1 + len(specs) * len(budgets)), show_progress)
+    bar = _progress(sum(1 + len(item_specs(item, specs)) * len(budgets) for item in items), show_progress)
     try:
         for item in items:
+            specs_here = item_specs(item, specs)
             bar.set_postfix_str(f"{item.task} {item.sample[:32]} full")
             runs = ItemRuns(lm, item, seed)  # our engine: one prefill for the reference and every policy x budget
             full = runs.full()
             result.records.append(_record(item, None, 1.0, full, full))
             bar.update(1)
+            runs.run_scoring_batch(specs_here, budgets, query_aware)  # scoring-only items: ours in batches
+            try:  # every kvpress press x budget from one shared prefill per query mode
+                runs.run_kvpress_batch([s for s in specs_here if s.engine == ENGINE_KVPRESS], budgets)
+            except Exception as error:  # noqa: BLE001 - fall back to one prefill per press run
+                log(f"  ! shared kvpress prefill on {item.sample}: {error!r}; running presses one by one")
             for budget in budgets:
-                for spec in specs:
+                for spec in specs_here:
                     bar.set_postfix_str(f"{item.task} {item.sample[:24]} {spec.label} {budget:.0%}")
                     keep = item is check and spec.label in wanted
                     try:

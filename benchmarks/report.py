@@ -21,11 +21,13 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.stats import bootstrap_mean, mcnemar_exact, paired_bootstrap
 from kvcrush import POLICIES
 
 RESULT_COLUMNS = [
     "task", "dataset", "policy", "engine", "method", "base", "anchor", "budget", "compression_ratio",
-    "score", "score_name", "higher_is_better", "score_std", "n", "full_score", "delta_vs_full",
+    "score", "score_low", "score_high", "score_name", "higher_is_better", "score_std", "n",
+    "dense_name", "dense", "dense_low", "dense_high", "full_score", "delta_vs_full",
     "change_vs_full_pct", "em_vs_full", "token_agreement", "f1_vs_gold", "em_vs_gold", "contains_gold",
     "kv_fraction", "kv_bytes_before", "kv_bytes_after", "context_tokens", "prefill_s", "score_s", "select_s",
     "crush_s", "decode_s", "decode_tokens", "decode_ms_per_token", "seed",
@@ -35,7 +37,11 @@ EXTRA_METRICS = ("em_vs_full", "token_agreement", "f1_vs_gold", "em_vs_gold", "c
 MEAN_FIELDS = ("kv_fraction", "kv_bytes_before", "kv_bytes_after", "n_context", "prefill_s", "score_s",
                "select_s", "crush_s", "decode_s", "decode_tokens", "decode_ms_per_token")
 # Per-sample differences within these are ties when comparing two policies (NLL: 0.01 nats/token).
-TIE_TOLERANCE = {"nll": 0.01}
+TIE_TOLERANCE = {"nll": 0.01, "gold_nll": 0.01}
+# The dense companion of each primary score: the gold answer's teacher-forced NLL (nats/token, lower is
+# better) moves before a hit flips; the likelihood task's primary score is already dense.
+DENSE_METRIC = {"hit": "gold_nll", "f1_vs_full": "gold_nll", "nll": "nll"}
+BINARY_SCORES = ("hit",)  # 0/1 per sample: paired with McNemar's exact test
 PAPER_DROP_PCT = 1.0  # the paper: < 1% accuracy drop at 4x KV reduction
 PAPER_OVERHEAD_PCT = 0.5  # the paper: < 0.5% latency overhead
 
@@ -60,14 +66,20 @@ def aggregate(records: list[dict[str, Any]], keys: tuple[str, ...], seed: int) -
         first = group.iloc[0]
         row = dict(zip(keys, group_key, strict=True))
         full_scores = [full.get((first["task"], first["dataset"], s), math.nan) for s in group["sample"]]
-        score = float(group["score"].mean())
+        interval = bootstrap_mean(pd.to_numeric(group["score"], errors="coerce").tolist())
+        score = interval.mean
         full_score = _nanmean(full_scores)
         delta = score - full_score
+        dense_name = DENSE_METRIC.get(str(first["score_name"]), "")
+        dense = bootstrap_mean(pd.to_numeric(group[dense_name], errors="coerce").tolist()) \
+            if dense_name in group else bootstrap_mean([])
         row.update(
             engine=first["engine"], method=first["method"], base=first["base"], anchor=first["anchor"],
-            compression_ratio=round(1.0 - float(first["budget"]), 6), score=score, score_name=first["score_name"],
+            compression_ratio=round(1.0 - float(first["budget"]), 6), score=score, score_low=interval.low,
+            score_high=interval.high, score_name=first["score_name"],
             higher_is_better=bool(first["higher_is_better"]),
-            score_std=float(group["score"].std(ddof=0)), n=int(len(group)), full_score=full_score,
+            score_std=float(group["score"].std(ddof=0)), n=int(len(group)), dense_name=dense_name,
+            dense=dense.mean, dense_low=dense.low, dense_high=dense.high, full_score=full_score,
             delta_vs_full=delta, change_vs_full_pct=100.0 * delta / abs(full_score) if full_score else math.nan,
             seed=seed,
         )
@@ -96,35 +108,61 @@ def breakdown_table(records: list[dict[str, Any]], seed: int) -> pd.DataFrame:
 # Comparisons
 
 
-def _paired(records: pd.DataFrame, a: str, b: str, task: str, dataset: str, budget: float) -> dict[str, Any] | None:
-    """Per-sample comparison of policy `a` against `b` at one budget: wins/ties/losses for `a`."""
-    sel = records[(records["task"] == task) & (records["dataset"] == dataset) & (records["budget"] == budget)]
-    left = sel[sel["policy"] == a].set_index("sample")["score"]
-    right = sel[sel["policy"] == b].set_index("sample")["score"]
+def _paired_values(sel: pd.DataFrame, a: str, b: str, column: str) -> tuple[list[float], list[float]]:
+    left = sel[sel["policy"] == a].set_index("sample")[column]
+    right = sel[sel["policy"] == b].set_index("sample")[column]
     common = left.index.intersection(right.index)
-    if common.empty:
+    return ([float(v) for v in pd.to_numeric(left[common], errors="coerce")],
+            [float(v) for v in pd.to_numeric(right[common], errors="coerce")])
+
+
+def _verdict(test, higher: bool) -> str:
+    """'better' / 'worse' when the 95% test rejects equality, else 'no difference detected'."""
+    if not test.significant or math.isnan(test.difference.mean):
+        return "no difference detected"
+    return "better" if (test.difference.mean > 0) == higher else "worse"
+
+
+def _paired(records: pd.DataFrame, a: str, b: str, task: str, dataset: str, budget: float) -> dict[str, Any] | None:
+    """Policy `a` against `b` on the same samples at one budget, on the primary score and its dense companion.
+
+    Primary: McNemar's exact test for hits, a paired bootstrap otherwise (`benchmarks.stats`); the dense
+    metric (gold-answer NLL): paired bootstrap. `delta` is a - b (a's mean minus b's), with its 95%
+    interval; `verdict` is for `a` ("better", "worse" or "no difference detected" at p >= 0.05);
+    wins/ties/losses count samples (NLL ties within 0.01 nats).
+    """
+    sel = records[(records["task"] == task) & (records["dataset"] == dataset) & (records["budget"] == budget)]
+    left, right = _paired_values(sel, a, b, "score")
+    if not left:
         return None
     name = sel["score_name"].iloc[0]
     higher = bool(sel["higher_is_better"].iloc[0])
     tolerance = TIE_TOLERANCE.get(name, 1e-9)
     wins = ties = losses = 0
-    for sample in common:
-        diff = float(left[sample]) - float(right[sample])
-        if not higher:
-            diff = -diff
+    for x, y in zip(left, right, strict=True):
+        diff = x - y if higher else y - x
         if abs(diff) <= tolerance:
             ties += 1
         elif diff > 0:
             wins += 1
         else:
             losses += 1
-    verdict = "win" if wins > losses else "lose" if losses > wins else "tie"
-    return {
+    test = mcnemar_exact(left, right) if name in BINARY_SCORES else paired_bootstrap(left, right,
+                                                                                     higher_is_better=higher)
+    row = {
         "task": task, "dataset": dataset, "budget": budget, "policy": a, "versus": b, "score_name": name,
-        "score": float(left[common].mean()), "versus_score": float(right[common].mean()),
-        "delta": float(left[common].mean() - right[common].mean()), "wins": wins, "ties": ties,
-        "losses": losses, "n": len(common), "verdict": verdict,
+        "score": _nanmean(left), "versus_score": _nanmean(right), "delta": test.difference.mean,
+        "delta_low": test.difference.low, "delta_high": test.difference.high, "p_value": test.p_value,
+        "test": test.test, "wins": wins, "ties": ties, "losses": losses, "n": len(left),
+        "verdict": _verdict(test, higher),
     }
+    dense_name = DENSE_METRIC.get(str(name), "")
+    if dense_name and dense_name != name and dense_name in sel:
+        d_left, d_right = _paired_values(sel, a, b, dense_name)
+        dense = paired_bootstrap(d_left, d_right, higher_is_better=False)
+        row.update(dense_name=dense_name, dense_delta=dense.difference.mean, dense_low=dense.difference.low,
+                   dense_high=dense.difference.high, dense_p=dense.p_value, dense_verdict=_verdict(dense, False))
+    return row
 
 
 # kvpress's closest press to each KVCrush base (the same scoring idea), as each policy declares it.
@@ -148,11 +186,14 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     kvcrush_vs_kvpress: against kvpress's counterpart of its base (SnapKV -> SnapKVPress, H2O ->
     ObservedAttentionPress) and against the best kvpress press of that cell (`versus` names it).
     parity: our policies against their kvpress counterparts (`grid.PARITY_PAIRS`).
+    variants_vs_paper: every KVCrush variant beyond the paper (``kvcrush:B:A:VARIANT``) against the paper's
+    KVCrush with the same base and anchor (``kvcrush:B:A``).
     """
     from benchmarks.grid import PARITY_PAIRS, base_label
 
     frame = pd.DataFrame(records)
-    out: dict[str, list[dict[str, Any]]] = {"kvcrush_vs_base": [], "kvcrush_vs_kvpress": [], "parity": []}
+    out: dict[str, list[dict[str, Any]]] = {"kvcrush_vs_base": [], "kvcrush_vs_kvpress": [], "parity": [],
+                                            "variants_vs_paper": []}
     if frame.empty:
         return out
     policies = list(dict.fromkeys(frame["policy"]))
@@ -174,6 +215,11 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
                     row = _paired(frame, policy, rival, task, dataset, budget)
                     if row:
                         out["kvcrush_vs_kvpress"].append({**row, "role": role})
+            paper = paper_label(policy)
+            if paper is not None and paper in policies:
+                row = _paired(frame, policy, paper, task, dataset, budget)
+                if row:
+                    out["variants_vs_paper"].append(row)
         for press, mine in PARITY_PAIRS.items():
             for ours in mine:
                 if press in policies and ours in policies:
@@ -181,6 +227,62 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
                     if row:
                         out["parity"].append(row)
     return out
+
+
+def paper_label(label: str) -> str | None:
+    """``kvcrush:B:A:VARIANT[@x][+qa]`` -> ``kvcrush:B:A[@x][+qa]`` (the paper's method); None for other labels."""
+    from benchmarks.grid import QA_SUFFIX
+
+    if not label.startswith("kvcrush:"):
+        return None
+    suffix = ""
+    core = label
+    if core.endswith(QA_SUFFIX):
+        core, suffix = core[: -len(QA_SUFFIX)], QA_SUFFIX
+    if "@" in core:
+        core, reduction = core.rsplit("@", 1)
+        suffix = f"@{reduction}{suffix}"
+    parts = core.split(":")
+    return ":".join(parts[:3]) + suffix if len(parts) > 3 else None
+
+
+def best_systems(records: list[dict[str, Any]], results: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per task, dataset and budget: the best system overall, of ours and of kvpress's, with intervals.
+
+    Best = highest mean primary score (lowest for NLL), ties broken by the dense metric. Query-aware
+    (``+qa``) systems are ranked separately from the primary, query-agnostic setting (`setting`). The
+    best of ours and the best of kvpress are compared on the same samples (`_paired`).
+    """
+    frame = pd.DataFrame(records)
+    rows: list[dict[str, Any]] = []
+    if frame.empty or results.empty:
+        return rows
+    res = results[results["policy"] != "full"].copy()
+    res["setting"] = ["query-aware" if str(p).endswith("+qa") else "query-agnostic" for p in res["policy"]]
+    for (task, dataset, budget, setting), cell in res.groupby(["task", "dataset", "budget", "setting"], sort=False):
+        higher = bool(cell["higher_is_better"].iloc[0])
+        sign = 1 if higher else -1
+        ranked = cell.assign(_key=sign * cell["score"], _dense=-cell["dense"].fillna(math.inf)) \
+            .sort_values(["_key", "_dense"], ascending=False)
+        best = ranked.iloc[0]
+        ours = ranked[ranked["engine"] == "ours"]
+        theirs = ranked[ranked["engine"] == "kvpress"]
+        row = {"task": task, "dataset": dataset, "budget": float(budget), "setting": setting,
+               "score_name": best["score_name"], "higher_is_better": higher, "n": int(best["n"]),
+               "best": best["policy"], "best_engine": best["engine"], "best_score": best["score"],
+               "best_low": best["score_low"], "best_high": best["score_high"]}
+        for prefix, group in (("ours", ours), ("kvpress", theirs)):
+            if not group.empty:
+                top = group.iloc[0]
+                row.update({prefix: top["policy"], f"{prefix}_score": top["score"], f"{prefix}_low": top["score_low"],
+                            f"{prefix}_high": top["score_high"]})
+        if not ours.empty and not theirs.empty:
+            pair = _paired(frame, row["ours"], row["kvpress"], task, dataset, budget)
+            if pair:
+                row.update(ours_minus_kvpress=pair["delta"], diff_low=pair["delta_low"], diff_high=pair["delta_high"],
+                           p_value=pair["p_value"], verdict=pair["verdict"])
+        rows.append(row)
+    return rows
 
 
 def paper_target(results: pd.DataFrame, budget: float = 0.25) -> list[dict[str, Any]]:
@@ -255,6 +357,16 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def interval_text(row: Any, prefix: str = "score") -> str:
+    """``0.533 [0.367, 0.700]`` from a results row's ``score``, ``score_low``, ``score_high`` (or `prefix`)."""
+    mean, low, high = row.get(prefix, math.nan), row.get(f"{prefix}_low", math.nan), row.get(f"{prefix}_high", math.nan)
+    if _isnan(mean):
+        return "–"
+    if _isnan(low) or _isnan(high):
+        return f"{float(mean):.3f}"
+    return f"{float(mean):.3f} [{float(low):.3f}, {float(high):.3f}]"
+
+
 def score_tables(results: pd.DataFrame) -> str:
     """One table per task/dataset: policies as rows, budgets as columns, full cache as the first row."""
     parts = []
@@ -269,22 +381,67 @@ def score_tables(results: pd.DataFrame) -> str:
         headers = ["policy", "engine"] + [f"{b:.0%}" for b in budgets] + ["kv kept @ budgets"]
         rows = []
         if not full.empty:
-            rows.append(["full (reference)", "ours"] + [float(full["score"].iloc[0])] * len(budgets) + ["100%"])
+            rows.append(["full (reference)", "ours"] + [interval_text(full.iloc[0])] * len(budgets) + ["100%"])
         for policy, pgroup in group[group["policy"] != "full"].groupby("policy", sort=False):
             by_budget = pgroup.set_index("budget")
-            cells = [float(by_budget["score"].get(b, math.nan)) for b in budgets]
+            cells = [interval_text(by_budget.loc[b]) if b in by_budget.index else "" for b in budgets]
             kept = "/".join(f"{100 * by_budget['kv_fraction'].get(b, math.nan):.1f}" for b in budgets)
             rows.append([policy, pgroup["engine"].iloc[0]] + cells + [kept])
-        parts.append(f"### {task} / {dataset}: {name} ({better} is better, n = {n} per cell)\n\n"
+        parts.append(f"### {task} / {dataset}: {name} ({better} is better, n = {n} per cell, mean [95% bootstrap"
+                     " interval])\n\n"
                      + markdown_table(headers, rows))
     return "\n\n".join(parts)
 
 
-def comparison_pivot(rows: list[dict[str, Any]]) -> str:
-    """Paired comparisons as one table per task: rows = policy vs rival, columns = budgets.
+VERDICT_MARK = {"better": "▲", "worse": "▼", "no difference detected": "="}
 
-    A cell reads ``verdict delta (W/T/L)``; the rival's name is added when it varies (best kvpress).
-    """
+
+def _best_cell(row: dict[str, Any], prefix: str) -> str:
+    """``mean [low, high]`` of the best / best-of-ours / best-of-kvpress entry of a `best_systems` row."""
+    if not row.get(prefix):
+        return ""
+    return interval_text({"score": row.get(f"{prefix}_score"), "score_low": row.get(f"{prefix}_low"),
+                          "score_high": row.get(f"{prefix}_high")})
+
+
+def best_table(best: list[dict[str, Any]]) -> str:
+    """Per task and budget: the best system overall, of ours, of kvpress's, and ours minus kvpress's."""
+    if not best:
+        return "(no results)"
+    rows = []
+    for r in best:
+        diff = ""
+        if r.get("ours_minus_kvpress") is not None and not _isnan(r.get("ours_minus_kvpress")):
+            diff = (f"{VERDICT_MARK.get(r['verdict'], '')} {r['ours_minus_kvpress']:+.3f} [{r['diff_low']:+.3f}, "
+                    f"{r['diff_high']:+.3f}] p={r['p_value']:.2g}")
+        rows.append([f"{r['task']}/{r['dataset']}", r["score_name"], r["setting"], f"{r['budget']:.0%}", r["best"],
+                     _best_cell(r, "best"), r.get("ours", ""), _best_cell(r, "ours"), r.get("kvpress", ""),
+                     _best_cell(r, "kvpress"), diff])
+    return markdown_table(["task", "score", "setting", "budget", "best", "score", "best of ours", "score",
+                           "best of kvpress", "score", "ours - kvpress"], rows)
+
+
+def comparison_cell(r: dict[str, Any]) -> str:
+    """``▲ +0.133 [+0.033, +0.233] p=0.03`` (▲ better, ▼ worse, = no difference detected), then the
+    dense metric's difference the same way, then W/T/L; the rival is named when it varies (best kvpress)."""
+    named = f" vs {r['versus']}" if r.get("role") == "best kvpress" else ""
+    text = (f"{VERDICT_MARK.get(r['verdict'], r['verdict'])} {r['delta']:+.3f} [{r['delta_low']:+.3f}, "
+            f"{r['delta_high']:+.3f}] p={r['p_value']:.2g}")
+    if r.get("dense_name") and r.get("dense_delta") is not None and not _isnan(r.get("dense_delta")):
+        text += (f"; {r['dense_name']} {VERDICT_MARK.get(r['dense_verdict'], '')} {r['dense_delta']:+.3f} "
+                 f"[{r['dense_low']:+.3f}, {r['dense_high']:+.3f}] p={r['dense_p']:.2g}")
+    return f"{text}{named} ({r['wins']}/{r['ties']}/{r['losses']})"
+
+
+def _isnan(value: Any) -> bool:
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def comparison_pivot(rows: list[dict[str, Any]]) -> str:
+    """Paired comparisons as one table per task: rows = policy vs rival, columns = budgets (`comparison_cell`)."""
     if not rows:
         return "(no pairs to compare in this run)"
     parts = []
@@ -302,12 +459,11 @@ def comparison_pivot(rows: list[dict[str, Any]]) -> str:
                 if not match:
                     cells.append("")
                     continue
-                r = match[0]
-                named = f" vs {r['versus']}" if r.get("role") == "best kvpress" else ""
-                cells.append(f"{r['verdict']} {r['delta']:+.3f}{named} ({r['wins']}/{r['ties']}/{r['losses']})")
+                cells.append(comparison_cell(match[0]))
             table.append([policy, rival] + cells)
         name = sub[0]["score_name"]
-        parts.append(f"**{task} / {dataset}** ({name}; delta = policy - rival, n = {sub[0]['n']})\n\n"
+        parts.append(f"**{task} / {dataset}** ({name}; delta = policy - rival with its 95% interval and p-value;"
+                     f" n = {sub[0]['n']}; W/T/L = samples where the policy is better / equal / worse)\n\n"
                      + markdown_table(["policy", "versus"] + [f"{b:.0%}" for b in budgets], table))
     return "\n\n".join(parts)
 
@@ -351,10 +507,22 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
     ]
     if summary.get("dropped"):
         lines += ["**Reduced run.** " + " ".join(summary["dropped"]), ""]
+    from benchmarks.verdicts import verdicts_markdown
+
     lines += [
         "Setting: query-agnostic for both engines (the context is compressed before the question is appended,"
-        " as kvpress does). Budget b keeps ceil(b*N) context tokens per KV head in our engine and kvpress keeps"
-        " int(b*N) at compression ratio 1-b; 'kv kept' is the measured KV byte fraction (real tensors).",
+        " as kvpress does); `+qa` rows are query-aware (ours: the question is the observation window and is"
+        " kept; kvpress: the question is compressed with the context). Budget b keeps ceil(b*N) context tokens"
+        " per KV head in our engine and kvpress keeps int(b*N) at compression ratio 1-b; 'kv kept' is the"
+        " measured KV byte fraction (real tensors). Scores are means with 95% percentile-bootstrap intervals;"
+        " paired comparisons use McNemar's exact test for hits and a paired bootstrap otherwise, and say"
+        " 'no difference detected' (=) where p >= 0.05.",
+        "",
+        verdicts_markdown(summary),
+        "",
+        "## Best system per budget",
+        "",
+        best_table(summary.get("best", [])),
         "",
         "## Scores",
         "",
@@ -367,6 +535,10 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
               " verdict follows wins minus losses, so with one dominant sample it can disagree with the mean delta.",
               "",
               comparison_pivot(comp.get("kvcrush_vs_base", [])), ""]
+    if comp.get("variants_vs_paper"):
+        lines += ["## KVCrush variants beyond the paper versus the paper's KVCrush", "",
+                  "Same base, anchor and budget; each variant is also in the table against its base above.", "",
+                  comparison_pivot(comp["variants_vs_paper"]), ""]
     lines += ["## KVCrush versus kvpress", "",
               "Against kvpress's press for the same base idea (counterpart) and the best kvpress press of each cell.",
               "", comparison_pivot(comp.get("kvcrush_vs_kvpress", [])), ""]
@@ -417,23 +589,47 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
 
 def _overhead_cells(row: dict[str, Any]) -> list[Any]:
     """KVCrush's overhead columns of an overhead or scale row (older files lack them: empty cells)."""
-    return [row.get("base_policy_s", math.nan), row.get("overhead_s", math.nan), row.get("overhead_pct", math.nan)]
+    pct = row.get("overhead_pct", math.nan)
+    if row.get("overhead_pct_min") is not None and not _isnan(pct):
+        pct = f"{pct:.3f} ({row['overhead_pct_min']:.3f} to {row['overhead_pct_max']:.3f})"
+    return [row.get("base_policy_s", math.nan), row.get("overhead_s", math.nan), pct]
 
 
 def overhead_markdown(overhead: list[dict[str, Any]]) -> str:
+    hooks = [o for o in overhead if str(o["policy"]).startswith("kvpress:")]
+    overhead = [o for o in overhead if not str(o["policy"]).startswith("kvpress:")]
+    if not overhead:
+        return ""
     rows = [[o["length"], o["policy"], o["prefill_s"], o["score_s"], o["select_s"],
              *_overhead_cells(o), o["crush_s"], o.get("crush_pct", math.nan), o["decode_s"], o["decode_tokens"],
              o["e2e_s"]] for o in overhead]
     return "\n".join([
         f"## Overhead (paper target: KVCrush < {PAPER_OVERHEAD_PCT}% of end-to-end latency)", "",
         "Our engine, one prefill per repeat shared by every row of a length; e2e = prefill + scoring + selection +"
-        f" decode of up to 32 tokens, medians of {overhead[0]['repeats']} repeat(s). **overhead** = KVCrush's"
+        f" decode of up to 32 tokens, medians of {overhead[0]['repeats']} repeat(s) (overhead %: smallest to largest"
+        " repeat in brackets). **overhead** = KVCrush's"
         " policy time (scoring + selection + gather) minus its base policy's on the same prefill and the same"
         " scores: everything KVCrush adds; overhead % is its share of KVCrush's e2e. crush s / crush % is the"
         " part KVCrush times itself (signatures, grouping, refill), a breakdown.", "",
         markdown_table(["tokens", "policy", "prefill s", "score s", "select s", "base policy s", "overhead s",
                         "overhead %", "crush s", "crush %", "decode s", "tokens out", "e2e s"], rows),
-    ])
+    ] + ([] if not hooks else ["", _hook_comparison(hooks, overhead)]))
+
+
+def _hook_comparison(hooks: list[dict[str, Any]], ours: list[dict[str, Any]]) -> str:
+    """kvpress's own hook time against our policy time (scoring + selection + gather) for the same method."""
+    rows = []
+    for hook in hooks:
+        method = str(hook["policy"]).split(":", 1)[1]
+        mine = [o for o in ours if o["policy"] == method and o["length"] == hook["length"]]
+        rows.append([hook["length"], hook["policy"], f"{hook['policy_s']:.4f} ({hook['policy_s_min']:.4f} to "
+                     f"{hook['policy_s_max']:.4f})", method if mine else "",
+                     f"{mine[0]['policy_s']:.4f} ({mine[0].get('policy_s_min', math.nan):.4f} to "
+                     f"{mine[0].get('policy_s_max', math.nan):.4f})" if mine else ""])
+    return ("kvpress's own hook (the press's compress over every layer, inside its forward hook) against our"
+            " policy time for the same method (scoring + selection + gather, after the shared prefill); median"
+            " (smallest to largest repeat), seconds.\n\n"
+            + markdown_table(["tokens", "kvpress", "hook s", "ours", "policy s"], rows))
 
 
 def scale_markdown(scale: list[dict[str, Any]]) -> str:
@@ -481,8 +677,21 @@ KNOWN_DIFFERENCES = """### Known differences between the engines (by design, not
 # Chart
 
 
-def chart_html(results: pd.DataFrame, path: Path, title: str, embed_js: bool = False) -> None:
-    """Score versus budget per policy, one panel per task/dataset; the full cache as a dashed line."""
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
+    """The (kv kept, score) points no other point beats with less or equal KV and a better or equal score."""
+    sign = 1 if higher_is_better else -1
+    front, best = [], -math.inf
+    for kept, score in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if sign * score > best:
+            front.append((kept, score))
+            best = sign * score
+    return front
+
+
+def chart_html(results: pd.DataFrame, path: Path, title: str, embed_js: bool = True) -> None:
+    """Per task/dataset, two panels: score versus budget per policy (95% intervals as error bars, the full
+    cache dashed) and the Pareto view, score versus the KV actually kept (every policy and budget, the
+    front as a line). `embed_js` puts plotly.js in the file so it works offline."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -490,20 +699,19 @@ def chart_html(results: pd.DataFrame, path: Path, title: str, embed_js: bool = F
     if not panels:
         path.write_text("<html><body>No results.</body></html>")
         return
-    cols = min(2, len(panels))
-    rows = math.ceil(len(panels) / cols)
     titles = []
     for task, dataset in panels:
         sub = results[(results["task"] == task) & (results["dataset"] == dataset)]
         better = "higher" if sub["higher_is_better"].iloc[0] else "lower"
-        titles.append(f"{task} / {dataset}: {sub['score_name'].iloc[0]} ({better} is better)")
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles)
+        name = f"{task} / {dataset}: {sub['score_name'].iloc[0]} ({better} is better)"
+        titles += [f"{name} vs budget", f"{name} vs KV kept (Pareto)"]
+    fig = make_subplots(rows=len(panels), cols=2, subplot_titles=titles)
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf"]
     policies = [p for p in dict.fromkeys(results["policy"]) if p != "full"]
     colors = {p: palette[i % len(palette)] for i, p in enumerate(policies)}
     for index, (task, dataset) in enumerate(panels):
-        row, col = index // cols + 1, index % cols + 1
+        row = index + 1
         sub = results[(results["task"] == task) & (results["dataset"] == dataset)]
         budgets = sorted(sub["budget"].unique())
         full = sub[sub["policy"] == "full"]
@@ -511,23 +719,41 @@ def chart_html(results: pd.DataFrame, path: Path, title: str, embed_js: bool = F
             fig.add_trace(go.Scatter(
                 x=[100 * min(budgets), 100], y=[float(full["score"].iloc[0])] * 2, mode="lines",
                 line=dict(color="black", dash="dot"), name="full", legendgroup="full", showlegend=index == 0,
-            ), row=row, col=col)
+            ), row=row, col=1)
+        points = []
         for policy in policies:
             pol = sub[sub["policy"] == policy].sort_values("budget")
             if pol.empty:
                 continue
             engine = pol["engine"].iloc[0]
+            style = dict(color=colors[policy], dash="dash" if engine == "kvpress" else "solid",
+                         width=3 if policy.startswith("kvcrush") else 1.5)
+            low = pol["score_low"] if "score_low" in pol else pol["score"]
+            high = pol["score_high"] if "score_high" in pol else pol["score"]
             fig.add_trace(go.Scatter(
                 x=(100 * pol["budget"]).tolist(), y=pol["score"].tolist(), mode="lines+markers", name=policy,
-                legendgroup=policy, showlegend=index == 0,
-                line=dict(color=colors[policy], dash="dash" if engine == "kvpress" else "solid",
-                          width=3 if policy.startswith("kvcrush") else 1.5),
+                legendgroup=policy, showlegend=index == 0, line=style,
+                error_y=dict(type="data", symmetric=False, array=(high - pol["score"]).tolist(),
+                             arrayminus=(pol["score"] - low).tolist(), thickness=1),
                 customdata=pol[["kv_fraction", "n"]].to_numpy(),
                 hovertemplate=f"{policy}<br>budget %{{x:.0f}}%<br>score %{{y:.3f}}<br>kv kept %{{customdata[0]:.3f}}"
                               "<br>n %{customdata[1]}<extra></extra>",
-            ), row=row, col=col)
-        fig.update_xaxes(title_text="budget (% of context KV kept)", row=row, col=col)
-    fig.update_layout(title=title, height=420 * rows, template="plotly_white")
+            ), row=row, col=1)
+            fig.add_trace(go.Scatter(
+                x=(100 * pol["kv_fraction"]).tolist(), y=pol["score"].tolist(), mode="markers", name=policy,
+                legendgroup=policy, showlegend=False, marker=dict(color=colors[policy], size=7),
+                hovertemplate=f"{policy}<br>kv kept %{{x:.1f}}%<br>score %{{y:.3f}}<extra></extra>",
+            ), row=row, col=2)
+            points += list(zip((100 * pol["kv_fraction"]).tolist(), pol["score"].tolist(), strict=True))
+        front = pareto_front([p for p in points if not any(map(math.isnan, p))],
+                             bool(sub["higher_is_better"].iloc[0]))
+        if front:
+            fig.add_trace(go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines",
+                                     line=dict(color="black", width=1), name="Pareto front",
+                                     legendgroup="pareto", showlegend=index == 0), row=row, col=2)
+        fig.update_xaxes(title_text="budget (% of context KV kept)", row=row, col=1)
+        fig.update_xaxes(title_text="KV kept (% of context bytes, measured)", row=row, col=2)
+    fig.update_layout(title=title, height=420 * len(panels), template="plotly_white")
     fig.write_html(path, include_plotlyjs=True if embed_js else "cdn", full_html=True)
 
 
@@ -569,7 +795,15 @@ def write_csv(path: Path, rows: list[dict[str, Any]] | pd.DataFrame, columns: li
     frame.to_csv(path, index=False, float_format=None if precise else "%.6g")
 
 
-def rerender(folder: Path, embed_js: bool = False) -> str:
+def update_readme(summary: dict[str, Any], readme: Path | None = None) -> None:
+    """Write the headline of `summary` into README.md between its markers (`benchmarks.verdicts`)."""
+    from benchmarks.verdicts import headline_markdown, replace_headline
+
+    readme = readme or Path(__file__).resolve().parent.parent / "README.md"
+    readme.write_text(replace_headline(readme.read_text(), headline_markdown(summary)))
+
+
+def rerender(folder: Path, embed_js: bool = True) -> str:
     """Recompute tables, comparisons, report.md and chart.html of a results folder from its samples.csv.
 
     Useful after changing the report code, or to re-read an old run: ``python -m benchmarks.report DIR``.
@@ -584,7 +818,8 @@ def rerender(folder: Path, embed_js: bool = False) -> str:
     seed = int(summary.get("settings", {}).get("seed", 0))
     results = results_table(records, seed)
     summary.update(comparisons=comparisons(records), paper_target=paper_target(results),
-                   memory=memory_summary(records), results=results.to_dict(orient="records"))
+                   best=best_systems(records, results), memory=memory_summary(records),
+                   results=results.to_dict(orient="records"))
     write_csv(folder / "results.csv", results, RESULT_COLUMNS)
     write_csv(folder / "breakdown.csv", breakdown_table(records, seed), BREAKDOWN_COLUMNS)
     write_json(folder / "summary.json", summary)
@@ -600,6 +835,9 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=rerender.__doc__)
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--embed-plotly", action="store_true")
+    parser.add_argument("--cdn-plotly", action="store_true", help="load plotly.js from its CDN (smaller file)")
+    parser.add_argument("--readme", action="store_true", help="also write the headline into README.md")
     arguments = parser.parse_args()
-    print(rerender(arguments.folder, arguments.embed_plotly))
+    print(rerender(arguments.folder, not arguments.cdn_plotly))
+    if arguments.readme:
+        update_readme(json.loads((arguments.folder / "summary.json").read_text()))

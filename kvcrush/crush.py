@@ -15,6 +15,11 @@ import torch
 from kvcrush.errors import PolicyError
 
 ANCHOR_MODES = ("random", "zeros", "ones", "mean", "alternating")
+# Beyond the paper (spec section 7): several anchors at once.
+ANCHOR_SET_MODES = ("fixed", "kmeans")
+FIXED_ANCHOR_ORDER = ("zeros", "ones", "alternating", "mean", "random")  # anchors after the first, in this order
+MAX_ANCHORS = 8
+KMEANS_ITERATIONS = 10
 
 
 def stable_top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -98,6 +103,17 @@ def _order_by_distance(distances: torch.Tensor, candidates: torch.Tensor) -> tor
     return candidates[torch.argsort(keys, stable=True)]
 
 
+def _spaced(ordered: torch.Tensor, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Step 7 on an already ordered `F`: `F[i * step]` and buckets `F[i * step : (i + 1) * step]` (see `group`)."""
+    count = min(int(ordered.numel()), max(int(k), 0))
+    if count == 0:
+        return ordered[:0], []
+    step = ordered.numel() // count
+    picks = ordered[: count * step : step]
+    sizes = [step] * (count - 1) + [ordered.numel() - (count - 1) * step]
+    return picks, list(torch.split(ordered, sizes))
+
+
 def group(distances: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Representatives and the buckets they stand in for, from one sort (spec section 3, step 7).
 
@@ -107,14 +123,7 @@ def group(distances: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[to
     `|F| mod k'` leftovers so every candidate belongs to one group. Returns (`[k']` picks in pick
     order, k' buckets as views of one tensor).
     """
-    ordered = _order_by_distance(distances, torch.as_tensor(candidates, device=distances.device))
-    count = min(int(ordered.numel()), max(int(k), 0))
-    if count == 0:
-        return ordered[:0], []
-    step = ordered.numel() // count
-    picks = ordered[: count * step : step]
-    sizes = [step] * (count - 1) + [ordered.numel() - (count - 1) * step]
-    return picks, list(torch.split(ordered, sizes))
+    return _spaced(_order_by_distance(distances, torch.as_tensor(candidates, device=distances.device)), k)
 
 
 def representatives(distances: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
@@ -137,3 +146,222 @@ def block_signatures(token_bits: torch.Tensor, block_size: int) -> torch.Tensor:
     if n_tokens % block_size:
         raise ValueError(f"{n_tokens} tokens do not split into blocks of {block_size}")
     return token_bits.reshape(n_tokens // block_size, block_size * heads)
+
+
+# --- Beyond the paper (spec section 7) ---------------------------------------------------------------
+# Several anchors: the KVCrush paper's future work. Best-scored representatives, an adaptive split and
+# value merging are this project's options; the merge follows CaM (Zhang et al. 2024, "CaM: Cache
+# Merging for Memory-efficient LLMs Inference") and D2O (Wan et al. 2024, "D2O: Dynamic Discriminative
+# Operations for Efficient Generative Inference of LLMs"), which fold evicted entries into kept ones.
+
+
+def fixed_anchors(bits: torch.Tensor, k: int, first: str = "alternating", seed: int = 0) -> torch.Tensor:
+    """`k` anchors of fixed modes (spec section 7, `anchor_mode="fixed"`).
+
+    bits: `[n, width]` bool signatures of every middle unit (the `mean` anchor reads them all, as in
+    step 5). The first anchor is `first`'s mode, the next ones the other modes in the order zeros, ones,
+    alternating, mean, random (skipping `first`). There are five modes; anchors beyond the fifth are
+    more `random` ones, seeded `seed + 1`, `seed + 2`, ... Returns `[k, width]` bool.
+    """
+    if not 1 <= int(k) <= MAX_ANCHORS:
+        raise PolicyError(f"anchors must be between 1 and {MAX_ANCHORS}, got {k}.")
+    modes = [first] + [mode for mode in FIXED_ANCHOR_ORDER if mode != first]
+    rows = [anchor(bits, modes[i], seed) if i < len(modes) else anchor(bits, "random", seed + i - len(modes) + 1)
+            for i in range(int(k))]
+    return torch.stack(rows)
+
+
+def nearest_anchor(bits: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's nearest anchor by Hamming distance (spec section 7; ties: the lower anchor index).
+
+    bits: `[n, width]` bool, anchors: `[k, width]` bool. Returns (`[n]` anchor ids, `[n]` distances),
+    both int64; with one anchor the distances are exactly `hamming(bits, anchors[0])`.
+    """
+    if bits.shape[-1] != anchors.shape[-1]:
+        raise ValueError(f"bits have width {bits.shape[-1]} but the anchors have {anchors.shape[-1]}")
+    distances = (bits[:, None, :] ^ anchors[None, :, :]).sum(dim=-1, dtype=torch.int64)  # [n, k]
+    if anchors.shape[0] == 1:
+        return torch.zeros(bits.shape[0], dtype=torch.int64, device=bits.device), distances[:, 0]
+    nearest, ids = distances.min(dim=1)  # torch.min returns the first minimum: the lower anchor index
+    return ids, nearest
+
+
+def kmeans_anchors(points: torch.Tensor, k: int, seed: int = 0, iterations: int = KMEANS_ITERATIONS) -> torch.Tensor:
+    """`k` centroids of a seeded k-means over binary signatures (spec section 7, `anchor_mode="kmeans"`).
+
+    points: `[n, width]` bool (the candidates' signatures). Hamming distance; a centroid's bit is set
+    iff strictly more than half of its members have it (majority vote; a tie gives 0, as the `mean`
+    anchor). Initial centroids: `k` of the distinct signatures in a seeded random order (so identical
+    signatures never take two centroids); with fewer distinct signatures than `k` they repeat, and a
+    repeated centroid keeps an empty cluster (ties go to the lower index). An empty cluster keeps its
+    centroid. Exactly `iterations` rounds (no data-dependent stop, so no host syncs); deterministic for
+    a seed. No points: `k` all-zero centroids. Returns `[k, width]` bool.
+    """
+    n, width = points.shape
+    if n == 0:
+        return torch.zeros(k, width, dtype=torch.bool, device=points.device)
+    distinct = torch.unique(points, dim=0)  # sorted rows: the same set gives the same start
+    order = torch.randperm(distinct.shape[0], generator=torch.Generator().manual_seed(int(seed)))
+    order = order[torch.arange(k) % distinct.shape[0]].to(points.device)
+    centroids = distinct[order]
+    values = points.float()
+    for _ in range(int(iterations)):
+        ids, _ = nearest_anchor(points, centroids)
+        counts = torch.bincount(ids, minlength=k).to(values.dtype)[:, None]
+        ones = torch.zeros(k, width, dtype=values.dtype, device=points.device).index_add_(0, ids, values)
+        centroids = torch.where(counts > 0, ones * 2 > counts, centroids)
+    return centroids
+
+
+def anchor_set(bits: torch.Tensor, mode: str, k: int, seed: int = 0, first: str = "alternating",
+               candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """The anchors units are grouped around (spec section 7): `[k, width]` bool.
+
+    bits: `[n, width]` every middle unit's signature. `mode="fixed"`: `fixed_anchors(bits, k, first,
+    seed)` (with `k = 1` exactly step 5's single anchor). `"kmeans"`: `kmeans_anchors` over the
+    candidates' signatures `bits[candidates]` (all units when `candidates` is None).
+    """
+    if mode == "fixed":
+        return fixed_anchors(bits, k, first, seed)
+    if mode == "kmeans":
+        points = bits if candidates is None else bits[torch.as_tensor(candidates, device=bits.device).long()]
+        return kmeans_anchors(points, int(k), seed)
+    raise PolicyError(f"Unknown anchor_mode {mode!r}; choose one of {', '.join(ANCHOR_SET_MODES)}.")
+
+
+def share_out(sizes: list[int], total: int) -> list[int]:
+    """How many of `total` representatives each group gets (spec section 7): largest remainders.
+
+    sizes: `n_g` per group. Group g's quota is `total * n_g / sum(n)`; each gets the floor of its quota
+    and the `total - sum(floors)` left go one each to the largest fractional parts (ties: the lower
+    group index), so the shares sum to `total`. `total` is first capped at `sum(n)` (step 8: budget
+    the candidates cannot use returns to the importance part). Capped so, a quota never exceeds its
+    group (`total * n_g / sum(n) <= n_g`) and a rounded-up one neither (`n_g` is whole), so nothing
+    needs redistributing; should a share ever exceed its group, the excess is shared out again in
+    proportion to the groups with room (a loop kept for safety). Exact integer arithmetic.
+    """
+    sizes = [max(int(n), 0) for n in sizes]
+    remaining = min(max(int(total), 0), sum(sizes))
+    shares = [0] * len(sizes)
+    while remaining > 0:
+        room = [n - s for n, s in zip(sizes, shares, strict=True)]
+        weight = sum(room)
+        floors = [remaining * r // weight for r in room]
+        left = remaining - sum(floors)
+        by_remainder = sorted(range(len(room)), key=lambda g: (-(remaining * room[g] % weight), g))
+        for g in by_remainder[:left]:
+            floors[g] += 1
+        given = [min(f, r) for f, r in zip(floors, room, strict=True)]
+        shares = [s + g for s, g in zip(shares, given, strict=True)]
+        remaining -= sum(given)
+    return shares
+
+
+def group_by_anchor(distances: torch.Tensor, unit_anchor: torch.Tensor, candidates: torch.Tensor, k: int,
+                    n_anchors: int) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Step 7 within each anchor's group (spec section 7, several anchors).
+
+    distances: `[n]` each unit's distance to its nearest anchor; unit_anchor: `[n]` that anchor's id;
+    candidates: the evicted set F; k: `T_crush`. Group g (the candidates nearest anchor g, `n_g` of them)
+    gets `share_out(n, k)[g]` representatives, evenly spaced along its `(distance, index)` order exactly
+    as step 7 does over F; a group given none has no bucket (its candidates go without a stand-in).
+    With one anchor this is `group(distances, candidates, k)`. Returns (`[k']` picks, group by group,
+    their buckets, `[k']` int64 anchor id of each bucket).
+    """
+    ordered = _order_by_distance(distances, torch.as_tensor(candidates, device=distances.device))
+    if n_anchors == 1:
+        picks, buckets_ = _spaced(ordered, k)
+        return picks, buckets_, torch.zeros(len(buckets_), dtype=torch.int64)
+    ordered = ordered[torch.argsort(unit_anchor[ordered], stable=True)]
+    sizes = torch.bincount(unit_anchor[ordered], minlength=n_anchors).tolist()  # one host sync per layer
+    all_picks: list[torch.Tensor] = []
+    all_buckets: list[torch.Tensor] = []
+    owners: list[int] = []
+    for g, (members, share) in enumerate(zip(torch.split(ordered, sizes), share_out(sizes, k), strict=True)):
+        picks, groups = _spaced(members, share)
+        all_picks.append(picks)
+        all_buckets.extend(groups)
+        owners.extend([g] * len(groups))
+    return torch.cat(all_picks), all_buckets, torch.tensor(owners, dtype=torch.int64)
+
+
+def _segments(groups: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """All members joined `[P]`, each member's group index `[P]`, and the group sizes."""
+    sizes = [int(g.numel()) for g in groups]
+    segment = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(sizes, dtype=torch.int64))
+    return torch.cat(groups).long(), segment.to(device), sizes
+
+
+def best_in_buckets(groups: list[torch.Tensor], unit_scores: torch.Tensor) -> torch.Tensor:
+    """Each bucket's member with the highest score (spec section 7, `representative="best"`).
+
+    groups: the buckets (unit ids); unit_scores: `[units]` (the base scores' mean over KV heads).
+    Ties: the lower unit id. NaN counts as the lowest score. Returns `[len(groups)]` int64, bucket order.
+    """
+    if not groups:
+        return torch.zeros(0, dtype=torch.int64, device=unit_scores.device)
+    members, segment, _ = _segments(groups, unit_scores.device)
+    scores = torch.nan_to_num(unit_scores[members].float(), nan=float("-inf"))
+    count = len(groups)
+    best = torch.full((count,), float("-inf"), device=scores.device).scatter_reduce(0, segment, scores, "amax")
+    outside = torch.iinfo(torch.int64).max
+    index = torch.where(scores == best[segment], members, torch.full_like(members, outside))
+    return torch.full((count,), outside, dtype=torch.int64, device=scores.device).scatter_reduce(
+        0, segment, index, "amin")
+
+
+def merge_weights(groups: list[torch.Tensor], unit_scores: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Softmax of the members' base scores inside each bucket, per KV head (spec section 7, `merge="values"`).
+
+    groups: the buckets (unit ids, the representative among them); unit_scores: `[heads, units]` base
+    scores (block scores at block level). Temperature 1 on the base's own scale, so the weights are as
+    peaked as the base's scores are spread. NaN and -inf scores count as the lowest finite score (a
+    bucket of them only is averaged evenly). Returns (`[heads, P]` float32 weights of every member,
+    buckets joined in order, each bucket's columns summing to 1; the bucket sizes, to split them).
+    """
+    heads = unit_scores.shape[0]
+    if not groups:
+        return torch.zeros(heads, 0, device=unit_scores.device), []
+    members, segment, sizes = _segments(groups, unit_scores.device)
+    lowest = torch.finfo(torch.float32).min
+    scores = torch.nan_to_num(unit_scores[:, members].float(), nan=lowest, neginf=lowest)
+    index = segment.expand(heads, -1)
+    peak = torch.full((heads, len(groups)), lowest, device=scores.device).scatter_reduce(1, index, scores, "amax")
+    weights = torch.exp(scores - peak.gather(1, index))
+    total = torch.zeros(heads, len(groups), device=scores.device).index_add_(1, segment, weights)
+    return weights / total.gather(1, index), sizes
+
+
+def top_share(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Share of the score mass that each row's top `k` hold, over all rows (spec section 7, adaptive split).
+
+    scores: `[heads, M]` base scores of the middle. Each row is made non-negative by subtracting its
+    minimum; the result is `sum_h top-k sum of row h / sum_h sum of row h` as a 0-d float32 tensor (no
+    host sync). All-equal scores carry no mass: their share is then `k / M`, what an even spread gives.
+    """
+    m = scores.shape[-1]
+    if m == 0:
+        return torch.zeros((), device=scores.device)
+    values = scores.float()
+    values = torch.nan_to_num(values - values.min(dim=-1, keepdim=True).values, nan=0.0)
+    total = values.sum()
+    top = values.topk(min(max(int(k), 0), m), dim=-1).values.sum()
+    return torch.where(total > 0, top / total.clamp_min(torch.finfo(torch.float32).tiny),
+                       torch.tensor(min(max(k, 0), m) / m, device=values.device))
+
+
+def adaptive_fractions(crush_fraction: float, spreads: list[float | None], ceiling: float = 0.9) -> list[float]:
+    """Per-layer crush fractions from each layer's `1 - c` (spec section 7, `split="adaptive"`).
+
+    spreads: `1 - c` per layer, `c` the top `T_imp` tokens' share of the layer's score mass (`top_share`);
+    None for layers without a split (no-op, no middle), which keep `crush_fraction` and stay out of the
+    mean. Layer l gets `crush_fraction * spread_l / mean(spread)`, clipped to `[0, ceiling]`: layers whose
+    importance part already holds most of the mass give more budget to representatives. Without any
+    spread (no layer, or every `c = 1`) every layer keeps `crush_fraction`.
+    """
+    known = [s for s in spreads if s is not None]
+    mean = sum(known) / len(known) if known else 0.0
+    if mean <= 0.0:
+        return [float(crush_fraction)] * len(spreads)
+    return [float(crush_fraction) if s is None else min(max(crush_fraction * s / mean, 0.0), ceiling)
+            for s in spreads]

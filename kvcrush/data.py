@@ -246,34 +246,45 @@ def _insert_at_boundary(text: str, sentence: str, depth: float) -> str:
     return f"{text[:at]}{sentence} {text[at:]}"
 
 
+def haystack(tokenizer: Tokenizer, n_tokens: int, sentences: list[str], depths: list[float], seed: int) -> str:
+    """Essay filler of about ``n_tokens`` tokens with each sentence at the boundary nearest its depth.
+
+    The filler starts at a token offset drawn from ``seed``; ``depths[i]`` (0 = start, 1 = end) places
+    ``sentences[i]``. The result tokenises (without special tokens) to ``n_tokens`` within a few tokens.
+    """
+    if len(sentences) != len(depths):
+        raise KVCrushError(f"{len(sentences)} sentences but {len(depths)} depths.")
+    for depth in depths:
+        if not 0.0 <= depth <= 1.0:
+            raise KVCrushError(f"Needle depth must be between 0 and 1, got {depth}.")
+    needed = sum(len(tokenizer.encode(" " + s + " ", add_special_tokens=False)) for s in sentences)
+    if n_tokens < needed + 16:
+        raise KVCrushError(f"A needle prompt needs at least {needed + 16} tokens, got n_tokens={n_tokens}.")
+    offset = random.Random(f"needle-offset-{seed}").randrange(_FILLER_OFFSET_RANGE)
+    n_filler = n_tokens - needed
+    context = ""
+    for _ in range(4):  # re-encoding can merge a token or two at the seams: correct and retry
+        context = tokenizer.decode(filler_tokens(tokenizer, n_filler, offset))
+        # Deepest first: an insertion only shifts the text after it, so shallower targets stay put.
+        for sentence, depth in sorted(zip(sentences, depths, strict=True), key=lambda pair: -pair[1]):
+            context = _insert_at_boundary(context, sentence, depth)
+        error = len(tokenizer.encode(context, add_special_tokens=False)) - n_tokens
+        if error == 0:
+            break
+        n_filler -= error
+    return context
+
+
 def needle_example(tokenizer: Tokenizer, n_tokens: int, depth: float, seed: int) -> Example:
     """A RULER-style single-needle retrieval prompt of about ``n_tokens`` tokens.
 
     The haystack is Paul Graham essay text starting at a seeded token offset; the needle sentence
     "One of the special magic numbers for {key} is: {value}." sits at the sentence boundary nearest
-    to fraction ``depth`` (0 = start, 1 = end) of the haystack. The context tokenises (without
-    special tokens) to ``n_tokens`` within a few tokens; the question asks for the value.
-    Format after RULER (Hsieh et al., 2024).
+    to fraction ``depth`` (0 = start, 1 = end) of the haystack (see `haystack`); the question asks
+    for the value. Format after RULER (Hsieh et al., 2024).
     """
-    if not 0.0 <= depth <= 1.0:
-        raise KVCrushError(f"Needle depth must be between 0 and 1, got {depth}.")
     key, value = needle_key_value(seed)
-    needle = NEEDLE_TEMPLATE.format(key=key, value=value)
-    needle_len = len(tokenizer.encode(" " + needle + " ", add_special_tokens=False))
-    if n_tokens < needle_len + 16:
-        raise KVCrushError(
-            f"A needle prompt needs at least {needle_len + 16} tokens, got n_tokens={n_tokens}."
-        )
-    offset = random.Random(f"needle-offset-{seed}").randrange(_FILLER_OFFSET_RANGE)
-    n_filler = n_tokens - needle_len
-    context = ""
-    for _ in range(4):  # re-encoding can merge a token or two at the seams: correct and retry
-        filler = tokenizer.decode(filler_tokens(tokenizer, n_filler, offset))
-        context = _insert_at_boundary(filler, needle, depth)
-        error = len(tokenizer.encode(context, add_special_tokens=False)) - n_tokens
-        if error == 0:
-            break
-        n_filler -= error
+    context = haystack(tokenizer, n_tokens, [NEEDLE_TEMPLATE.format(key=key, value=value)], [depth], seed)
     return Example(
         name=f"Needle ~{n_tokens} tokens, depth {depth:.2f}, seed {seed}",
         context=context,

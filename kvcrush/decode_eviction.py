@@ -9,6 +9,10 @@ exactly as at prefill. So the cache never holds more than `T + k` tokens per hea
 tokens are buffered for the policy's observation window (SnapKV's window: while fewer are buffered,
 the eviction waits, so with `k` smaller than the window the first interval may run `window - k` over).
 
+KVCrush's options beyond the paper (spec section 7): `merge="values"` merges at every eviction, as at
+the prompt's compression; `split="adaptive"` needs every layer's scores at once, so these one-layer
+evictions use the fixed split.
+
 Everything in the cache is evictable then (kept prompt tokens, the appended question, generated
 tokens) except what the policy itself protects (sink, recent window). Each eviction is recorded with
 the true positions each head keeps, so the explorer can show the cache after every generated token.
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from kvcrush.attention import LayerInputs, attention_modules
-from kvcrush.kvcache import gather_rows
+from kvcrush.kvcache import gather_rows, merge_values
 from kvcrush.policies import Policy
 from kvcrush.trace import LayerTrace
 
@@ -145,7 +149,9 @@ class DecodeEvictor:
             trace = self.policy.select(self.policy.score(layer).float(), layer, self.budgets[layer_idx])
         kept = trace.kept.to(layer_cache.keys.device)
         layer_cache.keys = gather_rows(layer_cache.keys, kept)
-        layer_cache.values = gather_rows(layer_cache.values, kept)
+        values = gather_rows(layer_cache.values, kept)
+        merge_values(values, layer_cache.values, kept, trace.merge_rows())  # KVCrush merge="values" (else no-op)
+        layer_cache.values = values
         self.positions[layer_idx] = self.positions[layer_idx].gather(1, kept)
         # The buffered rows stay aligned with the last cache slots only as far as the recent window kept them.
         recent = self.recent[layer_idx]

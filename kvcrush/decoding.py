@@ -8,10 +8,15 @@ shorter than the sequence: every forward passes `position_ids` (the true positio
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from kvcrush.errors import PromptError, RunCancelled
 from kvcrush.kvcache import cache_lengths
@@ -47,25 +52,72 @@ def _positions(start: int, count: int, device: torch.device) -> torch.Tensor:
     return torch.arange(start, start + count, device=device)[None]
 
 
-@torch.no_grad()
-def extend(model, cache, ids: list[int], start: int, last_only: bool = False) -> torch.Tensor:
-    """Feed `ids` at true positions `start...` on top of `cache`; returns their logits `[len(ids) or 1, vocab]`.
+RAGGED_ATTENTION = "kvcrush_ragged_sdpa"
 
-    One forward when every layer holds the same number of tokens. When budgets differ per layer
-    (PyramidKV) no single causal mask fits all layers, so the tokens go one at a time, which needs none.
+
+def _ragged_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                 dropout: float = 0.0, **kwargs):
+    """SDPA whose causal mask comes from this layer's own key length.
+
+    After per-layer budgets (PyramidKV) layers hold different numbers of tokens, so the one mask a
+    model builds from layer 0's length fits no other layer. The `q` new tokens are the last `q` keys of
+    every layer, so query i sees every cached key and the new ones up to itself: key j is visible iff
+    `j <= kv_len - q + i`. (transformers builds no mask for an attention implementation it has no mask
+    function for, so `attention_mask` is None here.)
     """
-    lengths = set(cache_lengths(cache))
-    chunks = [ids] if len(lengths) <= 1 else [[token] for token in ids]
+    q_len, kv_len = query.shape[-2], key.shape[-2]
+    mask = None
+    if q_len > 1:
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)[None, None]
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, **kwargs)
+
+
+AttentionInterface.register(RAGGED_ATTENTION, _ragged_sdpa)
+
+
+@contextmanager
+def _ragged_attention(model):
+    """Run the model with `_ragged_sdpa` (sdpa only: other implementations keep the token-at-a-time path)."""
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = RAGGED_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+@torch.no_grad()
+def extend(model, cache, ids: list[int], start: int, last_only: bool = False, keep: int = 0) -> torch.Tensor:
+    """Feed `ids` at true positions `start...` on top of `cache`; returns their logits `[len(ids) or 1, vocab]`
+    (`keep` > 0: only the last `keep` positions' logits, `[keep, vocab]`).
+
+    One forward. When budgets differ per layer (PyramidKV) no single causal mask fits all layers, so the
+    forward runs with `_ragged_sdpa`, which builds each layer's mask from its own length (under an
+    attention implementation other than sdpa the tokens go one at a time, which needs no mask).
+    """
+    keep = 1 if last_only else keep
+    ragged = len(set(cache_lengths(cache))) > 1
+    if not ragged:
+        return _forward(model, cache, ids, start, keep)
+    if model.config._attn_implementation == "sdpa":
+        with _ragged_attention(model):
+            return _forward(model, cache, ids, start, keep)
     logits, position = [], start
-    for i, chunk in enumerate(chunks):
-        skip = last_only and i < len(chunks) - 1  # only the very last position's logits are wanted
-        output = model(input_ids=_ids(chunk, model.device), past_key_values=cache,
-                       position_ids=_positions(position, len(chunk), model.device), use_cache=True,
-                       logits_to_keep=1 if last_only else 0)
-        if not skip:
-            logits.append(output.logits[0].float())
-        position += len(chunk)
+    for i, token in enumerate(ids):
+        wanted = not keep or i >= len(ids) - keep
+        output = _forward(model, cache, [token], position, 1)
+        if wanted:
+            logits.append(output)
+        position += 1
     return torch.cat(logits)
+
+
+def _forward(model, cache, ids: list[int], start: int, keep: int) -> torch.Tensor:
+    """One forward of `ids` at true positions; logits of the last `keep` positions (0: all) `[n, vocab]`."""
+    output = model(input_ids=_ids(ids, model.device), past_key_values=cache,
+                   position_ids=_positions(start, len(ids), model.device), use_cache=True, logits_to_keep=keep)
+    return output.logits[0].float()
 
 
 @torch.no_grad()
@@ -99,21 +151,113 @@ def greedy_decode(model, cache, logits: torch.Tensor, position: int, max_new_tok
     return new_ids
 
 
+@dataclass(frozen=True)
+class ReferenceScores:
+    """How a (compressed) cache predicts a given continuation under teacher forcing.
+
+    token_nll: `[n]` negative log-likelihood (nats) of each reference token given the ones before.
+    greedy_match: `[n]` whether each reference token is the argmax given the ones before.
+
+    Greedy decoding emits exactly the reference as its first tokens iff every `greedy_match` is true:
+    step i of greedy decoding sees the same prefix as teacher forcing as long as all earlier steps
+    matched. So `all(greedy_match)` is "the greedy answer starts with the reference", obtained in one
+    forward instead of a decoding loop (the exact-match metric of RULER-style retrieval, Hsieh et al.
+    2024, with the answer prefix in the prompt).
+    """
+
+    token_nll: tuple[float, ...]
+    greedy_match: tuple[bool, ...]
+
+    @property
+    def nll(self) -> float:
+        """Mean NLL, nats per token."""
+        return sum(self.token_nll) / len(self.token_nll)
+
+    @property
+    def total_nll(self) -> float:
+        """Negative log-likelihood of the whole reference (nats): -log p(reference | prompt)."""
+        return sum(self.token_nll)
+
+    @property
+    def greedy(self) -> bool:
+        """Greedy decoding would produce the reference (as a prefix of its answer)."""
+        return all(self.greedy_match)
+
+    def span_greedy(self, start: int, end: int) -> bool:
+        """Every token in `[start, end)` is the argmax given the reference before it."""
+        return all(self.greedy_match[start:end])
+
+
 @torch.no_grad()
-def continuation_nll(model, cache, logits: torch.Tensor, position: int, reference_ids: list[int]) -> float:
-    """Mean negative log-likelihood (nats/token) of `reference_ids` under teacher forcing.
+def score_reference(model, cache, logits: torch.Tensor | None, position: int, reference_ids: list[int],
+                    lead_ids: list[int] | None = None) -> ReferenceScores:
+    """Per-token NLL and argmax agreement of `reference_ids` under teacher forcing.
 
     `logits` (`[vocab]`) predict the first reference token; the rest are predicted by forwarding the
-    reference (all but its last token) at true positions `position...` on top of `cache`.
+    reference (all but its last token) at true positions `position...` on top of `cache` (which grows).
+    With `lead_ids` (tokens still to append before the reference, e.g. the question), they and the
+    reference go in one forward from `position` and `logits` is not used.
     """
     if not reference_ids:
         raise PromptError("The reference continuation is empty.")
-    rows = [logits.float().reshape(1, -1)]
-    if len(reference_ids) > 1:
-        rows.append(extend(model, cache, list(reference_ids[:-1]), position))
-    log_probs = torch.log_softmax(torch.cat(rows), dim=-1)
+    if lead_ids:
+        stacked = extend(model, cache, list(lead_ids) + list(reference_ids[:-1]), position, keep=len(reference_ids))
+    else:
+        rows = [logits.float().reshape(1, -1)]
+        if len(reference_ids) > 1:
+            rows.append(extend(model, cache, list(reference_ids[:-1]), position))
+        stacked = torch.cat(rows)
+    return reference_scores(stacked, reference_ids)
+
+
+def reference_scores(logits: torch.Tensor, reference_ids: list[int]) -> ReferenceScores:
+    """`ReferenceScores` from the logits `[n, vocab]` that predict each of the n reference tokens."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
     target = torch.tensor(list(reference_ids), device=log_probs.device)
-    return float(-log_probs.gather(1, target[:, None]).mean())
+    token_nll = (-log_probs.gather(1, target[:, None]))[:, 0]
+    match = logits.argmax(dim=-1) == target
+    return ReferenceScores(tuple(token_nll.tolist()), tuple(bool(m) for m in match.tolist()))
+
+
+@torch.no_grad()
+def score_reference_batch(model, cache, batch: int, position: int, reference_ids: list[int],
+                          lead_ids: list[int]) -> list[ReferenceScores]:
+    """`score_reference` with `lead_ids` for `batch` caches stacked on the batch axis of `cache`.
+
+    Every row gets the same tokens at the same true positions, so one forward serves them all (on a CPU
+    a batch of 16 costs about half as much per row as one row at a time); each layer's rows must hold
+    the same number of tokens (`kvcrush.kvcache.stack_caches`).
+    """
+    if not reference_ids or not lead_ids:
+        raise PromptError("score_reference_batch needs lead ids and a non-empty reference.")
+    ids = list(lead_ids) + list(reference_ids[:-1])
+    keep = len(reference_ids)
+    input_ids = torch.tensor([ids] * batch, dtype=torch.long, device=model.device)
+    positions = _positions(position, len(ids), model.device).expand(batch, -1)
+    ragged = len(set(cache_lengths(cache))) > 1
+    with _ragged_attention(model) if ragged else contextlib.nullcontext():
+        output = model(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True,
+                       logits_to_keep=keep)
+    return [reference_scores(output.logits[row], reference_ids) for row in range(batch)]
+
+
+def continuation_nll(model, cache, logits: torch.Tensor, position: int, reference_ids: list[int]) -> float:
+    """Mean negative log-likelihood (nats/token) of `reference_ids` under teacher forcing (`score_reference`)."""
+    return score_reference(model, cache, logits, position, reference_ids).nll
+
+
+def newline_ids(tokenizer) -> frozenset[int]:
+    """Every vocabulary id whose text contains a line break: answers stop at the end of their line."""
+    key = id(tokenizer)
+    cached = _NEWLINE_IDS.get(key)
+    if cached is None or cached[0] is not tokenizer:
+        ids = frozenset(i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i]))
+        cached = (tokenizer, ids)
+        _NEWLINE_IDS[key] = cached
+    return cached[1]
+
+
+_NEWLINE_IDS: dict[int, tuple[object, frozenset[int]]] = {}
 
 
 def timed_greedy_decode(model, cache, logits, position, max_new_tokens, stops, **kwargs) -> tuple[list[int], float]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from kvcrush.trace import MergeRows
+
 
 def layer_bytes(keys: torch.Tensor, values: torch.Tensor, n_tokens: int | None = None) -> int:
     """Bytes of one layer's keys and values `[batch, kv_heads, L, head_dim]`; only `n_tokens` rows when given
@@ -38,15 +40,40 @@ def gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(tensor, 2, expanded)
 
 
-def compressed_copy(full: DynamicCache, kept: list[torch.Tensor | None], config) -> DynamicCache:
+def merge_values(values: torch.Tensor, source: torch.Tensor, kept: torch.Tensor, rows: MergeRows | None) -> None:
+    """Write merged value rows into a gathered cache layer, in place (spec section 7, `merge="values"`).
+
+    values: `[1, kv_heads, T, d]` the rows `kept` (`[kv_heads, T]`, ascending per head) gathered from
+    `source` `[1, kv_heads, N, d]`, which is only read. Each representative's row becomes the weighted
+    sum of its bucket's member rows of `source` (`MergeRows`), accumulated in float32 and cast back.
+    Representatives sit in every head's kept set, so their slots are found by a binary search per head.
+    Idea: CaM (Zhang et al. 2024) and D2O (Wan et al. 2024) merge evicted entries into kept ones.
+    """
+    if rows is None or rows.targets.numel() == 0:
+        return
+    device = values.device
+    heads, dim = values.shape[1], values.shape[-1]
+    members = source[0].index_select(1, rows.members.to(device)).float()  # [kv_heads, P, d]
+    weighted = rows.weights.to(device)[..., None] * members
+    merged = torch.zeros(heads, rows.targets.numel(), dim, device=device).index_add_(1, rows.slot.to(device),
+                                                                                    weighted)
+    kept = kept.to(device).contiguous()
+    where = torch.searchsorted(kept, rows.targets.to(device).expand(heads, -1).contiguous())  # [kv_heads, R]
+    values[0].scatter_(1, where[..., None].expand(-1, -1, dim), merged.to(values.dtype))
+
+
+def compressed_copy(full: DynamicCache, kept: list[torch.Tensor | None], config,
+                    merges: list[MergeRows | None] | None = None) -> DynamicCache:
     """A new cache whose layer i holds the rows `kept[i]` (`[kv_heads, T]`, or None: every row) of `full`.
 
     `full` is left untouched, so the next selection can gather from it again. A layer that keeps
     every row shares the full cache's tensors: decoding appends with `torch.cat`, which makes new
-    tensors and never writes into the shared ones.
+    tensors and never writes into the shared ones. `merges[i]` (`LayerTrace.merge_rows()`) then merges
+    value rows of the gathered copy from the intact full rows (`merge_values`).
     """
     cache = DynamicCache(config=config)
-    for source, target, index in zip(full.layers, cache.layers, kept, strict=True):
+    merges = merges if merges is not None else [None] * len(kept)
+    for source, target, index, rows in zip(full.layers, cache.layers, kept, merges, strict=True):
         target.lazy_initialization(source.keys, source.values)
         if index is None:
             target.keys, target.values = source.keys, source.values
@@ -54,4 +81,19 @@ def compressed_copy(full: DynamicCache, kept: list[torch.Tensor | None], config)
             index = index.to(source.keys.device)
             target.keys = gather_rows(source.keys, index)
             target.values = gather_rows(source.values, index)
+            merge_values(target.values, source.values, index, rows)
     return cache
+
+
+def stack_caches(caches: list[DynamicCache], config) -> DynamicCache:
+    """One cache whose batch row i is `caches[i]` (each `[1, kv_heads, L_layer, d]`; per layer, equal L).
+
+    For scoring several compressed caches with one forward (`kvcrush.decoding.score_reference_batch`).
+    """
+    stacked = DynamicCache(config=config)
+    for index, target in enumerate(stacked.layers):
+        keys = torch.cat([cache.layers[index].keys for cache in caches])
+        values = torch.cat([cache.layers[index].values for cache in caches])
+        target.lazy_initialization(keys, values)
+        target.keys, target.values = keys, values
+    return stacked

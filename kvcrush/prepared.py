@@ -39,9 +39,18 @@ from transformers import DynamicCache
 from kvcrush import limits
 from kvcrush.attention import LayerInputs, attention_modules
 from kvcrush.decode_eviction import DecodeEvictor
-from kvcrush.decoding import Progress, continuation_nll, extend, stop_ids, synchronize, timed_greedy_decode
+from kvcrush.decoding import (
+    Progress,
+    extend,
+    newline_ids,
+    score_reference,
+    score_reference_batch,
+    stop_ids,
+    synchronize,
+    timed_greedy_decode,
+)
 from kvcrush.errors import PromptError, RunCancelled
-from kvcrush.kvcache import cache_bytes, compressed_copy
+from kvcrush.kvcache import cache_bytes, cache_lengths, compressed_copy, stack_caches
 from kvcrush.models.loading import LoadedModel
 from kvcrush.policies import Policy, make_policy
 from kvcrush.prompts import EncodedPrompt, encode_prompt
@@ -229,7 +238,13 @@ class PreparedPrompt:
         synchronize(self.lm.device)
         start = time.perf_counter()
         with torch.no_grad():
-            traces = [policy.select(scores, layer) for scores, layer in zip(per_layer, self.layers, strict=True)]
+            # Splits that depend on every layer's scores (KVCrush's adaptive split) are set before any layer.
+            fractions = policy.layer_crush_fractions(per_layer, self.layers)
+            if fractions is None:
+                traces = [policy.select(scores, layer) for scores, layer in zip(per_layer, self.layers, strict=True)]
+            else:
+                traces = [policy.select(scores, layer, crush_fraction=fraction)
+                          for scores, layer, fraction in zip(per_layer, self.layers, fractions, strict=True)]
         synchronize(self.lm.device)
         timings.select_s = time.perf_counter() - start
         timings.crush_s = sum(trace.crush_s for trace in traces)
@@ -259,6 +274,7 @@ class PreparedPrompt:
         should_stop: ShouldStop | None = None,
         on_token: Callable[[list[int]], None] | None = None,
         selection: RunTrace | None = None,
+        stop_at_newline: bool = False,
     ) -> GenerationResult:
         """Compress with `policy` (a gather of the full cache, which stays intact), append the tail, decode.
 
@@ -266,33 +282,27 @@ class PreparedPrompt:
         `on_token(ids_so_far)` is called after every decoded token, to stream the answer.
         `selection`: what `select(policy)` on this prompt already returned, so it is not selected again
         (a trace of another policy or prompt is refused).
+        `stop_at_newline`: the answer also ends after a token containing a line break (one-line answers).
+        The result's `reference` holds the per-token NLL and argmax agreement of `reference_ids`
+        (`kvcrush.decoding.ReferenceScores`), `reference_nll` their mean NLL.
         """
         policy = as_policy(policy)
         check_max_new_tokens(max_new_tokens)
         reference = list(reference_ids or [])
-        n_positions = len(self.encoded.all_ids) + len(reference)
-        check_length(self.lm, n_positions, max_new_tokens)
-        limits.preflight(self.lm, n_positions, max_new_tokens, policy, prepared=self)
-        if selection is None:
-            trace = self.select(policy, should_stop)
-        else:
-            self._check_selection(selection, policy)
-            trace = dataclasses.replace(selection, timings=dataclasses.replace(selection.timings))
+        trace = self._checked_selection(policy, len(reference), max_new_tokens, selection, should_stop)
         timings = trace.timings
         model, device = self.lm.model, self.lm.device
         with self.lm.lock, torch.no_grad():
-            start = time.perf_counter()
-            kept = [None if layer.no_op else layer.kept for layer in trace.layers]
-            cache = compressed_copy(self.cache, kept, model.config)
-            synchronize(device)
-            timings.select_s += time.perf_counter() - start
+            cache = self._gather(trace)
             bytes_before = cache_bytes(self.cache)
             bytes_after = cache_bytes(cache)
 
             evictor = self._evictor(policy, cache, trace) if policy.decode_interval and max_new_tokens else None
             start = time.perf_counter()
             logits = self.last_logits
-            if self.appended_ids:
+            # Scoring only: the tail and the reference go through the model in one forward.
+            lead = self.appended_ids if reference and not max_new_tokens else []
+            if self.appended_ids and not lead:
                 with evictor.capturing() if evictor else contextlib.nullcontext():  # its window may need the tail
                     logits = extend(model, cache, self.appended_ids, self.n_budgeted, last_only=True)[-1]
                 if evictor:
@@ -301,28 +311,108 @@ class PreparedPrompt:
             timings.prefill_s += time.perf_counter() - start
             position = len(self.encoded.all_ids)
 
-            nll = None
-            if reference:  # scored on the compressed prompt, without decode-time eviction
+            scores = None
+            if lead:
+                scores = score_reference(model, cache, logits, self.n_budgeted, reference, lead_ids=lead)
+            elif reference:  # scored on the compressed prompt, without decode-time eviction
                 scratch = copy.deepcopy(cache) if max_new_tokens else cache
-                nll = continuation_nll(model, scratch, logits, position, reference)
+                scores = score_reference(model, scratch, logits, position, reference)
             new_ids: list[int] = []
             if max_new_tokens:
                 after_forward = (lambda n: evictor.after_forward(n, position + n - 1)) if evictor else None
+                stops = stop_ids(model, self.lm.tokenizer)
+                if stop_at_newline:
+                    stops |= newline_ids(self.lm.tokenizer)
                 with evictor.capturing() if evictor else contextlib.nullcontext():
                     new_ids, timings.decode_s = timed_greedy_decode(
-                        model, cache, logits, position, max_new_tokens, stop_ids(model, self.lm.tokenizer),
+                        model, cache, logits, position, max_new_tokens, stops,
                         progress=progress, should_stop=should_stop, on_token=on_token, after_forward=after_forward)
                 timings.decode_tokens = len(new_ids)
                 timings.decode_evict_s = evictor.seconds if evictor else 0.0
             final = cache_bytes(cache)
         text = self.lm.tokenizer.decode(new_ids, skip_special_tokens=True)
-        result = GenerationResult(text, new_ids, bytes_before, bytes_after, timings, trace, nll, final,
-                                  n_appended=len(self.appended_ids))
+        result = GenerationResult(text, new_ids, bytes_before, bytes_after, timings, trace,
+                                  None if scores is None else scores.nll, final,
+                                  n_appended=len(self.appended_ids), reference=scores)
         if evictor is not None:
             result.decode_evictions = evictor.evictions
             result.peak_cache_tokens = evictor.peak_tokens
             result.cache_positions = [p.to("cpu") for p in evictor.positions]
         return result
+
+    def _checked_selection(self, policy: Policy, n_reference: int, max_new_tokens: int,
+                           selection: RunTrace | None, should_stop: ShouldStop | None) -> RunTrace:
+        """Refuse runs the model cannot fit, then select (or check and copy the given selection)."""
+        n_positions = len(self.encoded.all_ids) + n_reference
+        check_length(self.lm, n_positions, max_new_tokens)
+        limits.preflight(self.lm, n_positions, max_new_tokens, policy, prepared=self)
+        if selection is None:
+            return self.select(policy, should_stop)
+        self._check_selection(selection, policy)
+        return dataclasses.replace(selection, timings=dataclasses.replace(selection.timings))
+
+    def _gather(self, trace: RunTrace) -> DynamicCache:
+        """The compressed cache of a selection (merged values applied); its time goes to `select_s`."""
+        start = time.perf_counter()
+        kept = [None if layer.no_op else layer.kept for layer in trace.layers]
+        merges = [None if layer.no_op else layer.merge_rows() for layer in trace.layers]  # merge="values"
+        cache = compressed_copy(self.cache, kept, self.lm.model.config, merges)
+        synchronize(self.lm.device)
+        trace.timings.select_s += time.perf_counter() - start
+        return cache
+
+    def score_many(self, policies: list[Policy | str], reference_ids: list[int], batch_size: int = 16,
+                   should_stop: ShouldStop | None = None) -> list[GenerationResult]:
+        """`generate(policy, 0, reference_ids)` for every policy, batched: what the benchmark's scoring tasks run.
+
+        Each policy's compressed cache is gathered as `generate` gathers it; caches holding the same
+        number of tokens in every layer (any policies at one budget, PyramidKV's at one budget) are
+        stacked on the batch axis, up to `batch_size` at a time, and the tail and the reference go
+        through the model once per batch (`kvcrush.decoding.score_reference_batch`; on 2 CPU cores a
+        batch of 16 costs about half as much per policy). Results equal `generate`'s to float rounding;
+        each result's `prefill_s` gets an equal share of its batch's forward.
+        """
+        reference = list(reference_ids)
+        if not reference:
+            raise PromptError("score_many needs reference_ids to score.")
+        if not self.appended_ids:
+            return [self.generate(policy, 0, reference_ids=reference, should_stop=should_stop) for policy in policies]
+        results: list[GenerationResult | None] = [None] * len(policies)
+        bytes_before = cache_bytes(self.cache)
+        pending: dict[tuple[int, ...], list[tuple[int, RunTrace, DynamicCache]]] = {}
+
+        def flush(members: list[tuple[int, RunTrace, DynamicCache]]) -> None:
+            with self.lm.lock, torch.no_grad():
+                stacked = stack_caches([cache for _, _, cache in members], self.lm.model.config)
+                sizes = [cache_bytes(cache) for _, _, cache in members]
+                members_ = [(index, trace) for index, trace, _ in members]
+                members.clear()  # the stacked copy is all that is needed now
+                synchronize(self.lm.device)
+                start = time.perf_counter()
+                scores = score_reference_batch(self.lm.model, stacked, len(members_), self.n_budgeted, reference,
+                                               self.appended_ids)
+                synchronize(self.lm.device)
+                share = (time.perf_counter() - start) / len(members_)
+            for (index, trace), score, bytes_after in zip(members_, scores, sizes, strict=True):
+                trace.timings.prefill_s += share
+                results[index] = GenerationResult("", [], bytes_before, bytes_after, trace.timings, trace, score.nll,
+                                                  None, n_appended=len(self.appended_ids), reference=score)
+
+        # Caches wait in a bucket per shape and go as soon as it is full, so at most a few batches are held.
+        for index, policy in enumerate(map(as_policy, policies)):
+            if should_stop is not None and should_stop():
+                raise RunCancelled("The run was cancelled.")
+            trace = self._checked_selection(policy, len(reference), 0, None, should_stop)
+            with self.lm.lock, torch.no_grad():
+                cache = self._gather(trace)
+            bucket = pending.setdefault(tuple(cache_lengths(cache)), [])
+            bucket.append((index, trace, cache))
+            if len(bucket) >= batch_size:
+                flush(bucket)
+        for bucket in pending.values():
+            if bucket:
+                flush(bucket)
+        return results  # type: ignore[return-value]
 
     def _evictor(self, policy: Policy, cache: DynamicCache, trace: RunTrace) -> DecodeEvictor:
         """Decode-time eviction for `policy`, starting from the compressed prompt (the tail is appended next)."""

@@ -25,6 +25,15 @@ class LayerTrace:
     buckets: for each representative, the candidate units it stands in for.
     blocks: `[n_blocks, 2]` start/end token positions of each block (block level only).
     kept: `[kv_heads, T]` kept context positions per KV head, ascending.
+
+    KVCrush beyond the paper (spec section 7; recorded on every KVCrush layer):
+    anchors: `[k, width]` bool, every anchor (`anchor` is `anchors[0]`); with k > 1, `distances` are
+    each unit's distance to its nearest anchor. unit_anchor: `[units]` int64, that nearest anchor's
+    index (the group of each candidate). bucket_anchor: `[buckets]` int64, the anchor of each bucket.
+    crush_fraction: the layer's crush fraction (the adaptive split moves it per layer).
+    merge_weights: with `merge="values"`, for each bucket `[kv_heads, members]` float32 softmax weights
+    of its members (in the bucket's order, each head's row sums to 1); the representative's value row in
+    the compressed cache is the weighted sum of the members' value rows (`merge_rows`). Empty otherwise.
     """
 
     layer: int
@@ -51,6 +60,11 @@ class LayerTrace:
     select_s: float = 0.0
     crush_s: float = 0.0
     protected: int = 0  # query-aware: the question's tokens at the end, always kept
+    anchors: torch.Tensor | None = None
+    unit_anchor: torch.Tensor | None = None
+    bucket_anchor: torch.Tensor | None = None
+    crush_fraction: float | None = None
+    merge_weights: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def middle_start(self) -> int:
@@ -72,6 +86,28 @@ class LayerTrace:
     def representative_tokens(self) -> torch.Tensor:
         return self.unit_tokens(self.representatives)
 
+    def merge_rows(self) -> MergeRows | None:
+        """The value merge of this layer as token rows (None when nothing is merged).
+
+        At block level token i of a representative block takes token i of each member block, weighted by
+        the member block's weight, so whole blocks stay aligned (paged caches).
+        """
+        if not self.merge_weights or self.representatives is None or not self.buckets:
+            return None
+        sizes = [int(b.numel()) for b in self.buckets]
+        slot = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.int64))
+        members = torch.cat(self.buckets).long()
+        targets = self.representatives.long()
+        weights = torch.cat(self.merge_weights, dim=1).float()
+        if self.granularity == "block" and self.blocks is not None:
+            size = self.block_size
+            within = torch.arange(size)
+            targets = (self.blocks[targets, 0][:, None] + within).reshape(-1)
+            members = (self.blocks[members, 0][:, None] + within).reshape(-1)
+            slot = (slot[:, None] * size + within).reshape(-1)
+            weights = weights.repeat_interleave(size, dim=1)
+        return MergeRows(targets, members, slot, weights)
+
     def token_status(self, head: int) -> torch.Tensor:
         """`[n_tokens]` status code of every context token for one KV head (see STATUS_NAMES)."""
         status = torch.full((self.n_tokens,), EVICTED, dtype=torch.int8)
@@ -83,6 +119,21 @@ class LayerTrace:
         if self.protected:
             status[self.n_tokens - self.protected :] = PROTECTED
         return status
+
+
+@dataclass
+class MergeRows:
+    """Which value rows merge into which (spec section 7, `merge="values"`), in token positions.
+
+    targets: `[R]` representative rows. members: `[P]` member rows. slot: `[P]` index into `targets` of
+    the row each member merges into. weights: `[kv_heads, P]` its weight per KV head (summing to 1 per
+    target and head). Merged row r of head h: `sum_{p: slot[p] = r} weights[h, p] * values[h, members[p]]`.
+    """
+
+    targets: torch.Tensor
+    members: torch.Tensor
+    slot: torch.Tensor
+    weights: torch.Tensor
 
 
 @dataclass
@@ -162,6 +213,7 @@ class GenerationResult:
     peak_cache_tokens: int | None = None  # the most tokens any head of any layer held while decoding
     cache_positions: list[Any] | None = None  # per layer `[kv_heads, slots]` true positions held at the end
     n_appended: int = 0  # tokens appended uncompressed after eviction (question and/or template suffix)
+    reference: Any = None  # `kvcrush.decoding.ReferenceScores` of the reference ids, when given
 
     @property
     def prefill_s(self) -> float:
@@ -202,5 +254,5 @@ def to_jsonable(value: Any) -> Any:
 
 __all__ = [
     "EVICTED", "SINK", "RECENT", "IMPORTANT", "REPRESENTATIVE", "PROTECTED", "STATUS_NAMES",
-    "LayerTrace", "RunTrace", "Timings", "GenerationResult", "to_jsonable", "asdict",
+    "LayerTrace", "MergeRows", "RunTrace", "Timings", "GenerationResult", "to_jsonable", "asdict",
 ]

@@ -11,6 +11,7 @@ from ui import embedding, export, page, pick, plots, runs
 from ui.units import bucket_table
 
 COLOR_BY = {"kept / evicted / representative": "status", "bucket": "bucket", "distance to the anchor": "distance"}
+ANCHOR_COLOR = {"nearest anchor": "anchor"}  # offered when the run grouped around several anchors
 
 
 def render(live: runs.LiveRun) -> None:
@@ -23,8 +24,14 @@ def render(live: runs.LiveRun) -> None:
         return
 
     unit = "block" if view.granularity == "block" else "token"
+    anchors = ""
+    if view.n_anchors > 1:
+        sizes = ", ".join(str(int(((view.groups == g) & view.candidate).sum())) for g in range(view.n_anchors))
+        anchors = (f" Grouped around {view.n_anchors} anchors ({trace.policy.get('anchor_mode', 'fixed')}); "
+                   f"candidates per anchor: {sizes}.")
     st.caption(f"Layer {layer_index}: {int(view.candidate.sum()):,} evicted candidate {unit}s, "
-               f"{len(layer.buckets)} buckets, {layer.crush_used:,} of {layer.crush:,} KVCrush tokens used.")
+               f"{len(layer.buckets)} buckets, {layer.crush_used:,} of {layer.crush:,} KVCrush tokens used."
+               + anchors)
     left, right = st.columns(2)
     with left:
         st.plotly_chart(plots.distance_histogram(view), key="grp_hist", config={"displayModeBar": False})
@@ -45,12 +52,15 @@ def render(live: runs.LiveRun) -> None:
     method = cols[0].radio("Projection", methods, index=methods.index(embedding.default_method()),
                            key="grp_projection",
                            help="UMAP (umap-learn, Hamming metric) is slow the first time; PCA is instant.")
-    color_label = cols[1].radio("Colour by", list(COLOR_BY), key="grp_color", horizontal=True)
+    color_by = {**COLOR_BY, **ANCHOR_COLOR} if view.n_anchors > 1 else COLOR_BY
+    if st.session_state.get("grp_color") not in (None, *color_by):  # "nearest anchor" left from a several-anchor run
+        del st.session_state["grp_color"]
+    color_label = cols[1].radio("Colour by", list(color_by), key="grp_color", horizontal=True)
     with st.spinner(f"Fitting {method} on {view.n_units:,} signatures (the first UMAP fit takes a while)…"):
         coords, used, note = embedding.embed(view.bits, method, seed=int(trace.policy.get("seed") or 0))
     cols[2].caption(f"{used}: {note}. Identical signatures are spread slightly so their count shows.")
     with st.container(key="embedding_view"):
-        st.plotly_chart(plots.embedding_scatter(coords, view, COLOR_BY[color_label], used), key="grp_map",
+        st.plotly_chart(plots.embedding_scatter(coords, view, color_by[color_label], used), key="grp_map",
                         config={"displayModeBar": False})
 
 

@@ -87,6 +87,11 @@ else:
         st.info("Choose policies and budgets, then press **Run sweep**.")
 
 st.subheader("Benchmark results")
+committed = benchmarks.latest_summary()
+if committed and committed.get("best"):
+    with st.expander(f"Committed results: {committed.get('mode', '')} run, verdicts and best system per budget "
+                     "(95% intervals)", expanded=False):
+        st.markdown(benchmarks.latest_verdicts(committed))
 files = benchmarks.find_csvs()
 if not files:
     st.caption("No benchmark CSV under benchmarks/ yet; the benchmark script writes them there.")

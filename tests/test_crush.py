@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import kvcrush
+from kvcrush import crush
 from kvcrush.crush import block_signatures, buckets, stable_top_indices
 from kvcrush.errors import PolicyError
 
@@ -89,3 +90,120 @@ def test_block_signatures_are_token_major():
     assert block_signatures(token_bits, 2).int().tolist() == [[1, 0, 0, 1], [1, 1, 0, 0]]
     with pytest.raises(ValueError):
         block_signatures(token_bits, 3)
+
+
+# --- Beyond the paper (spec section 7) ---------------------------------------------------------------
+
+def test_fixed_anchors_follow_the_spec_order_after_the_first():
+    bits = bits_from("1100 1110 0100")  # column means 2/3, 1, 1/3, 0 -> mean anchor 1100
+    anchors = crush.fixed_anchors(bits, 5, first="alternating", seed=3)
+    assert anchors.int().tolist()[:4] == [[0, 1, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+    assert torch.equal(anchors[4], kvcrush.anchor(bits, "random", seed=3))
+    assert torch.equal(crush.fixed_anchors(bits, 1, first="mean"), kvcrush.anchor(bits, "mean")[None])
+    more = crush.fixed_anchors(bits, 7, first="zeros", seed=3)  # past the five modes: more seeded random anchors
+    assert more.int().tolist()[:4] == [[0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 1], [1, 1, 0, 0]]
+    assert torch.equal(more[5], kvcrush.anchor(bits, "random", seed=4))
+    assert torch.equal(more[6], kvcrush.anchor(bits, "random", seed=5))
+    with pytest.raises(PolicyError):
+        crush.fixed_anchors(bits, 9)
+
+
+def test_nearest_anchor_breaks_ties_towards_the_lower_index():
+    bits = bits_from("1100 0011 1010 1111")
+    anchors = bits_from("1100 0011")
+    ids, distances = crush.nearest_anchor(bits, anchors)
+    assert ids.tolist() == [0, 1, 0, 0]  # 1010 and 1111 are 2 from both anchors
+    assert distances.tolist() == [0, 0, 2, 2]
+    one_ids, one = crush.nearest_anchor(bits, anchors[:1])
+    assert one_ids.tolist() == [0] * 4 and torch.equal(one, kvcrush.hamming(bits, anchors[0]))
+
+
+def test_kmeans_finds_two_clear_clusters_and_is_deterministic():
+    points = bits_from("111000 110000 111100 000111 001111 000011")
+    centroids = crush.kmeans_anchors(points, 2, seed=0)
+    assert sorted(centroids.int().tolist()) == [[0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0]]  # majority votes
+    for seed in range(5):
+        assert torch.equal(crush.kmeans_anchors(points, 3, seed), crush.kmeans_anchors(points, 3, seed))
+    assert crush.kmeans_anchors(points[:0], 2).shape == (2, 6)
+    # fewer distinct signatures than centroids: repeats, whose clusters stay empty
+    same = crush.kmeans_anchors(bits_from("1010 1010"), 3, seed=1)
+    assert same.int().tolist() == [[1, 0, 1, 0]] * 3
+
+
+def test_kmeans_majority_vote_tie_gives_zero():
+    points = bits_from("10 01")
+    assert crush.kmeans_anchors(points, 1, seed=0).int().tolist() == [[0, 0]]
+
+
+def test_anchor_set_kmeans_reads_only_the_candidates():
+    bits = bits_from("1111 1111 0000 0001")
+    anchors = crush.anchor_set(bits, "kmeans", 1, candidates=torch.tensor([2, 3]))
+    assert anchors.int().tolist() == [[0, 0, 0, 0]]
+    with pytest.raises(PolicyError):
+        crush.anchor_set(bits, "median", 2)
+
+
+def test_share_out_largest_remainders():
+    # quotas 2.4, 1.2, 0.4 -> floors 2, 1, 0; one left: remainders .4, .2, .4 tie -> the lower index
+    assert crush.share_out([6, 3, 1], 4) == [3, 1, 0]
+    assert crush.share_out([5, 5], 3) == [2, 1]
+    assert crush.share_out([2, 0, 1], 10) == [2, 0, 1]  # more than the candidates: each group whole
+    assert crush.share_out([0, 0], 3) == [0, 0] and crush.share_out([4, 4], 0) == [0, 0]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        sizes = torch.randint(0, 9, (int(torch.randint(1, 9, (1,), generator=generator)),), generator=generator)
+        total = int(torch.randint(0, 40, (1,), generator=generator))
+        shares = crush.share_out(sizes.tolist(), total)
+        assert sum(shares) == min(total, int(sizes.sum()))
+        assert all(0 <= s <= n for s, n in zip(shares, sizes.tolist(), strict=True))
+        if sizes.sum() and total <= sizes.sum():  # every share within one of its exact quota
+            quotas = [total * n / int(sizes.sum()) for n in sizes.tolist()]
+            assert all(abs(s - q) < 1 for s, q in zip(shares, quotas, strict=True))
+
+
+def test_group_by_anchor_with_one_anchor_is_step_7():
+    distances = torch.tensor([5, 1, 1, 0, 3, 1])
+    candidates = torch.tensor([0, 1, 2, 3, 4, 5])
+    picks, groups, owners = crush.group_by_anchor(distances, torch.zeros(6, dtype=torch.long), candidates, 3, 1)
+    expected_picks, expected_groups = crush.group(distances, candidates, 3)
+    assert torch.equal(picks, expected_picks) and owners.tolist() == [0, 0, 0]
+    assert [g.tolist() for g in groups] == [g.tolist() for g in expected_groups]
+
+
+def test_group_by_anchor_spaces_picks_within_each_group():
+    # units 0..7; anchor 0 owns 0, 2, 4, 6 (distances 3, 1, 2, 0), anchor 1 owns 1, 3 (distances 1, 1)
+    distances = torch.tensor([3, 1, 1, 1, 2, 9, 0, 9])
+    unit_anchor = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    candidates = torch.tensor([0, 1, 2, 3, 4, 6])
+    picks, groups, owners = crush.group_by_anchor(distances, unit_anchor, candidates, 3, 2)
+    # group 0 order by (d, i): 6, 2, 4, 0 -> 2 picks, step 2: 6, 4; group 1: 1, 3 -> 1 pick: 1
+    assert picks.tolist() == [6, 4, 1]
+    assert [g.tolist() for g in groups] == [[6, 2], [4, 0], [1, 3]]
+    assert owners.tolist() == [0, 0, 1]
+
+
+def test_best_in_buckets_takes_the_highest_score_lower_index_on_ties():
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.9, float("nan"), 0.2])
+    groups = [torch.tensor([0, 3, 1]), torch.tensor([2]), torch.tensor([4, 5])]
+    assert crush.best_in_buckets(groups, scores).tolist() == [1, 2, 5]
+    assert crush.best_in_buckets([], scores).numel() == 0
+
+
+def test_merge_weights_are_the_softmax_of_member_scores_per_head():
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0], [5.0, 5.0, 5.0, 0.0]])
+    weights, sizes = crush.merge_weights([torch.tensor([2, 0]), torch.tensor([3])], scores)
+    assert sizes == [2, 1] and weights.shape == (2, 3)
+    expected = torch.softmax(torch.tensor([2.0, 0.0]), dim=0)
+    assert torch.allclose(weights[0, :2], expected) and torch.allclose(weights[1, :2], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(weights[:, 2], torch.ones(2))
+
+
+def test_top_share_and_adaptive_fractions():
+    scores = torch.tensor([[1.0, 1.0, 3.0, 5.0]])  # minus the minimum: 0, 0, 2, 4 -> top 1 holds 4 of 6
+    assert crush.top_share(scores, 1).item() == pytest.approx(4 / 6)
+    assert crush.top_share(torch.ones(2, 4), 1).item() == pytest.approx(1 / 4)  # no mass: an even spread
+    fractions = crush.adaptive_fractions(0.25, [0.2, 0.6, None, 0.4])
+    assert fractions == pytest.approx([0.125, 0.375, 0.25, 0.25])
+    assert sum(fractions[i] for i in (0, 1, 3)) / 3 == pytest.approx(0.25)
+    assert crush.adaptive_fractions(0.5, [0.1, 1.9]) == pytest.approx([0.05, 0.9])  # clipped at 0.9
+    assert crush.adaptive_fractions(0.25, [0.0, 0.0]) == [0.25, 0.25]

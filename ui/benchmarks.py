@@ -36,6 +36,28 @@ def load(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+LATEST = ROOT / "results" / "latest"
+
+
+def latest_summary(root: Path | None = None) -> dict | None:
+    """The committed benchmark run's summary.json (benchmarks/results/latest), or None."""
+    import json
+
+    path = (LATEST if root is None else root) / "summary.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def latest_verdicts(summary: dict) -> str:
+    """The committed run's verdicts and best-system table, as the report writes them (markdown)."""
+    from benchmarks.report import best_table
+    from benchmarks.verdicts import verdicts_markdown
+
+    return verdicts_markdown(summary) + "\n\n### Best system per budget\n\n" + best_table(summary.get("best", []))
+
+
 def guess(frame: pd.DataFrame) -> tuple[str | None, str | None, str | None]:
     """(x, y, colour) column guesses for a quality-versus-budget plot."""
     numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]

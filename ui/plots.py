@@ -21,7 +21,7 @@ from ui.colors import (
     policy_color,
     status_colorscale,
 )
-from ui.units import UnitView
+from ui.units import UnitView, candidate_order
 
 N_STATUS = len(STATUS_NAMES)
 # Status names per cell cost about 11 bytes each in the chart spec: a 30-layer x 2k-token strip was 690 KB,
@@ -137,41 +137,78 @@ def distance_histogram(view: UnitView) -> go.Figure:
         fig.add_trace(go.Histogram(x=view.distances[mask], name=f"{name} ({int(mask.sum())})", marker_color=color,
                                    xbins=dict(start=-0.5, size=1), visible=visible))
     fig.update_layout(barmode="stack", bargap=0.05)
-    fig.update_xaxes(title="Hamming distance to the anchor")
+    anchor = "its nearest anchor" if view.n_anchors > 1 else "the anchor"
+    fig.update_xaxes(title=f"Hamming distance to {anchor}")
     fig.update_yaxes(title="units")
-    return _layout(fig, 330, title="Distance of the evicted candidates to the anchor",
+    return _layout(fig, 330, title=f"Distance of the evicted candidates to {anchor}",
                    legend=dict(orientation="h", y=-0.25))
 
 
+def anchor_color(index: int) -> str:
+    """Colour of anchor `index`'s group: the categorical sequence without the representatives' orange."""
+    palette = [c for c in SEQUENCE if c != STATUS_COLORS[REPRESENTATIVE]]
+    return palette[index % len(palette)]
+
+
+def _anchor_groups(fig: go.Figure, view: UnitView, ranked: np.ndarray, text: list[str]) -> None:
+    """One trace per anchor's group of candidates (several anchors), coloured by anchor."""
+    groups = view.groups[ranked]
+    for g in range(view.n_anchors):
+        rows = np.flatnonzero(groups == g)
+        fig.add_trace(go.Scattergl(
+            x=rows, y=view.distances[ranked][rows], mode="markers", name=f"anchor {g} ({len(rows)})",
+            marker=dict(color=anchor_color(g), size=6), text=[text[i] for i in rows],
+            hovertemplate="%{text}<extra></extra>",
+        ))
+
+
 def bucket_figure(view: UnitView) -> go.Figure:
-    """Candidates in KVCrush's order (distance, position): buckets alternate colours, stars are representatives."""
-    candidates = np.flatnonzero(view.candidate)
-    ranked = candidates[np.lexsort((view.starts[candidates], view.distances[candidates]))]
-    buckets = view.bucket[ranked]
-    colors = [bucket_color(int(b)) if b >= 0 else "#cccccc" for b in buckets]
+    """Candidates in KVCrush's order (distance, position): buckets alternate colours, stars are representatives.
+
+    With several anchors the order is group after group (nearest anchor, then distance to it, then
+    position) and colours tell the anchors' groups apart.
+    """
+    ranked = candidate_order(view)
+    several = view.n_anchors > 1
     text = [f"#{view.starts[i]} {view.labels[i]}<br>bucket {view.bucket[i]} · distance {view.distances[i]}"
-            for i in ranked]
-    fig = go.Figure(go.Scattergl(
-        x=np.arange(len(ranked)), y=view.distances[ranked], mode="markers", name="evicted candidate",
-        marker=dict(color=colors, size=6), text=text, hovertemplate="%{text}<extra></extra>",
-    ))
+            + (f" · anchor {view.groups[i]}" if several else "") for i in ranked]
+    fig = go.Figure()
+    if several:
+        _anchor_groups(fig, view, ranked, text)
+    else:
+        colors = [bucket_color(int(b)) if b >= 0 else "#cccccc" for b in view.bucket[ranked]]
+        fig.add_trace(go.Scattergl(
+            x=np.arange(len(ranked)), y=view.distances[ranked], mode="markers", name="evicted candidate",
+            marker=dict(color=colors, size=6), text=text, hovertemplate="%{text}<extra></extra>",
+        ))
     reps = np.flatnonzero(view.status[ranked] == REPRESENTATIVE)
     fig.add_trace(go.Scattergl(
         x=reps, y=view.distances[ranked][reps], mode="markers", name="representative",
         marker=dict(symbol="star", size=13, color=STATUS_COLORS[REPRESENTATIVE], line=dict(color="#000", width=1)),
         text=[text[i] for i in reps], hovertemplate="representative<br>%{text}<extra></extra>",
     ))
-    fig.update_xaxes(title="candidate rank (sorted by distance, then position)")
-    fig.update_yaxes(title="distance to anchor")
-    return _layout(fig, 330, title="Buckets along the distance order", legend=dict(orientation="h", y=-0.25))
+    order_text = "nearest anchor, distance, then position" if several else "distance, then position"
+    fig.update_xaxes(title=f"candidate rank (sorted by {order_text})")
+    fig.update_yaxes(title="distance to its anchor" if several else "distance to anchor")
+    title = f"Buckets of {view.n_anchors} anchors' groups" if several else "Buckets along the distance order"
+    return _layout(fig, 330, title=title, legend=dict(orientation="h", y=-0.25))
 
 
 def embedding_scatter(coords: np.ndarray, view: UnitView, color_by: str, method: str) -> go.Figure:
-    """2-D map of the signatures; colour by status, bucket or distance; representatives as stars."""
-    text = np.array([f"#{s} {label}<br>distance {d} · bucket {b}"
-                     for s, label, d, b in zip(view.starts, view.labels, view.distances, view.bucket, strict=True)])
+    """2-D map of the signatures; colour by status, bucket, distance or nearest anchor; representatives as stars."""
+    several = view.n_anchors > 1
+    text = np.array([f"#{s} {label}<br>distance {d} · bucket {b}" + (f" · anchor {g}" if several else "")
+                     for s, label, d, b, g in zip(view.starts, view.labels, view.distances, view.bucket, view.groups,
+                                                  strict=True)])
     fig = go.Figure()
-    if color_by == "bucket":
+    if color_by == "anchor":
+        for g in range(view.n_anchors):
+            mask = view.groups == g
+            fig.add_trace(go.Scattergl(x=coords[mask, 0], y=coords[mask, 1], mode="markers",
+                                       name=f"nearest anchor {g} ({int(mask.sum())})",
+                                       marker=dict(color=anchor_color(g), size=6), text=text[mask],
+                                       hovertemplate="%{text}<extra></extra>"))
+    elif color_by == "bucket":
         outside = view.bucket < 0
         fig.add_trace(go.Scattergl(x=coords[outside, 0], y=coords[outside, 1], mode="markers", name="not a candidate",
                                    marker=dict(color="#d9d9d9", size=5), text=text[outside],
@@ -270,15 +307,22 @@ def memory_curve(tokens: Sequence[int], full: Sequence[float], compressed: Seque
 
 
 def benchmark_figure(frame, x: str, y: str, color: str | None) -> go.Figure:
-    """Mean of `y` per `x` (and per `color` group), one line per group."""
+    """Mean of `y` per `x` (and per `color` group), one line per group; where the file has the 95%
+    interval of `y` (`y_low`/`y_high`, or `score_low`/`score_high` for `score`), as error bars."""
+    low, high = (f"{y}_low", f"{y}_high")
     keys = [color, x] if color else [x]
-    means = frame.groupby(keys, dropna=False)[y].mean().reset_index()
+    columns = [y] + ([low, high] if low in frame and high in frame else [])
+    means = frame.groupby(keys, dropna=False)[columns].mean().reset_index()
     fig = go.Figure()
     groups = means.groupby(color, dropna=False) if color else [("all", means)]
     for name, part in groups:
         part = part.sort_values(x)
         label = str(name[0] if isinstance(name, tuple) else name)
-        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=label,
+        error = None
+        if low in part and high in part:
+            error = dict(type="data", symmetric=False, array=(part[high] - part[y]).tolist(),
+                         arrayminus=(part[y] - part[low]).tolist(), thickness=1)
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=label, error_y=error,
                                  line=dict(color=policy_color(label)) if color == "policy" else None))
     fig.update_xaxes(title=x)
     fig.update_yaxes(title=f"mean {y}")

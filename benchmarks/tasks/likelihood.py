@@ -26,8 +26,8 @@ _OFFSET_RANGE = 200_000
 @dataclass(frozen=True)
 class LikelihoodSettings:
     context_tokens: int = 2048
-    continuation_tokens: int = 128
-    samples: int = 5
+    continuation_tokens: int = 64
+    samples: int = 20
     seed: int = 0
 
 

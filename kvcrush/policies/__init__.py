@@ -10,6 +10,7 @@ from kvcrush.errors import PolicyError
 from kvcrush.policies.base import Policy
 from kvcrush.policies.full import FullCache
 from kvcrush.policies.h2o import HeavyHitters
+from kvcrush.policies.keydiff import KeyDiff
 from kvcrush.policies.knorm import KeyNorm
 from kvcrush.policies.kvcrush import KVCrush
 from kvcrush.policies.pyramidkv import PyramidKV
@@ -20,7 +21,7 @@ from kvcrush.policies.tova import TOVA
 
 BASELINES: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (FullCache, RandomEviction, StreamingLLM, HeavyHitters, SnapKV, PyramidKV, TOVA, KeyNorm)
+    for cls in (FullCache, RandomEviction, StreamingLLM, HeavyHitters, SnapKV, PyramidKV, TOVA, KeyNorm, KeyDiff)
 }
 POLICIES: dict[str, type[Policy]] = {**BASELINES, KVCrush.name: KVCrush}
 BASE_CHOICES = tuple(name for name in BASELINES if name != "full")
@@ -69,5 +70,5 @@ def _build(cls: type[Policy], budget: float | int, options: dict[str, Any]) -> P
 
 __all__ = [
     "Policy", "FullCache", "RandomEviction", "StreamingLLM", "HeavyHitters", "SnapKV", "PyramidKV", "TOVA",
-    "KeyNorm", "KVCrush", "BASELINES", "POLICIES", "BASE_CHOICES", "make_policy",
+    "KeyNorm", "KeyDiff", "KVCrush", "BASELINES", "POLICIES", "BASE_CHOICES", "make_policy",
 ]

@@ -14,7 +14,7 @@ any number of selections (`kvcrush.prepare`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -60,6 +60,9 @@ class MiddleSelection:
     blocks: torch.Tensor | None = None
     extra_recent: int = 0
     crush_s: float = 0.0
+    # More `LayerTrace` fields by name, copied onto the trace as given (tensors moved to the CPU): what a
+    # policy records beyond the fields above (KVCrush's anchors and merge weights, spec section 7).
+    trace_fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,6 +118,26 @@ class Policy:
     def crush_fraction_for_plan(self) -> float:
         return 0.0
 
+    def layer_crush_fractions(self, per_layer_scores: list[torch.Tensor | None],
+                              layers: list[LayerInputs]) -> list[float] | None:
+        """Per-layer crush fractions that depend on every layer's scores (default None: the policy's own).
+
+        A selection that sees every layer at once (`PreparedPrompt.select`) calls this with each layer's
+        scores (`[heads, n_context]`, None where the plan is a no-op) before selecting any layer, and
+        passes entry i to layer i's `select(..., crush_fraction=...)`. KVCrush's adaptive split
+        (spec section 7) is the user. A policy that overrides this should say so in `needs_all_layers`.
+        """
+        return None
+
+    def needs_all_layers(self) -> bool:
+        """Whether selection needs `layer_crush_fractions`, i.e. every layer's scores before any layer.
+
+        True refuses `compress` (one layer alone, as kvpress's hooks call it) rather than silently
+        selecting something else than asked. Decode-time eviction re-evicts a layer alone and uses the
+        policy's own split (see the policy's option help).
+        """
+        return False
+
     def scorer_key(self) -> tuple:
         """What determines `score()`'s output: the scorer's name and the values of its `scorer=True` options.
 
@@ -168,6 +191,10 @@ class Policy:
 
     def compress(self, layer: LayerInputs) -> LayerTrace:
         """Score one layer and decide which context tokens each KV head keeps (`score` then `select`)."""
+        if self.needs_all_layers():
+            raise PolicyError(f"This {self.name} policy's selection needs every layer's scores at once (e.g. "
+                              "kvcrush's split='adaptive'), so it cannot compress one layer alone (kvpress "
+                              "hooks): use kvcrush.prepare(...).select/generate, or the fixed split.")
         if not self.evicts or self.plan(layer).no_op:
             return self.select(None, layer)
         start = time.perf_counter()
@@ -180,22 +207,27 @@ class Policy:
     def supports_decode_eviction(self) -> bool:
         return self.decode_eviction
 
-    def plan(self, layer: LayerInputs, budget_tokens: int | None = None) -> BudgetPlan:
-        """This layer's budget split (cheap: no scores needed); `budget_tokens` overrides the policy's budget."""
+    def plan(self, layer: LayerInputs, budget_tokens: int | None = None,
+             crush_fraction: float | None = None) -> BudgetPlan:
+        """This layer's budget split (cheap: no scores needed); `budget_tokens` overrides the policy's budget,
+        `crush_fraction` its crush fraction (`layer_crush_fractions`)."""
         if budget_tokens is None:
             budget_tokens = self.layer_budget(layer.n_context, layer.layer_idx, layer.n_layers)
+        if crush_fraction is None:
+            crush_fraction = self.crush_fraction_for_plan()
         recent = max(self.recent_tokens(layer), layer.protected_tail)
-        return plan_budget(layer.n_context, budget_tokens, self.sink, recent, self.crush_fraction_for_plan())
+        return plan_budget(layer.n_context, budget_tokens, self.sink, recent, crush_fraction)
 
     def select(self, head_scores: torch.Tensor | None, layer: LayerInputs,
-               budget_tokens: int | None = None) -> LayerTrace:
+               budget_tokens: int | None = None, crush_fraction: float | None = None) -> LayerTrace:
         """Decide the kept tokens of one layer from its scores `[query_heads or kv_heads, n_context]`.
 
         `head_scores` may be None when the plan is a no-op (budget >= prompt) or the policy never evicts.
-        `budget_tokens` overrides the policy's budget for this layer (decode-time eviction).
+        `budget_tokens` overrides the policy's budget for this layer (decode-time eviction);
+        `crush_fraction` its split (this layer's entry of `layer_crush_fractions`).
         """
         n_context = layer.n_context
-        plan = self.plan(layer, budget_tokens)
+        plan = self.plan(layer, budget_tokens, crush_fraction)
         if plan.no_op or not self.evicts:
             everything = torch.arange(n_context).expand(layer.kv_heads, n_context).clone()
             return LayerTrace(layer.layer_idx, n_context, n_context, plan.sink, n_context - plan.sink, 0, 0, 0,
@@ -215,7 +247,7 @@ class Policy:
                 return None
             return units.to("cpu") + (lo if selection.blocks is None else 0)
 
-        return LayerTrace(
+        trace = LayerTrace(
             layer=layer.layer_idx,
             n_tokens=n_context,
             budget=plan.budget,
@@ -240,3 +272,6 @@ class Policy:
             crush_s=selection.crush_s,
             protected=layer.protected_tail,
         )
+        for name, value in selection.trace_fields.items():
+            setattr(trace, name, _on_cpu(value) if isinstance(value, torch.Tensor) else value)
+        return trace

@@ -15,12 +15,21 @@ score is the sum of its tokens' scores, its signature the token-major concatenat
 and whole blocks are kept. The `M mod block_size` middle tokens next to the recent window cannot
 form a block and stay with the recent window, so every head keeps the same number of tokens,
 `sink + recent + (M mod B) + whole blocks <= T`, short of `T` by less than one block.
+
+Beyond the paper (spec section 7; every option off by default, where results are the paper's):
+`representative="best"` keeps each bucket's best-scored member; `split="adaptive"` moves each layer's
+split by how concentrated its scores are (needs every layer's scores first: `layer_crush_fractions`);
+`anchors=k` groups candidates around several anchors (the KVCrush paper's future work), fixed modes or
+k-means; `merge="values"` folds each bucket's values into its representative's value row, as CaM
+(Zhang et al. 2024) and D2O (Wan et al. 2024) merge evicted entries into kept ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -31,21 +40,42 @@ from kvcrush.errors import BudgetError, PolicyError
 from kvcrush.policies.base import MiddleSelection, Policy
 from kvcrush.policies.options import option
 from kvcrush.policies.snapkv import SnapKV
+from kvcrush.trace import LayerTrace
 
 SIGNATURE_HEADS = ("query", "kv")
 GRANULARITIES = ("token", "block")
+REPRESENTATIVES = ("spaced", "best")
+SPLITS = ("fixed", "adaptive")
+MERGES = ("none", "values")
+ADAPTIVE_CEILING = 0.9  # spec section 7: a layer's adaptive crush fraction is clipped to [0, 0.9]
 
 
 @dataclass
 class _Grouping:
-    """Signatures, anchor, distances, candidates and picks over units (tokens or blocks)."""
+    """Signatures, anchors, distances, candidates and picks over units (tokens or blocks).
+
+    anchors: `[k, width]`; unit_anchor / distances: `[units]` each unit's nearest anchor and its
+    distance to it; bucket_anchor: `[buckets]`; merge: joined `[kv_heads, P]` weights and bucket sizes.
+    """
 
     bits: torch.Tensor
-    anchor: torch.Tensor
+    anchors: torch.Tensor
+    unit_anchor: torch.Tensor
     distances: torch.Tensor
     candidates: torch.Tensor
     representatives: torch.Tensor
     buckets: list[torch.Tensor]
+    bucket_anchor: torch.Tensor
+    merge: tuple[torch.Tensor, list[int]] | None = None
+
+    def trace_fields(self, crush_fraction: float) -> dict[str, Any]:
+        """The LayerTrace fields beyond `MiddleSelection`'s own (spec section 7)."""
+        extra: dict[str, Any] = {"anchors": self.anchors, "unit_anchor": self.unit_anchor,
+                                 "bucket_anchor": self.bucket_anchor, "crush_fraction": float(crush_fraction)}
+        if self.merge is not None:
+            weights, sizes = self.merge
+            extra["merge_weights"] = list(torch.split(weights.to("cpu"), sizes, dim=1))  # one copy, then views
+        return extra
 
 
 @dataclass
@@ -64,7 +94,30 @@ class KVCrush(Policy):
     granularity: str = option("token", "token, or block: whole blocks of block_size tokens (paged caches).",
                               choices=GRANULARITIES)
     block_size: int = option(16, "Tokens per block at block granularity.", minimum=1, maximum=256)
-    seed: int = option(0, "Seed of the random anchor.", minimum=0, maximum=2**31 - 1)
+    seed: int = option(0, "Seed of the random anchor (and of k-means anchors).", minimum=0, maximum=2**31 - 1)
+    representative: str = option(
+        "spaced", "Beyond the paper: which bucket member stands in for it. spaced: the first in distance order "
+        "(the paper); best: the member with the highest base score (mean over KV heads; ties: lower index).",
+        choices=REPRESENTATIVES)
+    split: str = option(
+        "fixed", "Beyond the paper: fixed: every layer gives crush_fraction of its evictable budget to "
+        "representatives (the paper); adaptive: layers whose top tokens hold less of the score mass give more "
+        "(crush_fraction x (1 - c) / mean over layers of (1 - c), clipped to [0, 0.9]; T unchanged). Needs every "
+        "layer's scores, so only a prepared prompt's selection uses it: decode-time eviction re-evicts one layer "
+        "at a time with the fixed split, and kvpress hooks (one layer at a time) refuse it.", choices=SPLITS)
+    anchors: int = option(
+        1, "Beyond the paper (its future work): group evicted tokens around this many anchors; each group gets "
+        "representatives in proportion to its size. 1: the paper's single anchor.", minimum=1,
+        maximum=crush.MAX_ANCHORS)
+    anchor_mode: str = option(
+        "fixed", "Beyond the paper: with several anchors, fixed: anchor's mode, then zeros, ones, alternating, "
+        "mean, random (skipping it; more random ones past five); kmeans: seeded k-means centroids (Hamming, "
+        "majority vote, 10 iterations) of the evicted tokens' signatures.", choices=crush.ANCHOR_SET_MODES)
+    merge: str = option(
+        "none", "Beyond the paper (after CaM and D2O): values: each representative's value row becomes the "
+        "softmax(base score)-weighted sum of its bucket's values, per KV head; keys unchanged, still T rows. "
+        "Applied wherever a selection is gathered: the prompt's compression, each decode-time eviction and "
+        "kvpress hooks.", choices=MERGES)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,8 +133,19 @@ class KVCrush(Policy):
             raise PolicyError(f"granularity must be 'token' or 'block', got {self.granularity!r}.")
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise BudgetError(f"block_size must be a whole number of tokens >= 1, got {self.block_size!r}.")
+        self._check_beyond_paper()
         self.base.budget = self.budget
         self.sink = self.base.sink
+
+    def _check_beyond_paper(self) -> None:
+        """Validate the spec section 7 options."""
+        for name, allowed in (("representative", REPRESENTATIVES), ("split", SPLITS),
+                              ("anchor_mode", crush.ANCHOR_SET_MODES), ("merge", MERGES)):
+            if getattr(self, name) not in allowed:
+                raise PolicyError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}.")
+        if isinstance(self.anchors, bool) or not isinstance(self.anchors, int) \
+                or not 1 <= self.anchors <= crush.MAX_ANCHORS:
+            raise PolicyError(f"anchors must be a whole number from 1 to {crush.MAX_ANCHORS}, got {self.anchors!r}.")
 
     # The base decides what matters; KVCrush only changes how the budget is spent.
     def score(self, layer: LayerInputs) -> torch.Tensor:
@@ -115,19 +179,67 @@ class KVCrush(Policy):
     def crush_fraction_for_plan(self) -> float:
         return float(self.crush_fraction)
 
+    def needs_all_layers(self) -> bool:
+        return self.split == "adaptive"
+
+    def layer_crush_fractions(self, per_layer_scores: list[torch.Tensor | None],
+                              layers: list[LayerInputs]) -> list[float] | None:
+        """`split="adaptive"` (spec section 7): each layer's crush fraction from every layer's scores.
+
+        c = the share of the middle's base-score mass (scores minus each KV head's minimum, summed over
+        KV heads) that each head's top `T_imp` tokens hold at the fixed split; the layer's fraction is
+        `crush_fraction * (1 - c) / mean over layers of (1 - c)`, clipped to [0, 0.9]. Measured on token
+        scores at both granularities (at block level it says how concentrated the layer is just the same).
+        Layers that keep everything stay out of the mean. None with the fixed split.
+        """
+        if self.split != "adaptive":
+            return None
+        shares: list[torch.Tensor | None] = []
+        for scores, layer in zip(per_layer_scores, layers, strict=True):
+            plan = self.plan(layer)
+            if scores is None or plan.no_op or plan.middle_end <= plan.middle_start:
+                shares.append(None)
+                continue
+            kv_scores = self.kv_scores(scores.float(), layer)[:, plan.middle_start : plan.middle_end]
+            shares.append(crush.top_share(kv_scores, plan.importance))
+        known = [share for share in shares if share is not None]
+        values = iter(torch.stack(known).tolist() if known else [])  # one host sync for every layer
+        spreads = [None if share is None else 1.0 - next(values) for share in shares]
+        return crush.adaptive_fractions(float(self.crush_fraction), spreads, ADAPTIVE_CEILING)
+
+    def select(self, head_scores: torch.Tensor | None, layer: LayerInputs, budget_tokens: int | None = None,
+               crush_fraction: float | None = None) -> LayerTrace:
+        """`Policy.select`; `crush_fraction` (from `layer_crush_fractions`) replaces this layer's split.
+
+        Without it (a layer selected alone: decode-time eviction) the fixed `crush_fraction` applies,
+        whatever `split` says. The override runs on a copy, so the block path sees it too.
+        """
+        if crush_fraction is not None and float(crush_fraction) != float(self.crush_fraction):
+            layer_policy = dataclasses.replace(self, crush_fraction=float(crush_fraction))
+            return layer_policy.select(head_scores, layer, budget_tokens)
+        return super().select(head_scores, layer, budget_tokens)
+
     def _signature_scores(self, kv_scores: torch.Tensor, head_scores: torch.Tensor) -> torch.Tensor:
         """Key-only bases (knorm, random, streaming) score per KV head, so both choices coincide."""
         return kv_scores if self.signature_heads == "kv" else head_scores
 
-    def _group(self, bits: torch.Tensor, kept_units: torch.Tensor, n_units: int, count: int) -> _Grouping:
-        """Steps 3, 5, 6, 7: candidates are units no head kept; pick `count` along the distance order."""
+    def _group(self, bits: torch.Tensor, kept_units: torch.Tensor, n_units: int, count: int,
+               unit_scores: torch.Tensor) -> _Grouping:
+        """Steps 3, 5, 6, 7 (and section 7's variants): candidates are units no head kept; pick `count`.
+
+        unit_scores: `[kv_heads, units]` base scores of the units (block scores at block level), read by
+        `representative="best"` and `merge="values"` only.
+        """
         kept_any = torch.zeros(n_units, dtype=torch.bool, device=bits.device)
         kept_any[kept_units.reshape(-1)] = True
         candidates = (~kept_any).nonzero().flatten()
-        anchor_bits = crush.anchor(bits, self.anchor, self.seed)
-        distances = crush.hamming(bits, anchor_bits)
-        picks, groups = crush.group(distances, candidates, count)
-        return _Grouping(bits, anchor_bits, distances, candidates, picks, groups)
+        anchors = crush.anchor_set(bits, self.anchor_mode, self.anchors, self.seed, self.anchor, candidates)
+        unit_anchor, distances = crush.nearest_anchor(bits, anchors)
+        picks, groups, bucket_anchor = crush.group_by_anchor(distances, unit_anchor, candidates, count, self.anchors)
+        if self.representative == "best":
+            picks = crush.best_in_buckets(groups, unit_scores.float().mean(dim=0))
+        merge = crush.merge_weights(groups, unit_scores) if self.merge == "values" else None
+        return _Grouping(bits, anchors, unit_anchor, distances, candidates, picks, groups, bucket_anchor, merge)
 
     @staticmethod
     def _fill(order: torch.Tensor, representatives: torch.Tensor, count: int, n_importance: int) -> torch.Tensor:
@@ -154,14 +266,14 @@ class KVCrush(Policy):
         order = crush.stable_top_indices(middle_kv_scores, n_middle)
         start = time.perf_counter()
         bits = crush.signatures(self._signature_scores(middle_kv_scores, middle_head_scores))
-        grouping = self._group(bits, order[:, : plan.importance], n_middle, plan.crush)
+        grouping = self._group(bits, order[:, : plan.importance], n_middle, plan.crush, middle_kv_scores)
         picks = grouping.representatives
         kept = self._fill(order, picks, plan.middle_budget - picks.numel(), plan.importance)
         crush_s = time.perf_counter() - start
         return MiddleSelection(
-            kept=kept, crush_used=int(picks.numel()), signatures=bits, anchor=grouping.anchor,
+            kept=kept, crush_used=int(picks.numel()), signatures=bits, anchor=grouping.anchors[0],
             distances=grouping.distances, candidates=grouping.candidates, representatives=picks,
-            buckets=grouping.buckets, crush_s=crush_s,
+            buckets=grouping.buckets, crush_s=crush_s, trace_fields=grouping.trace_fields(self.crush_fraction),
         )
 
     def _select_blocks(
@@ -187,7 +299,7 @@ class KVCrush(Policy):
         signature_scores = self._signature_scores(middle_kv_scores, middle_head_scores)[:, :whole]
         token_bits = crush.signatures(signature_scores)
         grouping = self._group(crush.block_signatures(token_bits, size), order[:, : n_keep - n_crush], n_blocks,
-                               n_crush)
+                               n_crush, block_scores)
         picks = grouping.representatives
         kept_blocks = self._fill(order, picks, n_keep - picks.numel(), n_keep - n_crush)
         device = kept_blocks.device
@@ -195,8 +307,8 @@ class KVCrush(Policy):
         crush_s = time.perf_counter() - start
         starts = torch.arange(n_blocks) * size
         return MiddleSelection(
-            kept=kept, crush_used=int(picks.numel()) * size, signatures=token_bits, anchor=grouping.anchor,
+            kept=kept, crush_used=int(picks.numel()) * size, signatures=token_bits, anchor=grouping.anchors[0],
             distances=grouping.distances, candidates=grouping.candidates, representatives=picks,
             buckets=grouping.buckets, blocks=torch.stack([starts, starts + size], dim=1),
-            extra_recent=leftover, crush_s=crush_s,
+            extra_recent=leftover, crush_s=crush_s, trace_fields=grouping.trace_fields(self.crush_fraction),
         )

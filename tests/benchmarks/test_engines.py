@@ -31,7 +31,7 @@ def _item(ids: list[int], reference: bool = False) -> Item:
     if reference:
         return Item("likelihood", "test", N_CONTEXT, "ref", EncodedPrompt(context, []),
                     reference_ids=ids[N_CONTEXT + N_QUESTION :])
-    return Item("needle", "test", N_CONTEXT, "dec", EncodedPrompt(context, question), answers=("1234567",),
+    return Item("agreement", "test", N_CONTEXT, "dec", EncodedPrompt(context, question), answers=("1234567",),
                 max_new_tokens=6)
 
 
@@ -103,7 +103,7 @@ def test_kvpress_and_our_engine_decode_through_the_same_loop(tiny_lm, ids):
                  "_synchronize", "kv_fraction"):
         assert not hasattr(kvpress_runner, gone), gone
     assert kvpress_runner.cache_bytes is kvcache.cache_bytes  # one byte counter
-    assert kvpress_runner.continuation_nll is decoding.continuation_nll
+    assert kvpress_runner.score_reference is decoding.score_reference
 
 def test_kvcrush_overhead_is_policy_time_minus_its_base_on_the_same_scores(tiny_lm, ids):
     item = _item(ids)

@@ -13,8 +13,10 @@ from benchmarks.kvpress_runner import (
     KVPRESS_PRESSES,
     make_press,
     prefill_with_press,
+    prefill_with_presses,
     press_kept_indices,
     run_press,
+    run_presses,
 )
 
 N_CONTEXT = 200
@@ -135,8 +137,11 @@ def test_kept_indices_match_the_compressed_cache(tiny_llama, token_ids, press_na
         tiny_llama, make_press(press_name, 0.5), context, eager=press_name in EAGER_PRESSES
     )
     assert len(kept) == 2
+    if press_name == "pyramidkv":  # budgets shrink with depth (136 then 64 here), same total
+        assert [layer.keys.shape[2] for layer in press_cache.layers] == [136, 64]
     for indices, full, pressed in zip(kept, full_cache.layers, press_cache.layers, strict=True):
-        assert indices.shape == (2, N_CONTEXT // 2)
+        expected_kept = pressed.keys.shape[2] if press_name == "pyramidkv" else N_CONTEXT // 2
+        assert indices.shape == (2, expected_kept)
         assert torch.all(indices[:, 1:] > indices[:, :-1])  # sorted, unique
         # the press's cached keys are exactly the full keys at these indices (in top-k order)
         for head in range(2):
@@ -172,3 +177,96 @@ def test_kept_indices_ratio_zero_keeps_everything(tiny_llama, token_ids):
     for indices in press_kept_indices(tiny_llama, "snapkv", 0.0, context):
         assert indices.shape == (2, N_CONTEXT)
         assert torch.equal(indices[1], torch.arange(N_CONTEXT))
+
+
+# --- every press and ratio from one shared prefill -----------------------------------------------------------
+SHARED_RATIOS = (0.25, 0.5)  # on 2 layers x 200 tokens, PyramidKV falls back to SnapKV at 0.25, is a pyramid at 0.5
+ALL_JOBS = [(name, ratio, {}) for name in sorted(KVPRESS_PRESSES) for ratio in SHARED_RATIOS]
+
+
+@pytest.fixture(scope="module")
+def shared_caches(tiny_llama, token_ids):
+    context, _, _ = token_ids
+    return prefill_with_presses(tiny_llama, ALL_JOBS, context)
+
+
+@pytest.mark.parametrize("press_name", sorted(KVPRESS_PRESSES))
+def test_shared_prefill_leaves_each_press_its_own_pipeline_cache(tiny_llama, token_ids, shared_caches, press_name):
+    """Bit-for-bit: the same forward kernels (eager ones for eager presses) and the press's own compress.
+
+    The hidden states a layer's hook sees never depend on earlier layers' compression (a layer's cache is
+    read only by that layer's attention, which has already run), so nothing is approximate here.
+    """
+    context, _, _ = token_ids
+    eager = press_name in EAGER_PRESSES
+    for ratio in SHARED_RATIOS:
+        reference, logits, _ = prefill_with_press(tiny_llama, make_press(press_name, ratio), context, eager=eager)
+        shared = shared_caches.caches[(press_name, ratio)]
+        assert len(shared.layers) == len(reference.layers) == 2
+        for ours, theirs in zip(shared.layers, reference.layers, strict=True):
+            assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+        assert torch.equal(shared_caches.forwards[(press_name, ratio)].logits, logits[0, -1].float())
+        assert shared.get_seq_length() == reference.get_seq_length()
+    assert tiny_llama.config._attn_implementation == "sdpa"
+
+
+def test_shared_prefill_bookkeeping(shared_caches):
+    keys = {(name, ratio) for name, ratio, _ in ALL_JOBS}
+    assert set(shared_caches.caches) == set(shared_caches.hook_s) == set(shared_caches.forwards) == keys
+    # one forward under sdpa for every press, one under eager for observed attention
+    attentions = {key: forward.attention for key, forward in shared_caches.forwards.items()}
+    assert attentions == {key: "eager" if key[0] in EAGER_PRESSES else "sdpa" for key in keys}
+    assert len({id(forward) for forward in shared_caches.forwards.values()}) == 2
+    assert shared_caches.prefill_s == pytest.approx(sum({id(f): f.seconds for f in shared_caches.forwards.values()}
+                                                        .values()))
+    assert torch.equal(shared_caches.logits, shared_caches.forwards[("knorm", 0.5)].logits)
+    assert shared_caches.kv_bytes_before == 2 * 2 * 2 * N_CONTEXT * 16 * 4
+    assert all(seconds > 0 for seconds in shared_caches.hook_s.values())
+    key = ("snapkv", 0.5)
+    assert shared_caches.job_prefill_s(key) == shared_caches.forwards[key].seconds + shared_caches.hook_s[key]
+
+
+def test_one_forward_without_eager_presses_and_ratio_zero_keeps_the_full_cache(tiny_llama, token_ids):
+    context, _, _ = token_ids
+    calls = []
+    handle = tiny_llama.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        shared = prefill_with_presses(tiny_llama, [("knorm", 0.0, {}), ("snapkv", 0.5, {"window_size": 16}),
+                                                   ("keydiff", 0.5, {})], context)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    full, _, _ = prefill_with_press(tiny_llama, None, context)
+    for ours, theirs in zip(shared.caches[("knorm", 0.0)].layers, full.layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+    windowed, _, _ = prefill_with_press(tiny_llama, make_press("snapkv", 0.5, window_size=16), context)
+    for ours, theirs in zip(shared.caches[("snapkv", 0.5)].layers, windowed.layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys)
+    with pytest.raises(ValueError, match="Duplicate"):
+        prefill_with_presses(tiny_llama, [("knorm", 0.5, {}), ("knorm", 0.5, {})], context)
+
+
+def _same_result(shared, alone):
+    assert shared.new_token_ids == alone.new_token_ids and shared.text == alone.text
+    assert shared.nll == alone.nll
+    assert shared.kept_per_layer == alone.kept_per_layer
+    assert (shared.kv_bytes_before, shared.kv_bytes_after) == (alone.kv_bytes_before, alone.kv_bytes_after)
+
+
+def test_run_presses_answers_like_run_press(tiny_llama, token_ids):
+    context, question, _ = token_ids
+    jobs = [(name, 0.5, {}) for name in sorted(KVPRESS_PRESSES)]
+    results = run_presses(tiny_llama, IdsTokenizer(), jobs, context, question, max_new_tokens=4)
+    assert list(results) == [(name, 0.5) for name in sorted(sorted(KVPRESS_PRESSES), key=lambda n: n in EAGER_PRESSES)]
+    for (name, ratio), result in results.items():
+        _same_result(result, run_press(tiny_llama, IdsTokenizer(), name, ratio, context, question, max_new_tokens=4))
+        assert result.hook_s > 0 and result.prefill_s > result.hook_s and result.question_s > 0
+
+
+def test_run_presses_scores_like_run_press(tiny_llama, token_ids):
+    context, _, continuation = token_ids
+    jobs = [("pyramidkv", 0.5, {}), ("expected_attention", 0.25, {}), ("observed_attention", 0.5, {})]
+    results = run_presses(tiny_llama, None, jobs, context, None, continuation_ids=continuation)
+    for (name, ratio), result in results.items():
+        _same_result(result, run_press(tiny_llama, None, name, ratio, context, None, continuation_ids=continuation))
+        assert result.nll is not None and math.isfinite(result.nll) and result.decode_s == 0

@@ -17,7 +17,9 @@ from benchmarks import report
 from benchmarks.run import main
 
 BUDGET = 0.5
-POLICIES = ["snapkv", "kvcrush:snapkv:alternating", "kvpress:snapkv", "streaming", "kvpress:streaming"]
+POLICIES = ["snapkv", "kvcrush:snapkv:alternating", "kvpress:snapkv", "streaming", "kvpress:streaming",
+            "kvpress:snapkv+qa"]
+TASKS = ("needle", "multikey", "multivalue", "likelihood", "agreement")
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +57,18 @@ def test_results_csv_has_both_engines_and_finite_numbers(out_dir):
     results = pd.read_csv(out_dir / "results.csv")
     assert list(results.columns) == report.RESULT_COLUMNS
     assert set(results["engine"]) == {"ours", "kvpress"}
-    assert set(results["task"]) == {"needle", "likelihood", "agreement"}
+    assert set(results["task"]) == set(TASKS)
     assert set(results["policy"]) == {"full", *POLICIES}
-    for task in ("needle", "likelihood", "agreement"):
+    for task in TASKS:
         rows = results[results["task"] == task]
-        assert len(rows) == 1 + len(POLICIES)  # one budget plus the full reference
+        query_aware = 0 if task == "likelihood" else 1  # +qa needs a question: none for plain essay text
+        assert len(rows) == 1 + len(POLICIES) - 1 + query_aware  # one budget plus the full reference
         assert (rows["n"] == 2).all()
-    for column in ("score", "full_score", "kv_fraction", "prefill_s", "kv_bytes_before", "kv_bytes_after"):
+    for column in ("score", "score_low", "score_high", "full_score", "kv_fraction", "prefill_s", "kv_bytes_before",
+                   "kv_bytes_after", "dense"):
         assert results[column].map(math.isfinite).all(), column
-    compressed = results[results["policy"] != "full"]
+    assert (results["score_low"] <= results["score"]).all() and (results["score"] <= results["score_high"]).all()
+    compressed = results[~results["policy"].isin(["full", "kvpress:snapkv+qa"])]
     assert ((compressed["kv_fraction"] - BUDGET).abs() < 0.02).all()
     assert (results[results["policy"] == "full"]["kv_fraction"] == 1.0).all()
     nll = results[results["task"] == "likelihood"]
@@ -73,16 +78,24 @@ def test_results_csv_has_both_engines_and_finite_numbers(out_dir):
 def test_comparisons_overhead_and_parity(out_dir):
     summary = json.loads((out_dir / "summary.json").read_text())
     verdicts = summary["comparisons"]["kvcrush_vs_base"]
-    assert {row["task"] for row in verdicts} == {"needle", "likelihood", "agreement"}
-    assert all(row["verdict"] in ("win", "tie", "lose") for row in verdicts)
+    assert {row["task"] for row in verdicts} == set(TASKS)
+    assert all(row["verdict"] in ("better", "worse", "no difference detected") for row in verdicts)
+    assert all(0 <= row["p_value"] <= 1 and row["delta_low"] <= row["delta"] <= row["delta_high"] for row in verdicts)
+    assert {row["test"] for row in verdicts} == {"McNemar exact", "paired bootstrap"}
+    assert summary["best"] and {row["setting"] for row in summary["best"]} == {"query-agnostic", "query-aware"}
+    report_text = (out_dir / "report.md").read_text()
+    assert "## Verdicts" in report_text and "Does KVCrush beat its base policy?" in report_text
     assert {row["versus"] for row in summary["comparisons"]["parity"]} == {"kvpress:snapkv", "kvpress:streaming"}
     overhead = pd.read_csv(out_dir / "overhead.csv")
-    assert set(overhead["policy"]) == {"full", "kvcrush:snapkv:alternating"}
-    assert overhead["crush_pct"].map(math.isfinite).all()
+    assert set(overhead["policy"]) == {"full", "snapkv", "kvcrush:snapkv:alternating", "kvpress:snapkv"}
+    hook = overhead[overhead["policy"] == "kvpress:snapkv"].iloc[0]
+    assert 0 < hook["policy_s_min"] <= hook["policy_s"] <= hook["policy_s_max"]
+    assert overhead[overhead["policy"] != "kvpress:snapkv"]["crush_pct"].map(math.isfinite).all()
     crush = overhead[overhead["policy"] == "kvcrush:snapkv:alternating"].iloc[0]
     for column in ("policy_s", "base_policy_s", "overhead_s", "overhead_pct", "e2e_s"):
         assert math.isfinite(crush[column]), column
     assert crush["overhead_s"] == pytest.approx(crush["policy_s"] - crush["base_policy_s"], abs=1e-6)
+    assert crush["overhead_pct_min"] <= crush["overhead_pct"] <= crush["overhead_pct_max"]
     assert "overhead %" in (out_dir / "report.md").read_text()
     parity = pd.read_csv(out_dir / "parity.csv")
     assert ((parity["jaccard"] >= 0) & (parity["jaccard"] <= 1)).all()

@@ -14,7 +14,8 @@ from benchmarks.select_cost import default_policies, main
 
 def test_default_policies_are_every_builtin_and_kvcrush_over_three_bases():
     assert default_policies() == ["full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "tova", "knorm",
-                                  "kvcrush:snapkv:alternating", "kvcrush:h2o:alternating", "kvcrush:tova:alternating"]
+                                  "keydiff", "kvcrush:snapkv:alternating", "kvcrush:h2o:alternating",
+                                  "kvcrush:tova:alternating"]
 
 
 def test_select_cost_writes_its_table(tmp_path):
