@@ -83,7 +83,7 @@ from kvcrush.decoding import (
     synchronize,
     timed_greedy_decode,
 )
-from kvcrush.kvcache import cache_bytes, cache_lengths, stack_caches
+from kvcrush.kvcache import cache_bytes, cache_lengths
 
 PressFactory = Callable[..., BasePress]
 
@@ -610,14 +610,7 @@ def _score_batched(model: PreTrainedModel, shared: PressCaches, n_context: int, 
             chunk = members[at: at + batch_size]
             caches = [shared.caches.pop(key) for key in chunk]
             sizes = [(cache_bytes(cache), cache_lengths(cache)) for cache in caches]
-            stacked = stack_caches(caches, model.config)
-            del caches
-            synchronize(model.device)
-            start = time.perf_counter()
-            scores = score_reference_batch(model, stacked, len(chunk), n_context, continuation_ids, tail_ids)
-            synchronize(model.device)
-            share = (time.perf_counter() - start) / len(chunk)
-            del stacked
+            scores, share = score_reference_batch(model, caches, n_context, continuation_ids, tail_ids)
             for key, reference, (after, kept) in zip(chunk, scores, sizes, strict=True):
                 results[key] = PressResult(
                     text="", new_token_ids=[], kv_bytes_before=shared.kv_bytes_before, kv_bytes_after=after,

@@ -19,7 +19,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from kvcrush.errors import PromptError, RunCancelled
-from kvcrush.kvcache import cache_lengths
+from kvcrush.kvcache import cache_lengths, stack_caches
 
 Progress = Callable[[str, int, int], None]
 
@@ -220,25 +220,33 @@ def reference_scores(logits: torch.Tensor, reference_ids: list[int]) -> Referenc
 
 
 @torch.no_grad()
-def score_reference_batch(model, cache, batch: int, position: int, reference_ids: list[int],
-                          lead_ids: list[int]) -> list[ReferenceScores]:
-    """`score_reference` with `lead_ids` for `batch` caches stacked on the batch axis of `cache`.
+def score_reference_batch(model, caches: list, position: int, reference_ids: list[int],
+                          lead_ids: list[int]) -> tuple[list[ReferenceScores], float]:
+    """`score_reference` with `lead_ids` for several compressed caches in one forward.
 
-    Every row gets the same tokens at the same true positions, so one forward serves them all (on a CPU
-    a batch of 16 costs about half as much per row as one row at a time); each layer's rows must hold
-    the same number of tokens (`kvcrush.kvcache.stack_caches`).
+    `caches` (each `[1, kv_heads, L_layer, d]`, equal `L_layer` across caches) are stacked on the batch
+    axis (`kvcrush.kvcache.stack_caches`) and the list is emptied, so the caller's copies can be freed
+    before the forward. Every row gets the same tokens at the same true positions (on a CPU a batch of
+    16 costs about half as much per row as one row at a time). Returns the scores in order and each
+    row's equal share of the forward's seconds (synchronized).
     """
     if not reference_ids or not lead_ids:
         raise PromptError("score_reference_batch needs lead ids and a non-empty reference.")
+    batch = len(caches)
+    cache = stack_caches(caches, model.config)
+    caches.clear()
     ids = list(lead_ids) + list(reference_ids[:-1])
-    keep = len(reference_ids)
     input_ids = torch.tensor([ids] * batch, dtype=torch.long, device=model.device)
     positions = _positions(position, len(ids), model.device).expand(batch, -1)
     ragged = len(set(cache_lengths(cache))) > 1
+    synchronize(model.device)
+    start = time.perf_counter()
     with _ragged_attention(model) if ragged else contextlib.nullcontext():
         output = model(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True,
-                       logits_to_keep=keep)
-    return [reference_scores(output.logits[row], reference_ids) for row in range(batch)]
+                       logits_to_keep=len(reference_ids))
+    scores = [reference_scores(output.logits[row], reference_ids) for row in range(batch)]
+    synchronize(model.device)
+    return scores, (time.perf_counter() - start) / batch
 
 
 def continuation_nll(model, cache, logits: torch.Tensor, position: int, reference_ids: list[int]) -> float:

@@ -50,7 +50,7 @@ from kvcrush.decoding import (
     timed_greedy_decode,
 )
 from kvcrush.errors import PromptError, RunCancelled
-from kvcrush.kvcache import cache_bytes, cache_lengths, compressed_copy, stack_caches
+from kvcrush.kvcache import cache_bytes, cache_lengths, compressed_copy
 from kvcrush.models.loading import LoadedModel
 from kvcrush.policies import Policy, make_policy
 from kvcrush.prompts import EncodedPrompt, encode_prompt
@@ -382,17 +382,13 @@ class PreparedPrompt:
         pending: dict[tuple[int, ...], list[tuple[int, RunTrace, DynamicCache]]] = {}
 
         def flush(members: list[tuple[int, RunTrace, DynamicCache]]) -> None:
-            with self.lm.lock, torch.no_grad():
-                stacked = stack_caches([cache for _, _, cache in members], self.lm.model.config)
-                sizes = [cache_bytes(cache) for _, _, cache in members]
+            with self.lm.lock:
+                caches = [cache for _, _, cache in members]
+                sizes = [cache_bytes(cache) for cache in caches]
                 members_ = [(index, trace) for index, trace, _ in members]
-                members.clear()  # the stacked copy is all that is needed now
-                synchronize(self.lm.device)
-                start = time.perf_counter()
-                scores = score_reference_batch(self.lm.model, stacked, len(members_), self.n_budgeted, reference,
-                                               self.appended_ids)
-                synchronize(self.lm.device)
-                share = (time.perf_counter() - start) / len(members_)
+                members.clear()  # score_reference_batch frees the single copies once stacked
+                scores, share = score_reference_batch(self.lm.model, caches, self.n_budgeted, reference,
+                                                      self.appended_ids)
             for (index, trace), score, bytes_after in zip(members_, scores, sizes, strict=True):
                 trace.timings.prefill_s += share
                 results[index] = GenerationResult("", [], bytes_before, bytes_after, trace.timings, trace, score.nll,
