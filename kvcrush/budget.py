@@ -85,6 +85,9 @@ class BudgetPlan:
     importance: int
     crush: int
     no_op: bool
+    # Budgets in bytes (`plan_budget_bytes`): what one representative row costs in importance rows (a
+    # representative stored at fewer bits is cheaper), so budget a selection leaves unused returns at that rate.
+    representative_cost: float = 1.0
 
     @property
     def middle_start(self) -> int:
@@ -113,3 +116,39 @@ def plan_budget(n_tokens: int, budget_tokens: int, sink: int, recent: int, crush
     middle = budget_tokens - keep_sink - keep_recent
     crush = round_half_up(crush_fraction * middle)
     return BudgetPlan(n_tokens, budget_tokens, keep_sink, keep_recent, middle - crush, crush, False)
+
+
+def plan_budget_bytes(n_tokens: int, budget_bytes: int, sink: int, recent: int, crush_fraction: float,
+                      row_bytes: int, representative_row_bytes: int, residual_extra: int = 0) -> BudgetPlan:
+    """Split a budget in bytes per KV head (keys + values) for a layer of `n_tokens` (spec section 1, in bytes).
+
+    Sink and recent tokens and the importance part cost `row_bytes` per token, representatives
+    `representative_row_bytes`; `residual_extra` is what the full-precision residual window adds on top
+    (`kvcrush.quant`). The middle's bytes split by `crush_fraction` as tokens do in `plan_budget`, so a
+    policy whose representatives are stored at fewer bits keeps more of them in the same bytes.
+    """
+    if not 0.0 <= crush_fraction <= 1.0:
+        raise BudgetError(f"crush_fraction must be in [0, 1], got {crush_fraction}.")
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1:
+        raise BudgetError(f"budget_bytes must be a whole number of bytes >= 1, got {budget_bytes!r}.")
+    available = budget_bytes - residual_extra
+    if available >= n_tokens * row_bytes:
+        return plan_budget(n_tokens, n_tokens, sink, recent)
+    fixed = min(sink + recent, n_tokens)
+    if available < max(fixed, 1) * row_bytes:
+        raise BudgetError(
+            f"budget_bytes={budget_bytes} holds fewer than the {max(fixed, 1)} sink and recent tokens this "
+            f"layer keeps at {row_bytes} bytes each (plus {residual_extra} for the residual window); raise it.")
+    middle_bytes = available - fixed * row_bytes
+    crush = int(round_half_up(crush_fraction * middle_bytes) // representative_row_bytes)
+    importance = int((middle_bytes - crush * representative_row_bytes) // row_bytes)
+    if fixed + importance + crush >= n_tokens:
+        # Cheap representatives would buy more rows than the prompt has, but keeping every row stores them
+        # all at `row_bytes`, which does not fit: keep all but one, as many as fit at `row_bytes`.
+        rows = n_tokens - 1 - fixed
+        importance = min(rows, max(0, (middle_bytes - rows * representative_row_bytes)
+                                   // (row_bytes - representative_row_bytes)))
+        crush = rows - importance
+    plan = plan_budget(n_tokens, fixed + importance + crush, sink, recent)
+    return BudgetPlan(n_tokens, plan.budget, plan.sink, plan.recent, importance, crush, False,
+                      representative_row_bytes / row_bytes)

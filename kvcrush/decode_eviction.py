@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from kvcrush.attention import LayerInputs, attention_modules
-from kvcrush.kvcache import gather_rows, merge_values
+from kvcrush.kvcache import gather_rows, merge_values, set_layer_rows
 from kvcrush.policies import Policy
 from kvcrush.trace import LayerTrace
 
@@ -120,24 +120,25 @@ class DecodeEvictor:
         """The token at true `position` (the `step`-th generated) is in the cache: evict where due."""
         self.append_positions(position, 1)
         for layer_idx, layer_cache in enumerate(self.cache.layers):
-            n_slots = layer_cache.keys.shape[2]
+            n_slots = layer_cache.get_seq_length()  # a quantized layer's keys would be dequantized to count them
             if n_slots >= self.budgets[layer_idx] + self.interval:
                 self._evict(step, layer_idx, layer_cache, n_slots)
 
     def _layer_inputs(self, layer_idx: int, layer_cache, n_slots: int) -> LayerInputs | None:
         recent = self.recent[layer_idx]
+        keys, values = layer_cache.keys, layer_cache.values  # read once: a quantized layer dequantizes
         if recent is None:  # nothing aligned is buffered: only scorers that read keys alone can run
             hidden_size = self.lm.model.config.hidden_size
-            empty = layer_cache.keys.new_zeros((1, 0, layer_cache.keys.shape[-1]))
-            recent = _Recent(layer_cache.keys.new_zeros((1, 0, hidden_size)), empty, empty)
+            empty = keys.new_zeros((1, 0, keys.shape[-1]))
+            recent = _Recent(keys.new_zeros((1, 0, hidden_size)), empty, empty)
         rows = recent.hidden.shape[1]
         offset = n_slots - rows
         shape = (1, n_slots, recent.cos.shape[-1])
         cos = recent.cos.new_zeros(shape)  # rows before `offset` are never read (no queries there)
         sin = recent.sin.new_zeros(shape)
         cos[:, offset:], sin[:, offset:] = recent.cos, recent.sin
-        layer = LayerInputs(self.modules[layer_idx], layer_idx, self.lm.n_layers, recent.hidden, layer_cache.keys,
-                            layer_cache.values, cos, sin, n_slots, n_slots, False, offset)
+        layer = LayerInputs(self.modules[layer_idx], layer_idx, self.lm.n_layers, recent.hidden, keys,
+                            values, cos, sin, n_slots, n_slots, False, offset)
         return layer if self.policy.query_rows(layer)[0] >= offset else None
 
     def _evict(self, step: int, layer_idx: int, layer_cache, n_slots: int) -> None:
@@ -147,11 +148,13 @@ class DecodeEvictor:
         start = time.perf_counter()
         with torch.no_grad():
             trace = self.policy.select(self.policy.score(layer).float(), layer, self.budgets[layer_idx])
-        kept = trace.kept.to(layer_cache.keys.device)
-        layer_cache.keys = gather_rows(layer_cache.keys, kept)
-        values = gather_rows(layer_cache.values, kept)
-        merge_values(values, layer_cache.values, kept, trace.merge_rows())  # KVCrush merge="values" (else no-op)
-        layer_cache.values = values
+        kept = trace.kept.to(layer.keys.device)
+        values = gather_rows(layer.values, kept)
+        merge_values(values, layer.values, kept, trace.merge_rows())  # KVCrush merge="values" (else no-op)
+        storage = self.policy.storage()
+        if storage.quantized:  # the new selection's representatives get their own precision
+            trace.row_bits = storage.row_bits(trace.kept, trace.representative_tokens())
+        set_layer_rows(self.cache, layer_idx, gather_rows(layer.keys, kept), values, storage, trace.row_bits)
         self.positions[layer_idx] = self.positions[layer_idx].gather(1, kept)
         # The buffered rows stay aligned with the last cache slots only as far as the recent window kept them.
         recent = self.recent[layer_idx]

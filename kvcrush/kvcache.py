@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from kvcrush.quant import KVStorage
+from kvcrush.quantized_cache import QuantizedKVLayer
 from kvcrush.trace import MergeRows
 
 
@@ -24,14 +26,44 @@ def layer_bytes(keys: torch.Tensor, values: torch.Tensor, n_tokens: int | None =
 
 
 def cache_bytes(cache: DynamicCache, n_tokens: int | None = None) -> int:
-    """Bytes of every layer's keys and values (at `n_tokens` rows per layer when given)."""
-    return sum(layer_bytes(layer.keys, layer.values, n_tokens) for layer in cache.layers
-               if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.dim() == 4)
+    """Bytes of every layer's keys and values (at `n_tokens` rows per layer when given).
+
+    A quantized layer counts what it really stores (`QuantizedKVLayer.stored_bytes`: packed codes,
+    scales, zero points, slots and the full-precision residual window); `n_tokens` does not apply to it.
+    """
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, QuantizedKVLayer):
+            total += layer.stored_bytes()
+        elif isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.dim() == 4:
+            total += layer_bytes(layer.keys, layer.values, n_tokens)
+    return total
 
 
 def cache_lengths(cache: DynamicCache) -> list[int]:
-    """Tokens held per layer (the sequence axis of each layer's keys)."""
-    return [int(layer.keys.shape[-2]) for layer in cache.layers]
+    """Tokens held per layer."""
+    return [int(layer.get_seq_length()) for layer in cache.layers]
+
+
+def set_layer_rows(cache: DynamicCache, index: int, keys: torch.Tensor, values: torch.Tensor,
+                   storage: KVStorage | None = None, row_bits: torch.Tensor | None = None) -> None:
+    """Make layer `index` hold `keys` / `values` `[1, kv_heads, T, d]`: as they are, or quantized.
+
+    With a quantizing `storage`, row `t` of head `h` is stored at `row_bits[h, t]` bits (`KVStorage.row_bits`)
+    in a `QuantizedKVLayer`, which replaces the plain layer.
+    """
+    if storage is None or not storage.quantized:
+        layer = cache.layers[index]
+        if not layer.is_initialized:
+            layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        return
+    if row_bits is None:
+        raise ValueError("A quantized layer needs the storage bits of every row (KVStorage.row_bits).")
+    layer = cache.layers[index]
+    if not isinstance(layer, QuantizedKVLayer):
+        layer = cache.layers[index] = QuantizedKVLayer(storage)
+    layer.set_rows(keys, values, row_bits)
 
 
 def gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -63,25 +95,28 @@ def merge_values(values: torch.Tensor, source: torch.Tensor, kept: torch.Tensor,
 
 
 def compressed_copy(full: DynamicCache, kept: list[torch.Tensor | None], config,
-                    merges: list[MergeRows | None] | None = None) -> DynamicCache:
+                    merges: list[MergeRows | None] | None = None, storage: KVStorage | None = None,
+                    row_bits: list[torch.Tensor | None] | None = None) -> DynamicCache:
     """A new cache whose layer i holds the rows `kept[i]` (`[kv_heads, T]`, or None: every row) of `full`.
 
     `full` is left untouched, so the next selection can gather from it again. A layer that keeps
     every row shares the full cache's tensors: decoding appends with `torch.cat`, which makes new
     tensors and never writes into the shared ones. `merges[i]` (`LayerTrace.merge_rows()`) then merges
-    value rows of the gathered copy from the intact full rows (`merge_values`).
+    value rows of the gathered copy from the intact full rows (`merge_values`). With a quantizing
+    `storage`, layer i's rows are then stored at `row_bits[i]` (`[kv_heads, T]`) bits (`set_layer_rows`).
     """
     cache = DynamicCache(config=config)
     merges = merges if merges is not None else [None] * len(kept)
-    for source, target, index, rows in zip(full.layers, cache.layers, kept, merges, strict=True):
-        target.lazy_initialization(source.keys, source.values)
+    row_bits = row_bits if row_bits is not None else [None] * len(kept)
+    for layer_index, (source, index, rows, bits) in enumerate(zip(full.layers, kept, merges, row_bits, strict=True)):
         if index is None:
-            target.keys, target.values = source.keys, source.values
+            keys, values = source.keys, source.values
         else:
             index = index.to(source.keys.device)
-            target.keys = gather_rows(source.keys, index)
-            target.values = gather_rows(source.values, index)
-            merge_values(target.values, source.values, index, rows)
+            keys = gather_rows(source.keys, index)
+            values = gather_rows(source.values, index)
+            merge_values(values, source.values, index, rows)
+        set_layer_rows(cache, layer_index, keys, values, storage, bits)
     return cache
 
 

@@ -258,6 +258,10 @@ class PreparedPrompt:
                              "prepared prompt, or pass no selection.")
 
     def _run_trace(self, policy: Policy, traces: list[LayerTrace], timings: Timings) -> RunTrace:
+        storage = policy.storage()
+        if storage.quantized:  # which precision each kept row will be stored at (kvcrush.quant)
+            for layer in traces:
+                layer.row_bits = storage.row_bits(layer.kept, None if layer.no_op else layer.representative_tokens())
         return RunTrace(
             policy=policy.describe(), model=self.lm.name, token_strings=self.token_strings(),
             n_context=self.n_budgeted, n_question=self.n_question, query_aware=self.query_aware,
@@ -275,6 +279,7 @@ class PreparedPrompt:
         on_token: Callable[[list[int]], None] | None = None,
         selection: RunTrace | None = None,
         stop_at_newline: bool = False,
+        observer=None,
     ) -> GenerationResult:
         """Compress with `policy` (a gather of the full cache, which stays intact), append the tail, decode.
 
@@ -285,6 +290,9 @@ class PreparedPrompt:
         `stop_at_newline`: the answer also ends after a token containing a line break (one-line answers).
         The result's `reference` holds the per-token NLL and argmax agreement of `reference_ids`
         (`kvcrush.decoding.ReferenceScores`), `reference_nll` their mean NLL.
+        `observer`: an object whose `watch(prepared, trace, cache, evictor)` context manager is entered, under
+        the model's lock, around appending the tail and decoding (e.g. `kvcrush.attention_use.AttentionRecorder`,
+        which hooks the attention layers for this decode only); ignored when nothing is decoded.
         """
         policy = as_policy(policy)
         check_max_new_tokens(max_new_tokens)
@@ -292,12 +300,14 @@ class PreparedPrompt:
         trace = self._checked_selection(policy, len(reference), max_new_tokens, selection, should_stop)
         timings = trace.timings
         model, device = self.lm.model, self.lm.device
-        with self.lm.lock, torch.no_grad():
-            cache = self._gather(trace)
+        with self.lm.lock, torch.no_grad(), contextlib.ExitStack() as watching:
+            cache = self._gather(trace, policy)
             bytes_before = cache_bytes(self.cache)
             bytes_after = cache_bytes(cache)
 
             evictor = self._evictor(policy, cache, trace) if policy.decode_interval and max_new_tokens else None
+            if observer is not None and max_new_tokens:
+                watching.enter_context(observer.watch(self, trace, cache, evictor))
             start = time.perf_counter()
             logits = self.last_logits
             # Scoring only: the tail and the reference go through the model in one forward.
@@ -351,12 +361,14 @@ class PreparedPrompt:
         self._check_selection(selection, policy)
         return dataclasses.replace(selection, timings=dataclasses.replace(selection.timings))
 
-    def _gather(self, trace: RunTrace) -> DynamicCache:
-        """The compressed cache of a selection (merged values applied); its time goes to `select_s`."""
+    def _gather(self, trace: RunTrace, policy: Policy) -> DynamicCache:
+        """The compressed cache of a selection (merged values applied, rows stored at the policy's precision);
+        its time goes to `select_s`."""
         start = time.perf_counter()
         kept = [None if layer.no_op else layer.kept for layer in trace.layers]
         merges = [None if layer.no_op else layer.merge_rows() for layer in trace.layers]  # merge="values"
-        cache = compressed_copy(self.cache, kept, self.lm.model.config, merges)
+        cache = compressed_copy(self.cache, kept, self.lm.model.config, merges, policy.storage(),
+                                [layer.row_bits for layer in trace.layers])
         synchronize(self.lm.device)
         trace.timings.select_s += time.perf_counter() - start
         return cache
@@ -400,7 +412,7 @@ class PreparedPrompt:
                 raise RunCancelled("The run was cancelled.")
             trace = self._checked_selection(policy, len(reference), 0, None, should_stop)
             with self.lm.lock, torch.no_grad():
-                cache = self._gather(trace)
+                cache = self._gather(trace, policy)
             bucket = pending.setdefault(tuple(cache_lengths(cache)), [])
             bucket.append((index, trace, cache))
             if len(bucket) >= batch_size:

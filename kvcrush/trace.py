@@ -65,6 +65,9 @@ class LayerTrace:
     bucket_anchor: torch.Tensor | None = None
     crush_fraction: float | None = None
     merge_weights: list[torch.Tensor] = field(default_factory=list)
+    # Quantized storage (`kv_bits` / `representative_bits` below 16): `[kv_heads, T]` int8 bits each kept
+    # row is stored at, aligned with `kept` (16: full precision, e.g. the residual window). None: all 16.
+    row_bits: torch.Tensor | None = None
 
     @property
     def middle_start(self) -> int:

@@ -64,3 +64,21 @@ def test_cli_runs_a_needle_prompt_at_quarter_budget(tmp_path, packaged_lm, needl
     data = json.loads(completed.stdout)
     assert data["kv_bytes_after"] < data["kv_bytes_before"] * 0.26
     assert len(data["trace"]["layers"]) == 30
+
+
+def test_quantized_cache_at_a_quarter_budget(packaged_lm):
+    """Issue 13's numbers on the real model: 25% at 4 bits stores >= 24x fewer bytes than the fp32 full cache
+    (scales and residual window included), and 8 bits changes the continuation NLL by under 0.01."""
+    from kvcrush.data import continuation_example
+    from kvcrush.prompts import EncodedPrompt
+
+    context, continuation = continuation_example(packaged_lm.tokenizer, 2048, 64, offset=3000)
+    prepared = kvcrush.prepare_encoded(packaged_lm, EncodedPrompt(context, [], []))
+    results = {bits: prepared.generate(kvcrush.make_policy("snapkv", budget=0.25, kv_bits=bits), 0,
+                                       reference_ids=continuation) for bits in (16, 8, 4)}
+    full_bytes = results[16].kv_bytes_before
+    assert full_bytes == 2048 * packaged_lm.kv_bytes_per_token()  # fp32, every prompt token
+    assert full_bytes / results[16].kv_bytes_after == pytest.approx(4.0)
+    assert full_bytes / results[4].kv_bytes_after >= 24
+    assert abs(results[8].reference_nll - results[16].reference_nll) < 0.01
+    assert abs(results[4].reference_nll - results[16].reference_nll) < 0.1

@@ -258,6 +258,9 @@ class PolicyPress(_EnginePress):
             raise PolicyError(f"{self.policy.name} with these options needs every layer's scores before selecting "
                               "any (kvcrush's split='adaptive'); kvpress compresses one layer at a time. Use the "
                               "fixed split here, or kvcrush.prepare(...) for the adaptive one.")
+        if self.policy.storage().quantized or self.policy.budget_bytes is not None:
+            raise PolicyError("kvpress stores the compressed cache in its own DynamicCache at the model's dtype: "
+                              "kv_bits, representative_bits and budget_bytes apply in kvcrush.prepare(...) runs only.")
         _check_ratio(self.compression_ratio)
 
     def _policy_for(self, n_tokens: int) -> Policy | None:

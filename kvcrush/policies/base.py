@@ -20,10 +20,11 @@ from typing import Any, ClassVar
 import torch
 
 from kvcrush.attention import LayerInputs
-from kvcrush.budget import BudgetPlan, plan_budget, resolve_budget, validate_budget
+from kvcrush.budget import BudgetPlan, plan_budget, plan_budget_bytes, resolve_budget, validate_budget
 from kvcrush.crush import stable_top_indices
 from kvcrush.errors import BudgetError, PolicyError
 from kvcrush.policies.options import option
+from kvcrush.quant import KV_BITS, KVStorage, check_bits
 from kvcrush.trace import LayerTrace
 
 HEAD_REDUCTIONS = ("group", "all")
@@ -87,9 +88,21 @@ class Policy:
     decode_interval: int = option(0, "Decode-time eviction: whenever the cache holds budget + this many tokens "
                                   "per head, evict back to the budget (0: off, compress once after the prompt).",
                                   minimum=0, maximum=4096)
+    kv_bits: int = option(16, "Storage of the kept rows: 16 keeps the model's dtype; 8, 4 or 2 store each row as "
+                          "integer codes with a float16 scale and zero point per 64 values (the newest 8 rows "
+                          "of each layer stay in full precision, KIVI-style); attention dequantizes on the fly.",
+                          choices=KV_BITS)
+    budget_bytes: int | None = option(None, "Budget in stored bytes per KV head and layer (keys + values, scales "
+                                      "and the residual window included), instead of budget: policies of any "
+                                      "precision then hold the same bytes. The same for every layer.",
+                                      kind=int, minimum=1)
 
     def __post_init__(self) -> None:
         validate_budget(self.budget)
+        check_bits(self.kv_bits)
+        if self.budget_bytes is not None and (isinstance(self.budget_bytes, bool)
+                                              or not isinstance(self.budget_bytes, int) or self.budget_bytes < 1):
+            raise BudgetError(f"budget_bytes must be a whole number of bytes >= 1, got {self.budget_bytes!r}.")
         if self.sink < 0 or (self.recent is not None and self.recent < 0):
             raise BudgetError(f"sink and recent must be >= 0, got sink={self.sink}, recent={self.recent}.")
         if isinstance(self.decode_interval, bool) or not isinstance(self.decode_interval, int) \
@@ -117,6 +130,10 @@ class Policy:
 
     def crush_fraction_for_plan(self) -> float:
         return 0.0
+
+    def storage(self) -> KVStorage:
+        """How the compressed cache stores its rows (`kvcrush.quant`): `kv_bits` for every kept row."""
+        return KVStorage(kv_bits=self.kv_bits, representative_bits=self.kv_bits)
 
     def layer_crush_fractions(self, per_layer_scores: list[torch.Tensor | None],
                               layers: list[LayerInputs]) -> list[float] | None:
@@ -211,12 +228,25 @@ class Policy:
              crush_fraction: float | None = None) -> BudgetPlan:
         """This layer's budget split (cheap: no scores needed); `budget_tokens` overrides the policy's budget,
         `crush_fraction` its crush fraction (`layer_crush_fractions`)."""
-        if budget_tokens is None:
-            budget_tokens = self.layer_budget(layer.n_context, layer.layer_idx, layer.n_layers)
         if crush_fraction is None:
             crush_fraction = self.crush_fraction_for_plan()
         recent = max(self.recent_tokens(layer), layer.protected_tail)
+        if budget_tokens is None and self.budget_bytes is not None:
+            return self._plan_bytes(layer, recent, crush_fraction)
+        if budget_tokens is None:
+            budget_tokens = self.layer_budget(layer.n_context, layer.layer_idx, layer.n_layers)
         return plan_budget(layer.n_context, budget_tokens, self.sink, recent, crush_fraction)
+
+    def _plan_bytes(self, layer: LayerInputs, recent: int, crush_fraction: float) -> BudgetPlan:
+        """`budget_bytes`: the split in bytes per KV head at this policy's storage precisions."""
+        storage = self.storage()
+        dim, size = int(layer.keys.shape[-1]), layer.keys.element_size()
+        row = storage.token_bytes(storage.kv_bits, dim, size)
+        representative = storage.token_bytes(storage.representative_bits, dim, size)
+        full = storage.token_bytes(16, dim, size)
+        residual = storage.residual_rows * max(0, full - row) if storage.quantized else 0
+        return plan_budget_bytes(layer.n_context, int(self.budget_bytes), self.sink, recent, crush_fraction, row,
+                                 representative, residual)
 
     def select(self, head_scores: torch.Tensor | None, layer: LayerInputs,
                budget_tokens: int | None = None, crush_fraction: float | None = None) -> LayerTrace:

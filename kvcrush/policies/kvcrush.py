@@ -40,6 +40,7 @@ from kvcrush.errors import BudgetError, PolicyError
 from kvcrush.policies.base import MiddleSelection, Policy
 from kvcrush.policies.options import option
 from kvcrush.policies.snapkv import SnapKV
+from kvcrush.quant import KV_BITS, KVStorage, check_bits
 from kvcrush.trace import LayerTrace
 
 SIGNATURE_HEADS = ("query", "kv")
@@ -118,6 +119,9 @@ class KVCrush(Policy):
         "softmax(base score)-weighted sum of its bucket's values, per KV head; keys unchanged, still T rows. "
         "Applied wherever a selection is gathered: the prompt's compression, each decode-time eviction and "
         "kvpress hooks.", choices=MERGES)
+    representative_bits: int | None = option(
+        None, "Storage bits of the representatives (empty: kv_bits). Fewer bits than kv_bits make each stand-in "
+        "cheaper, so with budget_bytes the same bytes keep more of them.", kind=int, choices=(None, *KV_BITS))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,6 +147,8 @@ class KVCrush(Policy):
                               ("anchor_mode", crush.ANCHOR_SET_MODES), ("merge", MERGES)):
             if getattr(self, name) not in allowed:
                 raise PolicyError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}.")
+        if self.representative_bits is not None:
+            check_bits(self.representative_bits, "representative_bits")
         if isinstance(self.anchors, bool) or not isinstance(self.anchors, int) \
                 or not 1 <= self.anchors <= crush.MAX_ANCHORS:
             raise PolicyError(f"anchors must be a whole number from 1 to {crush.MAX_ANCHORS}, got {self.anchors!r}.")
@@ -178,6 +184,10 @@ class KVCrush(Policy):
 
     def crush_fraction_for_plan(self) -> float:
         return float(self.crush_fraction)
+
+    def storage(self) -> KVStorage:
+        bits = self.kv_bits if self.representative_bits is None else self.representative_bits
+        return KVStorage(kv_bits=self.kv_bits, representative_bits=bits)
 
     def needs_all_layers(self) -> bool:
         return self.split == "adaptive"
@@ -268,7 +278,7 @@ class KVCrush(Policy):
         bits = crush.signatures(self._signature_scores(middle_kv_scores, middle_head_scores))
         grouping = self._group(bits, order[:, : plan.importance], n_middle, plan.crush, middle_kv_scores)
         picks = grouping.representatives
-        kept = self._fill(order, picks, plan.middle_budget - picks.numel(), plan.importance)
+        kept = self._fill(order, picks, plan.importance + _refund(plan, plan.crush - picks.numel()), plan.importance)
         crush_s = time.perf_counter() - start
         return MiddleSelection(
             kept=kept, crush_used=int(picks.numel()), signatures=bits, anchor=grouping.anchors[0],
@@ -291,6 +301,13 @@ class KVCrush(Policy):
             )
         n_keep = block_tokens // size
         n_crush = round_half_up(self.crush_fraction * n_keep)
+        if plan.representative_cost != 1.0:  # a budget in bytes: the plan's crush tokens are cheaper rows
+            if plan.importance < leftover:
+                raise BudgetError(f"budget_bytes is too small for blocks of {size}: the {leftover} tokens that do "
+                                  "not fill a block need more than the importance share. Raise it or lower the "
+                                  "block size.")
+            n_crush = plan.crush // size
+            n_keep = n_crush + (plan.importance - leftover) // size
         whole = n_blocks * size
         block_scores = middle_kv_scores[:, :whole].reshape(-1, n_blocks, size).sum(dim=-1)
         order = crush.stable_top_indices(block_scores, n_blocks)
@@ -301,7 +318,8 @@ class KVCrush(Policy):
         grouping = self._group(crush.block_signatures(token_bits, size), order[:, : n_keep - n_crush], n_blocks,
                                n_crush, block_scores)
         picks = grouping.representatives
-        kept_blocks = self._fill(order, picks, n_keep - picks.numel(), n_keep - n_crush)
+        kept_blocks = self._fill(order, picks, n_keep - n_crush + _refund(plan, n_crush - picks.numel()),
+                                 n_keep - n_crush)
         device = kept_blocks.device
         kept = (kept_blocks[..., None] * size + torch.arange(size, device=device)).reshape(kept_blocks.shape[0], -1)
         crush_s = time.perf_counter() - start
@@ -312,3 +330,9 @@ class KVCrush(Policy):
             buckets=grouping.buckets, blocks=torch.stack([starts, starts + size], dim=1),
             extra_recent=leftover, crush_s=crush_s, trace_fields=grouping.trace_fields(self.crush_fraction),
         )
+
+
+def _refund(plan: BudgetPlan, unused: int) -> int:
+    """Importance units that representatives' unused budget pays for (one each, or fewer when they are
+    stored at fewer bits than importance rows under a budget in bytes)."""
+    return int(unused * plan.representative_cost + 1e-9)

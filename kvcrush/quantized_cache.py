@@ -1,0 +1,231 @@
+"""A `DynamicCache` layer that stores its rows quantized, at one or several precisions, in row order.
+
+Layout of one layer (batch 1 in this engine, any batch works):
+- quantized rows, grouped by precision: each group holds `[batch, kv_heads, n_bits, ...]` codes
+  (`kvcrush.quant.QuantizedRows`, or plain tensors at 16 bits) and, when there is more than one group,
+  `slots` `[kv_heads, n_bits]` int16: where each of its rows sits among the layer's quantized rows
+  (heads keep different positions, so one precision's rows sit at different slots per head);
+- a residual window of the newest rows in the model's dtype (KIVI's residual, Liu et al. 2024).
+
+Attention gets the rows back in their order (dequantized on the fly, as transformers' own
+`QuantizedLayer` does), so everything that maps rows to token positions (traces, decode-time
+eviction) works unchanged; only the stored tensors shrink, and `stored_bytes` counts exactly them.
+New tokens enter the residual window; rows that leave it are quantized at `kv_bits`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+from kvcrush.quant import KVStorage, QuantizedRows, dequantize, quantize
+
+
+@dataclass
+class _Group:
+    """The quantized rows of one precision. keys / values: `[batch, kv_heads, n, ...]`."""
+
+    bits: int
+    keys: QuantizedRows | torch.Tensor
+    values: QuantizedRows | torch.Tensor
+    slots: torch.Tensor | None = None  # [kv_heads, n] int16; None: the only group, in order
+
+    @property
+    def rows(self) -> int:
+        return int(self.keys.shape[-2]) if isinstance(self.keys, torch.Tensor) else self.keys.rows
+
+    @property
+    def nbytes(self) -> int:
+        total = 0 if self.slots is None else self.slots.numel() * self.slots.element_size()
+        for part in (self.keys, self.values):
+            total += part.numel() * part.element_size() if isinstance(part, torch.Tensor) else part.nbytes
+        return total
+
+
+def _slots(index: torch.Tensor) -> torch.Tensor:
+    """Slot indices in the smallest integer type that holds them (int16 below 32768 rows)."""
+    return index.to(torch.int16 if index.numel() == 0 or int(index.max()) < 2**15 else torch.int32)
+
+
+def _padded_slots(mask: torch.Tensor) -> torch.Tensor:
+    """`[kv_heads, n_max]` slots of the True entries of `mask` `[kv_heads, rows]`, ascending per head.
+
+    Heads with fewer entries (a representative that falls in one head's residual window and not in
+    another's) are padded with -1: a padding row is stored (and counted) but never read back.
+    """
+    counts = mask.sum(dim=-1)
+    width = int(counts.max()) if counts.numel() else 0
+    order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[:, :width]  # True entries first
+    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+    return torch.where(valid, order, torch.full_like(order, -1))
+
+
+def _store(rows: torch.Tensor, bits: int) -> QuantizedRows | torch.Tensor:
+    return rows.contiguous() if bits == 16 else quantize(rows, bits)
+
+
+def _load(part: QuantizedRows | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return part if isinstance(part, torch.Tensor) else dequantize(part, dtype)
+
+
+def _cat(a: QuantizedRows | torch.Tensor, b: QuantizedRows | torch.Tensor) -> QuantizedRows | torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b], dim=-2)
+    return QuantizedRows(torch.cat([a.packed, b.packed], dim=-2), torch.cat([a.scale, b.scale], dim=-2),
+                         torch.cat([a.zero, b.zero], dim=-2), a.bits, a.group)
+
+
+class QuantizedKVLayer(DynamicLayer):
+    """One layer's keys and values stored at `storage`'s precisions (see the module docstring).
+
+    `keys` / `values` read the whole layer back, dequantized, `[batch, kv_heads, rows, head_dim]`;
+    write rows with `set_rows`, never by assigning `keys` / `values`.
+    """
+
+    def __init__(self, storage: KVStorage) -> None:
+        self._groups: list[_Group] = []
+        self._residual_keys: torch.Tensor | None = None
+        self._residual_values: torch.Tensor | None = None
+        self.storage = storage
+        super().__init__()
+
+    # --- the DynamicLayer interface ------------------------------------------------------------------
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self._residual_keys is None else self._read(keys=True)
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        if value is not None:
+            raise TypeError("A quantized layer's rows are written with set_rows(keys, values, row_bits).")
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._residual_values is None else self._read(keys=False)
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        if value is not None:
+            raise TypeError("A quantized layer's rows are written with set_rows(keys, values, row_bits).")
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self._residual_keys = key_states[..., :0, :]
+        self._residual_values = value_states[..., :0, :]
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
+               cache_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention over every stored row and the new ones; the new rows join the residual window."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        keys = self._read(keys=True, new=key_states)
+        values = self._read(keys=False, new=value_states)
+        self._residual_keys = torch.cat([self._residual_keys, key_states], dim=-2)
+        self._residual_values = torch.cat([self._residual_values, value_states], dim=-2)
+        self._flush_residual()
+        return keys, values
+
+    def get_seq_length(self) -> int:
+        if not self.is_initialized:
+            return 0
+        return self.quantized_rows + int(self._residual_keys.shape[-2])
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError("A quantized KV layer cannot be cropped.")
+
+    # --- storage -------------------------------------------------------------------------------------
+    @property
+    def quantized_rows(self) -> int:
+        """Rows held outside the residual window (padding rows, see `_padded_slots`, not counted)."""
+        if len(self._groups) == 1:
+            return self._groups[0].rows
+        return sum(int((group.slots >= 0).sum(dim=-1)[0]) for group in self._groups)
+
+    def stored_bytes(self) -> int:
+        """Bytes really held: every group's codes, scales, zero points and slots, plus the residual window."""
+        residual = sum(t.numel() * t.element_size() for t in (self._residual_keys, self._residual_values)
+                       if t is not None)
+        return residual + sum(group.nbytes for group in self._groups)
+
+    def set_rows(self, keys: torch.Tensor, values: torch.Tensor, row_bits: torch.Tensor) -> None:
+        """Store `keys` / `values` `[batch, kv_heads, T, d]`, row `t` of head `h` at `row_bits[h, t]` bits.
+
+        Rows at 16 bits at the end of every head form the residual window. A precision may cover a
+        different number of rows in different heads (a representative can sit in one head's residual
+        window and not in another's): its group is padded to the largest count (`_padded_slots`).
+        """
+        if not self.is_initialized:
+            self.lazy_initialization(keys, values)
+        row_bits = row_bits.to(keys.device)
+        tail = int((row_bits == 16).flip(-1).int().cumprod(-1).sum(-1).min()) if row_bits.numel() else 0
+        tail = min(tail, self.storage.residual_rows) if self.storage.quantized else int(row_bits.shape[-1])
+        body = int(row_bits.shape[-1]) - tail
+        self._residual_keys = keys[..., body:, :].contiguous()
+        self._residual_values = values[..., body:, :].contiguous()
+        self._groups = []
+        body_bits = row_bits[:, :body]
+        present = sorted({int(b) for b in torch.unique(body_bits).tolist()}, reverse=True) if body else []
+        for bits in present:
+            slots = _padded_slots(body_bits == bits)
+            index = slots.clamp_min(0)[None, :, :, None].expand(keys.shape[0], -1, -1, keys.shape[-1])
+            self._groups.append(_Group(bits, _store(torch.gather(keys[..., :body, :], 2, index), bits),
+                                       _store(torch.gather(values[..., :body, :], 2, index), bits),
+                                       _slots(slots) if len(present) > 1 else None))
+
+    def _flush_residual(self) -> None:
+        """Rows past the residual window's size leave it, quantized at `kv_bits` (appended in order)."""
+        overflow = int(self._residual_keys.shape[-2]) - self.storage.residual_rows
+        if overflow <= 0 or not self.storage.quantized:
+            return
+        keys, self._residual_keys = self._residual_keys[..., :overflow, :], self._residual_keys[..., overflow:, :]
+        values = self._residual_values[..., :overflow, :]
+        self._residual_values = self._residual_values[..., overflow:, :]
+        bits = self.storage.kv_bits
+        start = self.quantized_rows
+        heads = keys.shape[1]
+        group = next((g for g in self._groups if g.bits == bits), None)
+        if group is None:
+            group = _Group(bits, _store(keys[..., :0, :], bits), _store(values[..., :0, :], bits))
+            if self._groups:
+                group.slots = torch.zeros((heads, 0), dtype=torch.int16, device=keys.device)
+            self._groups.append(group)
+        if len(self._groups) > 1:
+            for other in self._groups:  # a group that was alone in order gets explicit slots now
+                if other.slots is None:
+                    other.slots = _slots(torch.arange(other.rows, device=keys.device).expand(heads, -1))
+            new = torch.arange(start, start + overflow, device=keys.device).expand(heads, -1)
+            group.slots = _slots(torch.cat([group.slots.long(), new], dim=1))
+        group.keys = _cat(group.keys, _store(keys, bits))
+        group.values = _cat(group.values, _store(values, bits))
+
+    def _read(self, keys: bool, new: torch.Tensor | None = None) -> torch.Tensor:
+        """Every row, dequantized, in order, then `new`: `[batch, kv_heads, rows (+ new), d]` (one concatenation)."""
+        residual = self._residual_keys if keys else self._residual_values
+        tail = [residual] if new is None else [residual, new]
+        if not self._groups:
+            return torch.cat(tail, dim=-2) if new is not None else residual
+        parts = [(_load(g.keys if keys else g.values, self.dtype), g.slots) for g in self._groups]
+        if len(parts) == 1:
+            return torch.cat([parts[0][0], *tail], dim=-2)
+        batch, heads, _, dim = residual.shape
+        count = self.quantized_rows
+        rows = residual.new_empty((batch, heads, count + 1, dim))  # the last row takes padding (never read)
+        for part, slots in parts:
+            slots = torch.where(slots < 0, count, slots.long())
+            rows.scatter_(2, slots[None, :, :, None].expand(batch, -1, -1, dim), part)
+        return torch.cat([rows[..., :count, :], *tail], dim=-2)
+
+    def row_bits(self) -> torch.Tensor:
+        """`[kv_heads, rows]` int8: the precision each row is stored at now (16 in the residual window)."""
+        heads = int(self._residual_keys.shape[1])
+        bits = torch.full((heads, self.get_seq_length() + 1), 16, dtype=torch.int8)  # last column: padding
+        for group in self._groups:
+            if group.slots is None:
+                bits[:, : group.rows] = group.bits
+            else:
+                slots = group.slots.long().cpu()
+                bits.scatter_(1, torch.where(slots < 0, self.get_seq_length(), slots), group.bits)
+        return bits[:, :-1]
