@@ -130,4 +130,5 @@ if records is not None:
 
 n_context = model_ui.count_tokens(lm, config.prompt.context, config.prompt.question)[0]
 st.subheader("What this budget saves on a larger model")
-memory_panel.render(memory_panel.budget_fraction(config.policy.budget, n_context), config.policy.budget_text)
+memory_panel.render(memory_panel.budget_fraction(config.policy.budget, n_context), config.policy.budget_text,
+                    int(dict(config.policy.normalized().options).get("kv_bits", 16)))

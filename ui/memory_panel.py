@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from kvcrush.memory import DTYPE_BYTES, PRESET_SHAPES, KVShape, project
+from kvcrush.quant import KV_BITS
 from ui import plots
 from ui.fmt import bytes_text
 
@@ -30,7 +31,9 @@ def budget_fraction(budget: float | int, n_context: int) -> float:
     return float(budget)
 
 
-def render(fraction: float, budget_label: str) -> None:
+def render(fraction: float, budget_label: str, kv_bits: int = 16) -> None:
+    """The projection at the sidebar's budget; `kv_bits`: the sidebar policy's storage precision (the default
+    of the panel's own "Stored bits" choice)."""
     presets = list(PRESET_SHAPES) + [CUSTOM]
     if "mem_layers" not in st.session_state:
         st.session_state.setdefault("mem_preset", DEFAULT_PRESET)
@@ -38,7 +41,7 @@ def render(fraction: float, budget_label: str) -> None:
     with st.container(key="memory_panel", border=True):
         st.markdown(f"**Memory projection** at the sidebar's budget ({budget_label}, keeps {fraction:.1%} of "
                     "the context per head)")
-        top = st.columns([2, 1, 1, 1, 1.3, 1.5, 1])
+        top = st.columns([2, 1, 1, 1, 1.3, 1.5, 1, 1.2])
         top[0].selectbox("Model shape", presets, key="mem_preset", on_change=_apply_preset)
         layers = int(top[1].number_input("Layers", 1, 512, key="mem_layers"))
         kv_heads = int(top[2].number_input("KV heads", 1, 512, key="mem_kv_heads"))
@@ -47,8 +50,12 @@ def render(fraction: float, budget_label: str) -> None:
         tokens = int(top[5].number_input("Context tokens", 1, 10_000_000, DEFAULT_TOKENS, step=1024,
                                          key="mem_tokens"))
         batch = int(top[6].number_input("Batch", 1, 4096, 1, key="mem_batch"))
+        bits = int(top[7].selectbox("Stored bits", KV_BITS, index=KV_BITS.index(kv_bits), key=f"mem_bits_{kv_bits}",
+                                    help="Precision of the kept tokens (kv_bits): 16 stores them in the dtype; "
+                                         "8/4/2 as integer codes with a float16 scale and zero per 64 values, "
+                                         "the newest 8 tokens of each layer in the dtype."))
         shape = KVShape(layers, kv_heads, head_dim, dtype)
-        projection = project(shape, tokens, fraction, batch)
+        projection = project(shape, tokens, fraction, batch, bits)
         cols = st.columns(4)
         cols[0].metric("Full KV cache", bytes_text(projection.full_bytes))
         cols[1].metric("Compressed", bytes_text(projection.compressed_bytes))
@@ -57,9 +64,11 @@ def render(fraction: float, budget_label: str) -> None:
         st.caption(f"{bytes_text(shape.bytes_per_token() * batch)} per token "
                    f"(2 × {layers} layers × {kv_heads} KV heads × {head_dim} × {DTYPE_BYTES[dtype]} bytes"
                    f"{f' × batch {batch}' if batch > 1 else ''}); "
-                   f"{projection.kept_tokens:,} of {tokens:,} tokens kept.")
+                   f"{projection.kept_tokens:,} of {tokens:,} tokens kept"
+                   + (f", stored at {bits} bits ({bytes_text(shape.stored_bytes_per_token(bits) * batch)} per token)."
+                      if bits < 16 else "."))
         grid = sorted({2**k for k in range(10, 18)} | {tokens})
-        full = [project(shape, t, fraction, batch).full_bytes for t in grid]
-        compressed = [project(shape, t, fraction, batch).compressed_bytes for t in grid]
+        full = [project(shape, t, fraction, batch, bits).full_bytes for t in grid]
+        compressed = [project(shape, t, fraction, batch, bits).compressed_bytes for t in grid]
         st.plotly_chart(plots.memory_curve(grid, full, compressed, tokens, f"budget {budget_label}"),
                         key="mem_curve")

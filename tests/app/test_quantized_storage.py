@@ -1,0 +1,30 @@
+"""The sidebar's storage options (kv_bits, KVCrush's representative_bits) reach the run and the Compare page."""
+
+from __future__ import annotations
+
+from tests.app.helpers import metric, no_errors
+
+
+def _mib(text: str) -> float:
+    value, unit = text.split()
+    return float(value) * {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0}[unit]
+
+
+def test_kv_bits_shrinks_the_measured_cache_and_the_projection(app):
+    at = app.run()
+    at.switch_page("pages/compare.py").run()
+    no_errors(at)
+    plain_after = _mib(metric(at, "KV after"))
+    plain_projection = metric(at, "Compressed")
+    at.selectbox(key="opt_kvcrush_kv_bits").set_value(4).run()
+    no_errors(at)
+    quantized_after = _mib(metric(at, "KV after"))
+    assert quantized_after < plain_after / 2  # 4-bit codes + scales, measured from the stored tensors
+    assert metric(at, "Compressed") != plain_projection  # the projection follows the sidebar's bits
+    assert at.selectbox(key="mem_bits_4").value == 4
+    at.selectbox(key="opt_kvcrush_kv_bits").set_value(8).run()
+    eight_bits = _mib(metric(at, "KV after"))
+    assert quantized_after < eight_bits < plain_after
+    at.selectbox(key="opt_kvcrush_representative_bits").set_value(2).run()
+    no_errors(at)
+    assert _mib(metric(at, "KV after")) < eight_bits  # cheaper representatives (slots included)
