@@ -249,6 +249,64 @@ def score_reference_batch(model, caches: list, position: int, reference_ids: lis
     return scores, (time.perf_counter() - start) / batch
 
 
+@dataclass(frozen=True)
+class BatchDecode:
+    """What `greedy_decode_batch` returns: each row's greedy ids, and each row's equal share of the tail's
+    forward and of the decoding steps (seconds, synchronized)."""
+
+    new_ids: list[list[int]]
+    tail_s: float
+    decode_s: float
+
+
+@torch.no_grad()
+def greedy_decode_batch(model, caches: list, tail_ids: list[int], position: int, max_new_tokens: int,
+                        stops: set[int]) -> BatchDecode:
+    """`extend(tail_ids)` then `greedy_decode` for several compressed caches at once, one forward per step.
+
+    `caches` (each `[1, kv_heads, L_layer, d]`, equal `L_layer` across caches) are stacked on the batch
+    axis and the list is emptied, as in `score_reference_batch`. Every row gets the tail at true
+    positions `position...` and then its own greedy token at the same next position; a row that emitted
+    a token in `stops` keeps being fed (its later tokens are dropped) until every row has stopped or
+    `max_new_tokens` are out. Row i's ids equal `greedy_decode` on cache i alone, up to float rounding in
+    batched matrix products (a near-tie of two logits could break the other way).
+    """
+    if not tail_ids or max_new_tokens < 1:
+        raise PromptError("greedy_decode_batch needs tail ids and max_new_tokens >= 1.")
+    batch = len(caches)
+    cache = stack_caches(caches, model.config)
+    caches.clear()
+    device = model.device
+    ragged = len(set(cache_lengths(cache))) > 1
+    synchronize(device)
+    start = time.perf_counter()
+    input_ids = torch.tensor([list(tail_ids)] * batch, dtype=torch.long, device=device)
+    positions = _positions(position, len(tail_ids), device).expand(batch, -1)
+    with _ragged_attention(model) if ragged else contextlib.nullcontext():
+        output = model(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True,
+                       logits_to_keep=1)
+    logits = output.logits[:, -1].float()
+    synchronize(device)
+    tail_s = time.perf_counter() - start
+    start = time.perf_counter()
+    new_ids: list[list[int]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    next_position = position + len(tail_ids)
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(dim=-1)
+        for row, token in enumerate(tokens.tolist()):  # one host sync per step for the whole batch
+            if not done[row]:
+                new_ids[row].append(token)
+                done[row] = token in stops
+        if all(done) or step == max_new_tokens - 1:
+            break
+        output = model(input_ids=tokens[:, None], past_key_values=cache,
+                       position_ids=torch.full((batch, 1), next_position + step, device=device), use_cache=True)
+        logits = output.logits[:, -1].float()
+    synchronize(device)
+    return BatchDecode(new_ids, tail_s / batch, (time.perf_counter() - start) / batch)
+
+
 def continuation_nll(model, cache, logits: torch.Tensor, position: int, reference_ids: list[int]) -> float:
     """Mean negative log-likelihood (nats/token) of `reference_ids` under teacher forcing (`score_reference`)."""
     return score_reference(model, cache, logits, position, reference_ids).nll

@@ -42,6 +42,7 @@ from kvcrush.decode_eviction import DecodeEvictor
 from kvcrush.decoding import (
     Progress,
     extend,
+    greedy_decode_batch,
     newline_ids,
     score_reference,
     score_reference_batch,
@@ -391,7 +392,6 @@ class PreparedPrompt:
             return [self.generate(policy, 0, reference_ids=reference, should_stop=should_stop) for policy in policies]
         results: list[GenerationResult | None] = [None] * len(policies)
         bytes_before = cache_bytes(self.cache)
-        pending: dict[tuple[int, ...], list[tuple[int, RunTrace, DynamicCache]]] = {}
 
         def flush(members: list[tuple[int, RunTrace, DynamicCache]]) -> None:
             with self.lm.lock:
@@ -406,11 +406,81 @@ class PreparedPrompt:
                 results[index] = GenerationResult("", [], bytes_before, bytes_after, trace.timings, trace, score.nll,
                                                   None, n_appended=len(self.appended_ids), reference=score)
 
-        # Caches wait in a bucket per shape and go as soon as it is full, so at most a few batches are held.
-        for index, policy in enumerate(map(as_policy, policies)):
+        self._in_batches([as_policy(p) for p in policies], None, len(reference), 0, batch_size, should_stop, flush)
+        return results  # type: ignore[return-value]
+
+    def generate_many(self, policies: list[Policy | str], max_new_tokens: int, reference_ids: list[int] | None = None,
+                      stop_at_newline: bool = False, batch_size: int = 16,
+                      should_stop: ShouldStop | None = None) -> list[GenerationResult]:
+        """`generate(policy, max_new_tokens, reference_ids, stop_at_newline=...)` for every policy, batched: what
+        the benchmark's answering tasks run.
+
+        The reference is scored by `score_many`; then caches of equal shape decode together, up to
+        `batch_size` at a time, one forward per step (`kvcrush.decoding.greedy_decode_batch`). Token ids
+        equal `generate`'s up to float rounding. The tail goes through the model twice (with the reference,
+        and before decoding) and `prefill_s` holds both shares; `decode_s` is an equal share of the batch's
+        steps. Policies whose cache changes while decoding (`decode_interval`) or that store it quantized
+        (rows leave the residual window quantized, which a stacked cache would not do) run one at a time.
+        """
+        policies = [as_policy(policy) for policy in policies]
+        check_max_new_tokens(max_new_tokens)
+        reference = list(reference_ids or [])
+        if not max_new_tokens or not self.appended_ids:
+            if not max_new_tokens and reference:
+                return self.score_many(policies, reference, batch_size, should_stop)
+            return [self.generate(policy, max_new_tokens, reference or None, should_stop=should_stop,
+                                  stop_at_newline=stop_at_newline) for policy in policies]
+        alone = {i for i, policy in enumerate(policies) if policy.decode_interval or policy.storage().quantized}
+        together = [i for i in range(len(policies)) if i not in alone]
+        results: list[GenerationResult | None] = [None] * len(policies)
+        for index in sorted(alone):
+            results[index] = self.generate(policies[index], max_new_tokens, reference or None,
+                                           should_stop=should_stop, stop_at_newline=stop_at_newline)
+        scored = self.score_many([policies[i] for i in together], reference, batch_size, should_stop) \
+            if reference and together else None
+        stops = stop_ids(self.lm.model, self.lm.tokenizer)
+        if stop_at_newline:
+            stops |= newline_ids(self.lm.tokenizer)
+        bytes_before = cache_bytes(self.cache)
+        per_token = self.lm.kv_bytes_per_token()
+        tail = self.appended_ids
+
+        def flush(members: list[tuple[int, RunTrace, DynamicCache]]) -> None:
+            with self.lm.lock:
+                caches = [cache for _, _, cache in members]
+                sizes = [cache_bytes(cache) for cache in caches]
+                members_ = [(index, trace) for index, trace, _ in members]
+                members.clear()  # greedy_decode_batch frees the single copies once stacked
+                decoded = greedy_decode_batch(self.lm.model, caches, tail, self.n_budgeted, max_new_tokens, stops)
+            for (index, trace), ids, bytes_after in zip(members_, decoded.new_ids, sizes, strict=True):
+                timings = trace.timings
+                timings.prefill_s += decoded.tail_s
+                timings.decode_s, timings.decode_tokens = decoded.decode_s, len(ids)
+                score = scored[index].reference if scored else None
+                final = bytes_after + (len(tail) + len(ids) - 1) * per_token  # the last token is never fed back
+                results[together[index]] = GenerationResult(
+                    self.lm.tokenizer.decode(ids, skip_special_tokens=True), ids, bytes_before, bytes_after, timings,
+                    trace, None if score is None else score.nll, final, n_appended=len(tail), reference=score)
+
+        selections = [result.trace for result in scored] if scored else None
+        self._in_batches([policies[i] for i in together], selections, len(reference), max_new_tokens, batch_size,
+                         should_stop, flush)
+        return results  # type: ignore[return-value]
+
+    def _in_batches(self, policies: list[Policy], selections: list[RunTrace] | None, n_reference: int,
+                    max_new_tokens: int, batch_size: int, should_stop: ShouldStop | None,
+                    flush: Callable[[list[tuple[int, RunTrace, DynamicCache]]], None]) -> None:
+        """Select (or take `selections[i]`) and gather every policy as `generate` does, and hand caches of equal
+        shape (tokens per layer) to `flush` in lists of up to `batch_size` `(index, trace, cache)`.
+
+        Caches wait in a bucket per shape and go as soon as it is full, so at most a few batches are held.
+        """
+        pending: dict[tuple[int, ...], list[tuple[int, RunTrace, DynamicCache]]] = {}
+        for index, policy in enumerate(policies):
             if should_stop is not None and should_stop():
                 raise RunCancelled("The run was cancelled.")
-            trace = self._checked_selection(policy, len(reference), 0, None, should_stop)
+            selection = selections[index] if selections is not None else None
+            trace = self._checked_selection(policy, n_reference, max_new_tokens, selection, should_stop)
             with self.lm.lock, torch.no_grad():
                 cache = self._gather(trace, policy)
             bucket = pending.setdefault(tuple(cache_lengths(cache)), [])
@@ -420,7 +490,6 @@ class PreparedPrompt:
         for bucket in pending.values():
             if bucket:
                 flush(bucket)
-        return results  # type: ignore[return-value]
 
     def _evictor(self, policy: Policy, cache: DynamicCache, trace: RunTrace) -> DecodeEvictor:
         """Decode-time eviction for `policy`, starting from the compressed prompt (the tail is appended next)."""

@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 import kvcrush
-from kvcrush.decoding import _forward, extend, greedy_decode, newline_ids, stop_ids
+from kvcrush.decoding import _forward, extend, greedy_decode, greedy_decode_batch, newline_ids, stop_ids
 from kvcrush.kvcache import cache_lengths, compressed_copy, stack_caches
 from kvcrush.prompts import EncodedPrompt, encode_prompt
 
@@ -53,6 +53,38 @@ def test_score_many_equals_one_generate_per_policy(prepared, names):
         assert result.reference.token_nll == pytest.approx(single.reference.token_nll, abs=1e-4)
         assert result.reference_nll == pytest.approx(single.reference_nll, abs=1e-4)
         assert result.trace.policy == policy.describe() and result.text == ""
+
+
+@pytest.mark.parametrize("stop_at_newline", [False, True])
+def test_generate_many_equals_one_generate_per_policy(prepared, stop_at_newline):
+    reference = [11, 12, 13]
+    policies = [kvcrush.make_policy(name, budget=budget) for name in ("snapkv", "h2o", "pyramidkv")
+                for budget in (0.2, 0.5)]
+    policies += [kvcrush.make_policy("kvcrush", budget=0.4, kv_bits=4),  # decoded alone: stored quantized
+                 kvcrush.make_policy("tova", budget=0.3, decode_interval=2)]  # decoded alone: evicts meanwhile
+    batched = prepared.generate_many(policies, 6, reference, stop_at_newline=stop_at_newline, batch_size=2)
+    for policy, result in zip(policies, batched, strict=True):
+        single = prepared.generate(policy, 6, reference_ids=reference, stop_at_newline=stop_at_newline)
+        assert result.new_token_ids == single.new_token_ids and result.text == single.text, policy.describe()
+        assert result.timings.decode_tokens == len(single.new_token_ids) and result.timings.decode_s > 0
+        assert (result.kv_bytes_after, result.kv_bytes_final) == (single.kv_bytes_after, single.kv_bytes_final)
+        assert result.reference_nll == pytest.approx(single.reference_nll, abs=1e-4)
+        assert result.reference.greedy_match == single.reference.greedy_match
+        assert result.trace.policy == policy.describe() and result.n_appended == single.n_appended
+
+
+def test_greedy_decode_batch_stops_each_row_on_its_own(prepared):
+    """A row that stops keeps its ids; the others go on (the stop set is every id one row emits first)."""
+    policies = [kvcrush.make_policy("snapkv", budget=0.3), kvcrush.make_policy("knorm", budget=0.3)]
+    alone = [prepared.generate(policy, 5).new_token_ids for policy in policies]
+    first = alone[0][0]
+    stops = {first} if first not in alone[1] else set()
+    caches = [compressed_copy(prepared.cache, [layer.kept for layer in prepared.select(policy).layers],
+                              prepared.lm.model.config) for policy in policies]
+    decoded = greedy_decode_batch(prepared.lm.model, caches, prepared.appended_ids, prepared.n_budgeted, 5, stops)
+    assert caches == []  # the single copies were handed over
+    assert decoded.new_ids[0] == (alone[0][:1] if stops else alone[0])
+    assert decoded.new_ids[1] == alone[1]
 
 
 def test_stack_caches_keeps_each_row(prepared):
