@@ -17,7 +17,9 @@ continuation under teacher forcing.
 
 Matching budgets: a budget fraction ``b`` is kvpress's ``compression_ratio = 1 - b``. Our engine keeps
 ``ceil(b * N)`` tokens per head, kvpress ``int(b * N)``; the kept fraction measured on the real cache
-tensors (`kvcrush.kvcache.cache_bytes`) is reported for both.
+tensors (`kvcrush.kvcache.cache_bytes`) is reported for both. An equal-bytes spec of ours (``snapkv~4b``)
+turns ``b`` into a budget in bytes on each prompt (`equal_bytes_budget`): what ``b`` of the prompt's
+full-precision cache holds, so its rows, stored at fewer bits, are more tokens in no more bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from benchmarks.grid import ENGINE_KVPRESS, ENGINE_OURS, PolicySpec
 from benchmarks.tasks import Item
 from kvcrush import LoadedModel, Policy, PreparedPrompt, make_policy, prepare_encoded
 from kvcrush.decoding import ReferenceScores
+from kvcrush.quant import KVStorage
 from kvcrush.trace import GenerationResult
 
 NAN = float("nan")
@@ -47,6 +50,8 @@ class Outcome:
     the scorer's cost (``score_reused``: computed by an earlier run on the same prefill, the time is
     what it cost then), selection plus the gather of the kept rows, KVCrush's share of the selection.
     decode_s: greedy decoding only.
+    kept_tokens: ours only (NaN for kvpress): context tokens each KV head keeps, mean over layers.
+    budget_bytes: ours with a budget in bytes (equal-bytes specs): that budget per KV head and layer.
     """
 
     text: str
@@ -64,6 +69,8 @@ class Outcome:
     prefill_reused: bool = False
     score_reused: bool = False
     reference: ReferenceScores | None = None  # the item's reference ids under teacher forcing
+    kept_tokens: float = NAN
+    budget_bytes: int | None = None
 
     @property
     def kv_fraction(self) -> float:
@@ -88,14 +95,30 @@ class Outcome:
 def outcome_of(result: GenerationResult, keep_kept: bool = False) -> Outcome:
     """Our engine's `GenerationResult` as an `Outcome`."""
     timings = result.timings
-    kept = [layer.kept.clone() for layer in result.trace.layers] if keep_kept else None
+    layers = result.trace.layers
+    kept = [layer.kept.clone() for layer in layers] if keep_kept else None
     return Outcome(
         text=result.text, new_ids=list(result.new_token_ids), nll=result.reference_nll,
         kv_bytes_before=result.kv_bytes_before, kv_bytes_after=result.kv_bytes_after,
         prefill_s=timings.prefill_s, score_s=timings.score_s, select_s=timings.select_s, crush_s=timings.crush_s,
         decode_s=timings.decode_s, decode_tokens=timings.decode_tokens, kept=kept,
         prefill_reused=timings.prefill_reused, score_reused=timings.score_reused, reference=result.reference,
+        kept_tokens=sum(int(layer.kept.shape[-1]) for layer in layers) / len(layers) if layers else NAN,
+        budget_bytes=result.trace.policy.get("budget_bytes"),
     )
+
+
+def equal_bytes_budget(prepared: PreparedPrompt, fraction: float) -> int:
+    """The budget in bytes per KV head and layer that holds `fraction` of the prompt's full-precision cache.
+
+    ``floor(fraction * N * full_token_bytes)``: N tokens under the budget, ``full_token_bytes`` one token's
+    key and value rows in one KV head in the model's dtype. Floored, so it never exceeds what a
+    full-precision run at the same fraction holds (``ceil(fraction * N)`` rows); the epsilon keeps a product
+    that float rounding leaves just under a whole number (0.29 * 100 is 28.999999999999996) from losing a byte.
+    """
+    keys = prepared.cache.layers[0].keys
+    full_token_bytes = KVStorage().token_bytes(16, int(keys.shape[-1]), keys.element_size())
+    return max(1, math.floor(fraction * prepared.n_budgeted * full_token_bytes + 1e-6))
 
 
 class ItemRuns:
@@ -126,7 +149,7 @@ class ItemRuns:
                 continue
             prepared = self.prepared(qa)
             for budget in budgets:
-                results = prepared.score_many([spec.policy(budget, self.seed) for spec in mode], item.reference_ids)
+                results = prepared.score_many([self.policy(spec, budget, qa) for spec in mode], item.reference_ids)
                 for spec, result in zip(mode, results, strict=True):
                     self._ours[(spec.label, budget)] = outcome_of(result)
 
@@ -141,6 +164,12 @@ class ItemRuns:
         if key not in self._prepared:
             self._prepared[key] = prepare_encoded(self.lm, self.item.encoded, query_aware=key)
         return self._prepared[key]
+
+    def policy(self, spec: PolicySpec, budget: float, query_aware: bool = False) -> Policy:
+        """`spec` at `budget` on this item: an equal-bytes spec gets its budget in bytes from the prompt it runs on."""
+        query_aware = query_aware or spec.query_aware
+        budget_bytes = equal_bytes_budget(self.prepared(query_aware), budget) if spec.equal_bytes else None
+        return spec.policy(budget, self.seed, budget_bytes)
 
     @property
     def prefills(self) -> int:
@@ -158,7 +187,7 @@ class ItemRuns:
         batched = None if keep_kept else self._ours.pop((spec.label, budget), None)
         if batched is not None:
             return batched
-        return self.run_policy(spec.policy(budget, self.seed), query_aware or spec.query_aware, keep_kept)
+        return self.run_policy(self.policy(spec, budget, query_aware), query_aware or spec.query_aware, keep_kept)
 
     def run_policy(self, policy: Policy, query_aware: bool = False, keep_kept: bool = False,
                    max_new_tokens: int | None = None) -> Outcome:
@@ -177,7 +206,7 @@ class ItemRuns:
 
     def run_base(self, spec: PolicySpec, budget: float, query_aware: bool = False) -> Outcome:
         """KVCrush's base policy alone, exactly as inside `spec`, on the same prefill and scores, not decoding."""
-        policy = spec.policy(budget, self.seed)
+        policy = self.policy(spec, budget, query_aware)
         if not spec.is_kvcrush:
             raise ValueError(f"{spec.label} is not KVCrush: it has no base policy.")
         return self.run_policy(policy.base, query_aware or spec.query_aware, max_new_tokens=0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.engines import ItemRuns, Outcome, kept_jaccard, kvpress_kept
-from benchmarks.grid import ENGINE_KVPRESS, PARITY_PAIRS, PolicySpec
+from benchmarks.grid import ENGINE_KVPRESS, FULL_BITS, PARITY_PAIRS, PolicySpec
 from benchmarks.tasks import Item, agreement, likelihood, multikey, multivalue, needle
 
 TASK_MODULES = {module.NAME: module for module in (needle, multikey, multivalue, likelihood, agreement)}
@@ -37,6 +37,9 @@ def _base_record(item: Item, spec: PolicySpec | None, budget: float) -> dict[str
         "policy": spec.label if spec else "full", "engine": spec.engine if spec else "ours",
         "method": spec.method if spec else "full", "base": spec.base if spec else "",
         "anchor": spec.anchor if spec else "", "budget": budget,
+        # storage (kvpress and the full reference: the model's dtype); representative_bits: KVCrush only
+        "kv_bits": spec.kv_bits if spec else FULL_BITS, "equal_bytes": spec.equal_bytes if spec else False,
+        "representative_bits": spec.representative_bits if spec else None,
     }
 
 
@@ -52,7 +55,8 @@ def _record(item: Item, spec: PolicySpec | None, budget: float, outcome: Outcome
     record.update(
         score=metrics[module.PRIMARY], score_name=module.PRIMARY, higher_is_better=module.HIGHER_IS_BETTER,
         kv_fraction=outcome.kv_fraction, kv_bytes_before=outcome.kv_bytes_before,
-        kv_bytes_after=outcome.kv_bytes_after, prefill_s=outcome.prefill_s, score_s=outcome.score_s,
+        kv_bytes_after=outcome.kv_bytes_after, kept_tokens=outcome.kept_tokens, budget_bytes=outcome.budget_bytes,
+        prefill_s=outcome.prefill_s, score_s=outcome.score_s,
         select_s=outcome.select_s, crush_s=outcome.crush_s, decode_s=outcome.decode_s,
         decode_tokens=outcome.decode_tokens, decode_ms_per_token=outcome.decode_ms_per_token,
         prefill_reused=outcome.prefill_reused, score_reused=outcome.score_reused, text=outcome.text,

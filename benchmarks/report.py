@@ -8,7 +8,8 @@ Files (all in one folder; `benchmarks/README.md` explains every column):
 - ``parity.csv``: kept-token overlap of our policies with their kvpress counterparts on one prompt.
 - ``overhead.csv``, ``scale.csv``: KVCrush's overhead over its base policy; random-weight timing and memory.
 - ``summary.json``: settings, seeds, comparisons, memory, overhead, durations and the environment.
-- ``report.md``, ``chart.html`` (score versus budget per policy), ``environment.json``.
+- ``report.md``, ``chart.html`` (score versus budget per policy, and versus the KV bytes kept with the
+  Pareto front, `benchmarks.pareto`), ``environment.json``.
 """
 
 from __future__ import annotations
@@ -21,21 +22,23 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.pareto import front_markdown, front_rows, storage_text
 from benchmarks.stats import bootstrap_mean, mcnemar_exact, paired_bootstrap
 from kvcrush import POLICIES
 
 RESULT_COLUMNS = [
-    "task", "dataset", "policy", "engine", "method", "base", "anchor", "budget", "compression_ratio",
+    "task", "dataset", "policy", "engine", "method", "base", "anchor", "kv_bits", "representative_bits",
+    "equal_bytes", "budget", "compression_ratio",
     "score", "score_low", "score_high", "score_name", "higher_is_better", "score_std", "n",
     "dense_name", "dense", "dense_low", "dense_high", "full_score", "delta_vs_full",
     "change_vs_full_pct", "em_vs_full", "token_agreement", "f1_vs_gold", "em_vs_gold", "contains_gold",
-    "kv_fraction", "kv_bytes_before", "kv_bytes_after", "context_tokens", "prefill_s", "score_s", "select_s",
-    "crush_s", "decode_s", "decode_tokens", "decode_ms_per_token", "seed",
+    "kv_fraction", "kv_bytes_before", "kv_bytes_after", "kept_tokens", "budget_bytes", "context_tokens",
+    "prefill_s", "score_s", "select_s", "crush_s", "decode_s", "decode_tokens", "decode_ms_per_token", "seed",
 ]
 BREAKDOWN_COLUMNS = RESULT_COLUMNS[:2] + ["length"] + RESULT_COLUMNS[2:]
 EXTRA_METRICS = ("em_vs_full", "token_agreement", "f1_vs_gold", "em_vs_gold", "contains_gold")
-MEAN_FIELDS = ("kv_fraction", "kv_bytes_before", "kv_bytes_after", "n_context", "prefill_s", "score_s",
-               "select_s", "crush_s", "decode_s", "decode_tokens", "decode_ms_per_token")
+MEAN_FIELDS = ("kv_fraction", "kv_bytes_before", "kv_bytes_after", "kept_tokens", "budget_bytes", "n_context",
+               "prefill_s", "score_s", "select_s", "crush_s", "decode_s", "decode_tokens", "decode_ms_per_token")
 # Per-sample differences within these are ties when comparing two policies (NLL: 0.01 nats/token).
 TIE_TOLERANCE = {"nll": 0.01, "gold_nll": 0.01}
 # The dense companion of each primary score: the gold answer's teacher-forced NLL (nats/token, lower is
@@ -55,9 +58,22 @@ def _nanmean(values: Iterable[float]) -> float:
     return sum(clean) / len(clean) if clean else math.nan
 
 
+# A record's storage (older runs, before quantized caches, have none: the model's dtype, token budgets).
+STORAGE_DEFAULTS = {"kv_bits": 16, "representative_bits": math.nan, "equal_bytes": False}
+
+
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The records as a frame, with the storage columns older runs lack."""
+    frame = pd.DataFrame(records)
+    for column, default in STORAGE_DEFAULTS.items():
+        if not frame.empty and column not in frame:
+            frame[column] = default
+    return frame
+
+
 def aggregate(records: list[dict[str, Any]], keys: tuple[str, ...], seed: int) -> pd.DataFrame:
     """Mean over samples of every metric, with the full cache's score on the same samples."""
-    frame = pd.DataFrame(records)
+    frame = records_frame(records)
     if frame.empty:
         return pd.DataFrame(columns=list(keys) + RESULT_COLUMNS)
     full = frame[frame["policy"] == "full"].set_index(["task", "dataset", "sample"])["score"]
@@ -75,6 +91,8 @@ def aggregate(records: list[dict[str, Any]], keys: tuple[str, ...], seed: int) -
             if dense_name in group else bootstrap_mean([])
         row.update(
             engine=first["engine"], method=first["method"], base=first["base"], anchor=first["anchor"],
+            kv_bits=int(first["kv_bits"]), representative_bits=first["representative_bits"],
+            equal_bytes=bool(first["equal_bytes"]),
             compression_ratio=round(1.0 - float(first["budget"]), 6), score=score, score_low=interval.low,
             score_high=interval.high, score_name=first["score_name"],
             higher_is_better=bool(first["higher_is_better"]),
@@ -187,9 +205,10 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     ObservedAttentionPress) and against the best kvpress press of that cell (`versus` names it).
     parity: our policies against their kvpress counterparts (`grid.PARITY_PAIRS`).
     variants_vs_paper: every KVCrush variant beyond the paper (``kvcrush:B:A:VARIANT``) against the paper's
-    KVCrush with the same base and anchor (``kvcrush:B:A``).
+    KVCrush with the same base, anchor and suffixes (``kvcrush:B:A``; `grid.paper_label`), so a ``repN``
+    variant meets the paper's KVCrush at the same storage.
     """
-    from benchmarks.grid import PARITY_PAIRS, base_label
+    from benchmarks.grid import PARITY_PAIRS, base_label, paper_label
 
     frame = pd.DataFrame(records)
     out: dict[str, list[dict[str, Any]]] = {"kvcrush_vs_base": [], "kvcrush_vs_kvpress": [], "parity": [],
@@ -227,23 +246,6 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
                     if row:
                         out["parity"].append(row)
     return out
-
-
-def paper_label(label: str) -> str | None:
-    """``kvcrush:B:A:VARIANT[@x][+qa]`` -> ``kvcrush:B:A[@x][+qa]`` (the paper's method); None for other labels."""
-    from benchmarks.grid import QA_SUFFIX
-
-    if not label.startswith("kvcrush:"):
-        return None
-    suffix = ""
-    core = label
-    if core.endswith(QA_SUFFIX):
-        core, suffix = core[: -len(QA_SUFFIX)], QA_SUFFIX
-    if "@" in core:
-        core, reduction = core.rsplit("@", 1)
-        suffix = f"@{reduction}{suffix}"
-    parts = core.split(":")
-    return ":".join(parts[:3]) + suffix if len(parts) > 3 else None
 
 
 def best_systems(records: list[dict[str, Any]], results: pd.DataFrame) -> list[dict[str, Any]]:
@@ -300,13 +302,14 @@ def paper_target(results: pd.DataFrame, budget: float = 0.25) -> list[dict[str, 
 
 
 def memory_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per engine, budget and prompt length: KV bytes after / before (real tensors), decode ms/token.
+    """Per engine, budget, storage (kv_bits, equal bytes) and prompt length: KV bytes after / before (real
+    tensors), decode ms/token.
 
     Uses the needle prompts (else every prompt that decodes), whose lengths are fixed; the kept
     fraction's range is over every run of every task at that budget. Query-aware (``+qa``) runs are
     left out: their budget covers the question too, so their bytes are not comparable.
     """
-    frame = pd.DataFrame(records)
+    frame = records_frame(records)
     if frame.empty:
         return []
     frame = frame[~frame["policy"].astype(str).str.endswith("+qa")]  # their budget also covers the question
@@ -316,10 +319,14 @@ def memory_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for length, at_length in decoding.groupby("length"):
         full = at_length[at_length["policy"] == "full"]
-        for (engine, budget), group in at_length[at_length["policy"] != "full"].groupby(["engine", "budget"]):
-            everywhere = frame[(frame["engine"] == engine) & (frame["budget"] == budget)]["kv_fraction"]
+        compressed = at_length[at_length["policy"] != "full"]
+        for (engine, budget, bits, equal_bytes), group in compressed.groupby(["engine", "budget", "kv_bits",
+                                                                              "equal_bytes"]):
+            everywhere = frame[(frame["engine"] == engine) & (frame["budget"] == budget) & (frame["kv_bits"] == bits)
+                               & (frame["equal_bytes"] == equal_bytes)]["kv_fraction"]
             rows.append({
-                "length": int(length), "engine": engine, "budget": float(budget),
+                "length": int(length), "engine": engine, "budget": float(budget), "kv_bits": int(bits),
+                "equal_bytes": bool(equal_bytes),
                 "context_tokens": float(group["n_context"].mean()),
                 "kv_fraction_mean": float(group["kv_fraction"].mean()),
                 "kv_fraction_min": float(everywhere.min()), "kv_fraction_max": float(everywhere.max()),
@@ -528,6 +535,17 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
         "",
         score_tables(results),
         "",
+        "## Quality versus KV bytes (Pareto front)",
+        "",
+        "Every (policy, budget, storage bits) of both engines and the full cache, query-agnostic: x is the share"
+        " of the full cache's bytes kept (measured on the real tensors: packed codes, scales and the"
+        " full-precision residual window count), y the task's mean score. A system is on the front when no other"
+        " keeps no more bytes and scores at least as well; front membership is by the means, the intervals say"
+        " how sure they are. `~N` rows store the kept rows at N bits with a budget in tokens; `~Nb` rows hold the"
+        " bytes the full-precision cache holds at that budget, so more tokens (chart.html plots every point).",
+        "",
+        front_markdown(summary.get("pareto", [])),
+        "",
     ]
     comp = summary.get("comparisons", {})
     lines += ["## KVCrush versus its base policy (same total budget)", "",
@@ -563,7 +581,7 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
         lines += [overhead_markdown(overhead), ""]
     memory = summary.get("memory", [])
     if memory:
-        rows = [[m["length"], m["engine"], f"{m['budget']:.0%}", 100 * m["kv_fraction_mean"],
+        rows = [[m["length"], m["engine"], f"{m['budget']:.0%}", storage_text(m), 100 * m["kv_fraction_mean"],
                  f"{100 * m['kv_fraction_min']:.1f}-{100 * m['kv_fraction_max']:.1f}",
                  m["kv_bytes_after_mean"] / 2**20, m["kv_bytes_before_mean"] / 2**20, m["decode_ms_per_token"],
                  m["full_decode_ms_per_token"]] for m in memory]
@@ -571,7 +589,8 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
                   "KV bytes of the context after / before eviction, read from the cache tensors (needle prompts of"
                   " that length); the kept range is over every run of every task; decode ms/token with the"
                   " compressed cache versus the full cache on the same prompts.", "",
-                  markdown_table(["tokens", "engine", "budget", "kv kept %", "range (all tasks) %", "KV MiB after",
+                  markdown_table(["tokens", "engine", "budget", "storage", "kv kept %", "range (all tasks) %",
+                                  "KV MiB after",
                                   "KV MiB before", "decode ms/token", "full ms/token"], rows), ""]
     peaks = summary.get("peak_rss_mib", {})
     if peaks:
@@ -677,21 +696,21 @@ KNOWN_DIFFERENCES = """### Known differences between the engines (by design, not
 # Chart
 
 
-def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
-    """The (kv kept, score) points no other point beats with less or equal KV and a better or equal score."""
-    sign = 1 if higher_is_better else -1
-    front, best = [], -math.inf
-    for kept, score in sorted(points, key=lambda p: (p[0], -sign * p[1])):
-        if sign * score > best:
-            front.append((kept, score))
-            best = sign * score
-    return front
+# Marker of a storage in the Pareto panel: the shape says the kept rows' bits, an open marker a budget in bytes.
+BITS_SYMBOL = {16: "circle", 8: "diamond", 4: "square", 2: "triangle-up"}
+
+
+def _storage_marker(row: pd.Series) -> str:
+    symbol = BITS_SYMBOL.get(int(row.get("kv_bits", 16)), "circle")
+    return symbol + "-open" if str(row.get("equal_bytes")) == "True" else symbol
 
 
 def chart_html(results: pd.DataFrame, path: Path, title: str, embed_js: bool = True) -> None:
     """Per task/dataset, two panels: score versus budget per policy (95% intervals as error bars, the full
-    cache dashed) and the Pareto view, score versus the KV actually kept (every policy and budget, the
-    front as a line). `embed_js` puts plotly.js in the file so it works offline."""
+    cache dashed) and the Pareto view, score versus the share of the full cache's bytes actually kept
+    (every policy, budget and storage: the marker's shape is the kept rows' bits, open for a budget in
+    bytes; the front, `benchmarks.pareto.front_rows`, as a line through ringed points). `embed_js` puts
+    plotly.js in the file so it works offline."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -704,12 +723,13 @@ def chart_html(results: pd.DataFrame, path: Path, title: str, embed_js: bool = T
         sub = results[(results["task"] == task) & (results["dataset"] == dataset)]
         better = "higher" if sub["higher_is_better"].iloc[0] else "lower"
         name = f"{task} / {dataset}: {sub['score_name'].iloc[0]} ({better} is better)"
-        titles += [f"{name} vs budget", f"{name} vs KV kept (Pareto)"]
+        titles += [f"{name} vs budget", f"{name} vs KV bytes kept (Pareto)"]
     fig = make_subplots(rows=len(panels), cols=2, subplot_titles=titles)
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf"]
     policies = [p for p in dict.fromkeys(results["policy"]) if p != "full"]
     colors = {p: palette[i % len(palette)] for i, p in enumerate(policies)}
+    fronts = front_rows(results)
     for index, (task, dataset) in enumerate(panels):
         row = index + 1
         sub = results[(results["task"] == task) & (results["dataset"] == dataset)]
@@ -720,7 +740,6 @@ def chart_html(results: pd.DataFrame, path: Path, title: str, embed_js: bool = T
                 x=[100 * min(budgets), 100], y=[float(full["score"].iloc[0])] * 2, mode="lines",
                 line=dict(color="black", dash="dot"), name="full", legendgroup="full", showlegend=index == 0,
             ), row=row, col=1)
-        points = []
         for policy in policies:
             pol = sub[sub["policy"] == policy].sort_values("budget")
             if pol.empty:
@@ -741,18 +760,27 @@ def chart_html(results: pd.DataFrame, path: Path, title: str, embed_js: bool = T
             ), row=row, col=1)
             fig.add_trace(go.Scatter(
                 x=(100 * pol["kv_fraction"]).tolist(), y=pol["score"].tolist(), mode="markers", name=policy,
-                legendgroup=policy, showlegend=False, marker=dict(color=colors[policy], size=7),
-                hovertemplate=f"{policy}<br>kv kept %{{x:.1f}}%<br>score %{{y:.3f}}<extra></extra>",
+                legendgroup=policy, showlegend=False,
+                marker=dict(color=colors[policy], size=8, symbol=[_storage_marker(r) for _, r in pol.iterrows()]),
+                customdata=(100 * pol["budget"]).to_numpy(),
+                hovertemplate=f"{policy}<br>budget %{{customdata:.0f}}%<br>kv kept %{{x:.1f}}% of the full cache's"
+                              " bytes<br>score %{y:.3f}<extra></extra>",
             ), row=row, col=2)
-            points += list(zip((100 * pol["kv_fraction"]).tolist(), pol["score"].tolist(), strict=True))
-        front = pareto_front([p for p in points if not any(map(math.isnan, p))],
-                             bool(sub["higher_is_better"].iloc[0]))
+        if not full.empty:
+            fig.add_trace(go.Scatter(x=[100 * float(full["kv_fraction"].iloc[0])], y=[float(full["score"].iloc[0])],
+                                     mode="markers", marker=dict(color="black", symbol="star", size=10), name="full",
+                                     legendgroup="full", showlegend=False), row=row, col=2)
+        front = [f for f in fronts if f["task"] == task and f["dataset"] == dataset]
         if front:
-            fig.add_trace(go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines",
-                                     line=dict(color="black", width=1), name="Pareto front",
-                                     legendgroup="pareto", showlegend=index == 0), row=row, col=2)
-        fig.update_xaxes(title_text="budget (% of context KV kept)", row=row, col=1)
-        fig.update_xaxes(title_text="KV kept (% of context bytes, measured)", row=row, col=2)
+            fig.add_trace(go.Scatter(
+                x=[100 * f["kv_fraction"] for f in front], y=[f["score"] for f in front], mode="lines+markers",
+                line=dict(color="black", width=1), marker=dict(symbol="circle-open", size=15, color="black"),
+                name="Pareto front", legendgroup="pareto", showlegend=index == 0,
+                text=[f"{f['policy']} at {f['budget']:.0%}, {storage_text(f)}" for f in front],
+                hovertemplate="front: %{text}<br>kv kept %{x:.1f}%<br>score %{y:.3f}<extra></extra>",
+            ), row=row, col=2)
+        fig.update_xaxes(title_text="budget (% of context KV kept: tokens, or bytes for ~Nb)", row=row, col=1)
+        fig.update_xaxes(title_text="KV kept (% of the full cache's bytes, measured)", row=row, col=2)
     fig.update_layout(title=title, height=420 * len(panels), template="plotly_white")
     fig.write_html(path, include_plotlyjs=True if embed_js else "cdn", full_html=True)
 
@@ -819,7 +847,7 @@ def rerender(folder: Path, embed_js: bool = True) -> str:
     results = results_table(records, seed)
     summary.update(comparisons=comparisons(records), paper_target=paper_target(results),
                    best=best_systems(records, results), memory=memory_summary(records),
-                   results=results.to_dict(orient="records"))
+                   pareto=front_rows(results), results=results.to_dict(orient="records"))
     write_csv(folder / "results.csv", results, RESULT_COLUMNS)
     write_csv(folder / "breakdown.csv", breakdown_table(records, seed), BREAKDOWN_COLUMNS)
     write_json(folder / "summary.json", summary)

@@ -31,7 +31,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from benchmarks import report  # noqa: E402
+from benchmarks import pareto, report  # noqa: E402
 from benchmarks.env import environment, peak_rss_bytes, reset_peak_rss  # noqa: E402
 from benchmarks.grid import (  # noqa: E402
     FULL_BUDGETS,
@@ -110,7 +110,8 @@ class RunSettings:
                 " tokens (30 prompts per task, 6 per depth; multi-value, 2k and 4k needles are in --full),"
                 f" likelihood at 2k (20 samples), SQuAD and HotpotQA ({STANDARD_AGREEMENT_SAMPLES} questions"
                 f" each, answers up to 8 tokens), and {len(STANDARD_POLICIES)} systems (listed below; --full runs"
-                " every policy in both head reductions, every anchor and crush fraction). The KVCrush variants"
+                " every policy in both head reductions, every anchor and crush fraction, and the storage group:"
+                " 8/4-bit rows at token and byte budgets, cheaper KVCrush representatives). The KVCrush variants"
                 " were chosen on seed 1 (development); this run's seed is the test seed.",
             ],
         )
@@ -183,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budgets", nargs="+", help="fractions or percentages, e.g. 0.25 50%%")
     parser.add_argument("--policies", nargs="+",
                         help="specs or groups: snapkv, snapkv@all, kvcrush:snapkv:alternating, kvpress:snapkv, "
-                             "baselines, matched, kvcrush, head-reduction, kvpress, all (see benchmarks/grid.py)")
+                             "snapkv~4 (4-bit rows), snapkv~4b (4-bit rows, same bytes), "
+                             "kvcrush:snapkv:alternating:rep4~8b, baselines, matched, kvcrush, head-reduction, "
+                             "kvpress, storage, all (see benchmarks/grid.py)")
     parser.add_argument("--samples", type=int, help="prompts per needle task and length / likelihood samples / "
                         "questions per agreement dataset")
     parser.add_argument("--seed", type=int, default=0)
@@ -332,6 +335,7 @@ def run_quality(args: argparse.Namespace) -> Path:
         "parity_selection": grid.parity,
         "overhead": overhead_rows,
         "memory": report.memory_summary(grid.records),
+        "pareto": pareto.front_rows(results),
         "errors": grid.errors,
         "results": results.to_dict(orient="records"),
     }
@@ -360,7 +364,8 @@ def run_quality(args: argparse.Namespace) -> Path:
 def _settings_dict(settings: RunSettings, specs) -> dict[str, Any]:
     data = dataclasses.asdict(settings)
     data["policy_specs"] = [{"label": s.label, "engine": s.engine, "method": s.method, "base": s.base,
-                             "anchor": s.anchor, "options": s.options} for s in specs]
+                             "anchor": s.anchor, "options": s.options, "kv_bits": s.kv_bits,
+                             "equal_bytes": s.equal_bytes} for s in specs]
     return data
 
 

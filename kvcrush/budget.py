@@ -135,10 +135,11 @@ def plan_budget_bytes(n_tokens: int, budget_bytes: int, sink: int, recent: int, 
     if available >= n_tokens * row_bytes:
         return plan_budget(n_tokens, n_tokens, sink, recent)
     fixed = min(sink + recent, n_tokens)
-    if available < max(fixed, 1) * row_bytes:
-        raise BudgetError(
-            f"budget_bytes={budget_bytes} holds fewer than the {max(fixed, 1)} sink and recent tokens this "
-            f"layer keeps at {row_bytes} bytes each (plus {residual_extra} for the residual window); raise it.")
+    if available < row_bytes:
+        raise BudgetError(f"budget_bytes={budget_bytes} holds less than one token at {row_bytes} bytes (plus "
+                          f"{residual_extra} for the residual window); raise it.")
+    if available < fixed * row_bytes:  # as `plan_budget` does: sink and recent are clipped to what fits
+        return plan_budget(n_tokens, int(available // row_bytes), sink, recent)
     middle_bytes = available - fixed * row_bytes
     crush = int(round_half_up(crush_fraction * middle_bytes) // representative_row_bytes)
     importance = int((middle_bytes - crush * representative_row_bytes) // row_bytes)

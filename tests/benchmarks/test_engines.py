@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import benchmarks.kvpress_runner as kvpress_runner
-from benchmarks.engines import ItemRuns, kvcrush_overhead, run_kvpress
+from benchmarks.engines import ItemRuns, equal_bytes_budget, kvcrush_overhead, run_kvpress
 from benchmarks.grid import parse_policies, parse_spec
 from benchmarks.quality import run_grid
 from benchmarks.tasks import Item
@@ -119,3 +119,47 @@ def test_kvcrush_overhead_is_policy_time_minus_its_base_on_the_same_scores(tiny_
     assert runs.prefills == 1
     with pytest.raises(ValueError):
         runs.run_base(parse_spec("snapkv"), 0.25)
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["decoded", "scored-in-batches"])
+def test_quantized_runs_report_their_real_bytes(tiny_lm, ids, reference):
+    """At one budget fraction: 4-bit rows at the same tokens hold fewer bytes than 16-bit ones; 4-bit rows at
+    the same bytes hold no more bytes and keep more tokens (both the decoding and the batched scoring path)."""
+    item = _item(ids, reference=reference)
+    budget = 0.1
+    specs = parse_policies(["snapkv", "snapkv~4", "snapkv~4b", "kvcrush:snapkv:alternating~4b"])
+    grid = run_grid(tiny_lm, [item], specs, [budget], seed=0, show_progress=False, parity=False)
+    assert grid.errors == []
+    rows = {r["policy"]: r for r in grid.records}
+    full, plain, tokens, same = rows["full"], rows["snapkv"], rows["snapkv~4"], rows["snapkv~4b"]
+    assert (full["kv_bits"], plain["kv_bits"], tokens["kv_bits"], same["kv_bits"]) == (16, 16, 4, 4)
+    assert (plain["equal_bytes"], tokens["equal_bytes"], same["equal_bytes"]) == (False, False, True)
+    assert plain["kept_tokens"] == tokens["kept_tokens"] == math.ceil(budget * N_CONTEXT)
+    # Per KV head and layer: the 8 newest rows stay float32 (2 x 16 values x 4 bytes), the others are 16 4-bit
+    # codes (8 bytes) plus a float16 scale and zero point (the tiny model's head dim, 16, is one group).
+    layers, kv_heads = tiny_lm.model.config.num_hidden_layers, tiny_lm.model.config.num_key_value_heads
+    kept = plain["kept_tokens"]
+    assert plain["kv_bytes_after"] == layers * kv_heads * kept * 128
+    assert tokens["kv_bytes_after"] == layers * kv_heads * ((kept - 8) * 2 * (8 + 4) + 8 * 128)
+    assert same["kv_bytes_after"] <= plain["kv_bytes_after"]
+    assert same["kept_tokens"] > 2 * plain["kept_tokens"]
+    # budget_bytes is a tenth of the full-precision cache per KV head and layer, and the cache holds no more
+    assert same["budget_bytes"] == math.floor(budget * full["kv_bytes_before"] / (layers * kv_heads))
+    assert same["kv_bytes_after"] <= same["budget_bytes"] * layers * kv_heads
+    crush = rows["kvcrush:snapkv:alternating~4b"]
+    assert crush["budget_bytes"] == same["budget_bytes"] and crush["kv_bytes_after"] <= plain["kv_bytes_after"]
+    assert (crush["representative_bits"], plain["representative_bits"]) == (4, None)
+    assert all(math.isfinite(r["score"]) for r in grid.records)
+
+
+def test_equal_bytes_budget_is_the_full_precision_share_of_the_prompt(tiny_lm, ids):
+    runs = ItemRuns(tiny_lm, _item(ids))
+    prepared = runs.prepared()
+    head_dim = tiny_lm.model.config.hidden_size // tiny_lm.model.config.num_attention_heads
+    full_token = 2 * head_dim * 4  # key + value rows in float32
+    assert equal_bytes_budget(prepared, 0.1) == math.floor(0.1 * N_CONTEXT * full_token)
+    assert equal_bytes_budget(prepared, 0.25) == N_CONTEXT * full_token // 4
+    policy = runs.policy(parse_spec("snapkv~8b"), 0.25)
+    assert (policy.kv_bits, policy.budget_bytes) == (8, N_CONTEXT * full_token // 4)
+    assert runs.policy(parse_spec("snapkv~8"), 0.25).budget_bytes is None
+    runs.close()

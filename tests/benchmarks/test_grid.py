@@ -10,7 +10,9 @@ from benchmarks.grid import (
     GROUPS,
     HEAD_REDUCTION_POLICIES,
     OUR_BASELINES,
+    QUICK_POLICIES,
     base_label,
+    paper_label,
     parse_budgets,
     parse_policies,
     parse_spec,
@@ -45,7 +47,7 @@ def test_groups_expand_without_duplicates_and_skip_full():
     labels = [s.label for s in specs]
     assert labels[0] == "snapkv" and len(labels) == len(set(labels)) == 8 + 9
     assert "kvpress:kvcrush" in labels  # our KVCrushPress, run by kvpress
-    assert len(parse_policies(["all"])) == len(GROUPS["all"]) == 37
+    assert len(parse_policies(["all"])) == len(GROUPS["all"]) == 37 + len(GROUPS["storage"])
 
 
 def test_policy_names_come_from_the_declarations():
@@ -79,3 +81,74 @@ def test_budgets_accept_fractions_and_percentages():
         with pytest.raises(ValueError):
             parse_budgets([bad])
     assert compression_ratio(0.9) == 0.1 and compression_ratio(0.25) == 0.75
+
+
+def test_storage_suffixes_set_bits_and_byte_budgets():
+    tokens, same_bytes = parse_spec("snapkv~4"), parse_spec("snapkv~4b")
+    assert (tokens.label, tokens.kv_bits, tokens.equal_bytes) == ("snapkv~4", 4, False)
+    assert (same_bytes.label, same_bytes.kv_bits, same_bytes.equal_bytes) == ("snapkv~4b", 4, True)
+    assert tokens.representative_bits is None  # not KVCrush
+    policy = tokens.policy(0.25, 0)
+    assert (policy.kv_bits, policy.budget_bytes, policy.budget) == (4, None, 0.25)
+    with pytest.raises(ValueError, match="budget_bytes"):  # a byte budget depends on the prompt
+        same_bytes.policy(0.25, 0)
+    assert same_bytes.policy(0.25, 0, budget_bytes=7680).budget_bytes == 7680
+    assert parse_spec("snapkv").policy(0.25, 0).kv_bits == 16
+    assert parse_spec("snapkv~16").label == "snapkv"  # the default needs no suffix
+    assert parse_spec("snapkv~16b").label == "snapkv~16b" and parse_spec("snapkv~16b").equal_bytes
+
+
+def test_kvcrush_keeps_its_storage_for_its_base_and_takes_representative_bits():
+    crush = parse_spec("kvcrush:snapkv:alternating:rep4~8b")
+    assert (crush.kv_bits, crush.equal_bytes, crush.representative_bits) == (8, True, 4)
+    assert crush.base_label == base_label(crush.label) == "snapkv~8b"  # compared with its base in the same bytes
+    assert paper_label(crush.label) == "kvcrush:snapkv:alternating~8b"
+    policy = crush.policy(0.25, 0, budget_bytes=1000)
+    assert (policy.kv_bits, policy.representative_bits, policy.budget_bytes) == (8, 4, 1000)
+    assert parse_spec("kvcrush:snapkv:alternating~4").representative_bits == 4  # kv_bits without repN
+    every = parse_spec("kvcrush:h2o:mean@all~4b+qa")
+    assert (every.label, every.base_label, every.query_aware) == ("kvcrush:h2o:mean@all~4b+qa", "h2o@all~4b+qa", True)
+    assert every.policy(0.25, 0, budget_bytes=500).base.head_reduction == "all"
+    assert paper_label("kvcrush:snapkv:alternating:best+rep2@all~4b+qa") == "kvcrush:snapkv:alternating@all~4b+qa"
+    assert paper_label("kvcrush:snapkv:alternating~4b") is None
+
+
+@pytest.mark.parametrize("bad", ["kvpress:snapkv~4", "kvpress:kvcrush~4b", "snapkv~3", "snapkv~", "snapkv~b",
+                                 "snapkv~4@all", "snapkv+qa~4", "snapkv~4bb", "kvcrush:snapkv:alternating:rep3",
+                                 "kvcrush:snapkv:alternating:rep4~4", "kvcrush:snapkv:alternating:rep16"])
+def test_bad_storage_specs_are_refused(bad):
+    with pytest.raises(ValueError):
+        parse_spec(bad)
+
+
+def test_kvpress_refuses_storage_with_a_clear_reason():
+    with pytest.raises(ValueError, match="kvpress presses keep the model's dtype"):
+        parse_spec("kvpress:snapkv~4b")
+    with pytest.raises(ValueError, match="after @REDUCTION and before \\+qa"):
+        parse_spec("snapkv~4@all")
+
+
+def test_every_label_round_trips_and_is_unique():
+    extra = ["snapkv@all~8+qa", "kvcrush:h2o:mean@all~4b+qa", "kvcrush:snapkv:alternating:best+rep2~4", "tova@all~4"]
+    specs = parse_policies(["all", *extra])
+    labels = [spec.label for spec in specs]
+    assert len(labels) == len(set(labels))
+    for spec in specs:
+        again = parse_spec(spec.label)
+        assert (again.label, again.kv_bits, again.equal_bytes, again.options) == (spec.label, spec.kv_bits,
+                                                                                   spec.equal_bytes, spec.options)
+        assert base_label(spec.label) == (spec.base_label or None)
+    assert "tova@all~4" in labels
+
+
+def test_storage_group_holds_every_base_and_paper_run_it_compares_with():
+    labels = set(GROUPS["storage"])
+    assert {"snapkv~4", "snapkv~4b", "snapkv~8", "snapkv~8b", "snapkv~16b", "kvcrush:snapkv:alternating:rep4~8b",
+            "kvcrush:h2o:alternating~4b"} <= labels
+    for spec in parse_policies(["storage"]):
+        assert spec.kv_bits in (16, 8, 4)
+        if spec.is_kvcrush:
+            assert spec.base_label in labels, spec.label
+            assert paper_label(spec.label) in (None, *labels), spec.label
+    quick = {s.label for s in parse_policies(list(QUICK_POLICIES))}
+    assert {"snapkv~4", "snapkv~4b", "kvcrush:snapkv:alternating~4"} <= quick

@@ -116,8 +116,10 @@ def test_plan_budget_bytes_splits_the_middle_in_bytes():
     # all rows but one, as many as fit at full cost (89 * 10 + 10 * 1 = 900 bytes).
     nearly = plan_budget_bytes(100, 900, 0, 0, 0.5, 10, 1)
     assert (nearly.budget, nearly.importance, nearly.crush, nearly.no_op) == (99, 89, 10, False)
-    with pytest.raises(BudgetError, match="sink and recent"):
-        plan_budget_bytes(1000, 50, 4, 6, 0.5, 10, 5)
+    clipped = plan_budget_bytes(1000, 50, 4, 6, 0.5, 10, 5)  # 5 rows fit: sink first, as plan_budget clips
+    assert (clipped.budget, clipped.sink, clipped.recent, clipped.importance, clipped.crush) == (5, 4, 1, 0, 0)
+    with pytest.raises(BudgetError, match="less than one token"):
+        plan_budget_bytes(1000, 9, 4, 6, 0.5, 10, 5)
 
 
 def test_bad_storage_options_are_refused():
