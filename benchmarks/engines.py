@@ -137,21 +137,27 @@ class ItemRuns:
         self._kvpress: dict[tuple[str, float], Outcome] = {}
         self._ours: dict[tuple[str, float], Outcome] = {}
 
-    def run_scoring_batch(self, specs: list[PolicySpec], budgets: list[float], query_aware: bool = False) -> None:
-        """Scoring-only items (a reference and nothing to decode): every spec of ours x budget, batched
-        (`PreparedPrompt.score_many`, one budget at a time); `run` then hands each outcome out once."""
+    def run_ours_batch(self, specs: list[PolicySpec], budgets: list[float], query_aware: bool = False) -> None:
+        """Every spec of ours x budget on this item, batched: scoring-only items through
+        `PreparedPrompt.score_many`, answering items (SQuAD, HotpotQA) through `generate_many` (answers
+        decoded in batches, one forward per step); `run` then hands each outcome out once."""
         item = self.item
-        if item.max_new_tokens or not item.reference_ids:
+        if not item.max_new_tokens and not item.reference_ids:
             return
         for qa in (False, True):
             mode = [spec for spec in specs if spec.engine == ENGINE_OURS and (query_aware or spec.query_aware) == qa]
             if not mode:
                 continue
             prepared = self.prepared(qa)
-            for budget in budgets:
-                results = prepared.score_many([self.policy(spec, budget, qa) for spec in mode], item.reference_ids)
-                for spec, result in zip(mode, results, strict=True):
-                    self._ours[(spec.label, budget)] = outcome_of(result)
+            cells = [(spec, budget) for budget in budgets for spec in mode]
+            policies = [self.policy(spec, budget, qa) for spec, budget in cells]
+            if item.max_new_tokens:
+                results = prepared.generate_many(policies, item.max_new_tokens, item.reference_ids or None,
+                                                 stop_at_newline=item.stop_at_newline)
+            else:
+                results = prepared.score_many(policies, item.reference_ids)
+            for (spec, budget), result in zip(cells, results, strict=True):
+                self._ours[(spec.label, budget)] = outcome_of(result)
 
     def run_kvpress_batch(self, specs: list[PolicySpec], budgets: list[float]) -> None:
         """Run every kvpress spec x budget from one shared prefill per query mode (`run_kvpress_all`);

@@ -76,6 +76,7 @@ from kvcrush.attention import attention_modules
 from kvcrush.decoding import (
     ReferenceScores,
     extend,
+    greedy_decode_batch,
     newline_ids,
     score_reference,
     score_reference_batch,
@@ -499,12 +500,7 @@ def _finish(
             scratch = copy.deepcopy(cache) if max_new_tokens else cache
             reference = score_reference(model, scratch, next_logits, position, list(continuation_ids))
         if max_new_tokens:
-            if eos_token_ids is None:
-                stops = stop_ids(model, tokenizer)
-            else:
-                stops = {eos_token_ids} if isinstance(eos_token_ids, int) else set(eos_token_ids)
-            if stop_at_newline and tokenizer is not None:
-                stops |= newline_ids(tokenizer)
+            stops = _stops(model, tokenizer, eos_token_ids, stop_at_newline)
             new_ids, decode_s = timed_greedy_decode(model, cache, next_logits, position, max_new_tokens, stops)
     nll = None if reference is None else reference.nll
 
@@ -588,6 +584,10 @@ def run_presses(
     results = {}
     if continuation_ids and tail_ids and not max_new_tokens:
         return _score_batched(model, shared, len(context_ids), list(tail_ids), list(continuation_ids))
+    if tail_ids and max_new_tokens:
+        stops = _stops(model, tokenizer, eos_token_ids, stop_at_newline)
+        return _decode_batched(model, tokenizer, shared, len(context_ids), list(tail_ids), max_new_tokens,
+                               list(continuation_ids or []), stops)
     for key in list(shared.caches):
         cache = shared.caches.pop(key)  # frees each compressed cache once its job is done
         results[key] = _finish(model, tokenizer, cache, shared.forwards[key].logits, len(context_ids), tail_ids,
@@ -596,26 +596,70 @@ def run_presses(
     return results
 
 
+def _stops(model: PreTrainedModel, tokenizer: Any, eos_token_ids: Sequence[int] | int | None,
+           stop_at_newline: bool) -> set[int]:
+    """Ids that end an answer: ``eos_token_ids`` (default: the model's and tokenizer's end tokens), and with
+    ``stop_at_newline`` every id whose text holds a line break."""
+    if eos_token_ids is None:
+        stops = stop_ids(model, tokenizer)
+    else:
+        stops = {eos_token_ids} if isinstance(eos_token_ids, int) else set(eos_token_ids)
+    if stop_at_newline and tokenizer is not None:
+        stops |= newline_ids(tokenizer)
+    return stops
+
+
+def _batches(shared: PressCaches, batch_size: int):
+    """The jobs' keys in chunks of caches with equal per-layer lengths (stackable), up to ``batch_size``."""
+    groups: dict[tuple[int, ...], list[JobKey]] = {}
+    for key, cache in shared.caches.items():
+        groups.setdefault(tuple(cache_lengths(cache)), []).append(key)
+    for members in groups.values():
+        for at in range(0, len(members), batch_size):
+            yield members[at: at + batch_size]
+
+
+def _decode_batched(model: PreTrainedModel, tokenizer: Any, shared: PressCaches, n_context: int, tail_ids: list[int],
+                    max_new_tokens: int, continuation_ids: list[int], stops: set[int],
+                    batch_size: int = 16) -> dict[JobKey, PressResult]:
+    """Answering: the jobs' caches decode together in stackable batches (`kvcrush.decoding.greedy_decode_batch`,
+    as our engine's `PreparedPrompt.generate_many`), the continuation, if any, scored first in one forward per
+    batch (`score_reference_batch`). Ids equal `_finish`'s up to float rounding; ``question_s`` is an equal share
+    of the batch's tail forwards, ``decode_s`` of its decoding steps."""
+    order = list(shared.caches)
+    results: dict[JobKey, PressResult] = {}
+    for chunk in _batches(shared, batch_size):
+        caches = [shared.caches.pop(key) for key in chunk]
+        sizes = [(cache_bytes(cache), cache_lengths(cache)) for cache in caches]
+        scores, share = [None] * len(chunk), 0.0
+        if continuation_ids:
+            scores, share = score_reference_batch(model, list(caches), n_context, continuation_ids, tail_ids)
+        decoded = greedy_decode_batch(model, caches, tail_ids, n_context, max_new_tokens, stops)
+        for key, ids, reference, (after, kept) in zip(chunk, decoded.new_ids, scores, sizes, strict=True):
+            text = tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None and ids else ""
+            results[key] = PressResult(
+                text=text, new_token_ids=ids, kv_bytes_before=shared.kv_bytes_before, kv_bytes_after=after,
+                kept_per_layer=kept, prefill_s=shared.job_prefill_s(key), decode_s=decoded.decode_s,
+                nll=None if reference is None else reference.nll, question_s=decoded.tail_s + share,
+                hook_s=shared.hook_s[key], reference=reference)
+    return {key: results[key] for key in order}
+
+
 def _score_batched(model: PreTrainedModel, shared: PressCaches, n_context: int, tail_ids: list[int],
                    continuation_ids: list[int], batch_size: int = 16) -> dict[JobKey, PressResult]:
     """Scoring only: the jobs' caches with equal per-layer lengths go through the model together
     (`kvcrush.decoding.score_reference_batch`, as our engine's `PreparedPrompt.score_many`); each job's
     ``question_s`` is an equal share of its batch's forward (tail and reference)."""
-    groups: dict[tuple[int, ...], list[JobKey]] = {}
-    for key, cache in shared.caches.items():
-        groups.setdefault(tuple(cache_lengths(cache)), []).append(key)
     results: dict[JobKey, PressResult] = {}
-    for members in groups.values():
-        for at in range(0, len(members), batch_size):
-            chunk = members[at: at + batch_size]
-            caches = [shared.caches.pop(key) for key in chunk]
-            sizes = [(cache_bytes(cache), cache_lengths(cache)) for cache in caches]
-            scores, share = score_reference_batch(model, caches, n_context, continuation_ids, tail_ids)
-            for key, reference, (after, kept) in zip(chunk, scores, sizes, strict=True):
-                results[key] = PressResult(
-                    text="", new_token_ids=[], kv_bytes_before=shared.kv_bytes_before, kv_bytes_after=after,
-                    kept_per_layer=kept, prefill_s=shared.job_prefill_s(key), decode_s=0.0, nll=reference.nll,
-                    question_s=share, hook_s=shared.hook_s[key], reference=reference)
+    for chunk in _batches(shared, batch_size):
+        caches = [shared.caches.pop(key) for key in chunk]
+        sizes = [(cache_bytes(cache), cache_lengths(cache)) for cache in caches]
+        scores, share = score_reference_batch(model, caches, n_context, continuation_ids, tail_ids)
+        for key, reference, (after, kept) in zip(chunk, scores, sizes, strict=True):
+            results[key] = PressResult(
+                text="", new_token_ids=[], kv_bytes_before=shared.kv_bytes_before, kv_bytes_after=after,
+                kept_per_layer=kept, prefill_s=shared.job_prefill_s(key), decode_s=0.0, nll=reference.nll,
+                question_s=share, hook_s=shared.hook_s[key], reference=reference)
     return results
 
 

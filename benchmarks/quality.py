@@ -130,7 +130,7 @@ def run_grid(
             full = runs.full()
             result.records.append(_record(item, None, 1.0, full, full))
             bar.update(1)
-            runs.run_scoring_batch(specs_here, budgets, query_aware)  # scoring-only items: ours in batches
+            runs.run_ours_batch(specs_here, budgets, query_aware)  # ours in batches (scoring and answering)
             try:  # every kvpress press x budget from one shared prefill per query mode
                 runs.run_kvpress_batch([s for s in specs_here if s.engine == ENGINE_KVPRESS], budgets)
             except Exception as error:  # noqa: BLE001 - fall back to one prefill per press run

@@ -270,3 +270,17 @@ def test_run_presses_scores_like_run_press(tiny_llama, token_ids):
     for (name, ratio), result in results.items():
         _same_result(result, run_press(tiny_llama, None, name, ratio, context, None, continuation_ids=continuation))
         assert result.nll is not None and math.isfinite(result.nll) and result.decode_s == 0
+
+
+def test_run_presses_decodes_and_scores_in_batches_like_one_at_a_time(tiny_llama, token_ids):
+    """Answering with a reference (the agreement task): batched ids equal the answers alone, NLLs the scores alone."""
+    context, question, continuation = token_ids
+    jobs = [("snapkv", 0.5, {}), ("knorm", 0.5, {}), ("tova", 0.25, {}), ("pyramidkv", 0.5, {})]
+    both = run_presses(tiny_llama, IdsTokenizer(), jobs, context, question, max_new_tokens=4,
+                       continuation_ids=continuation, decode_with_reference=True)
+    for (name, ratio), result in both.items():
+        alone = run_press(tiny_llama, IdsTokenizer(), name, ratio, context, question, max_new_tokens=4)
+        scored = run_press(tiny_llama, None, name, ratio, context, question, continuation_ids=continuation)
+        assert result.new_token_ids == alone.new_token_ids and result.text == alone.text
+        assert result.nll == pytest.approx(scored.nll, abs=1e-4)
+        assert result.kv_bytes_after == alone.kv_bytes_after and result.decode_s > 0 and result.question_s > 0
