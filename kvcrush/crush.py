@@ -49,14 +49,34 @@ def signatures(scores: torch.Tensor) -> torch.Tensor:
         bits = torch.zeros(heads, m, dtype=torch.bool, device=scores.device)
         bits.scatter_(1, stable_top_indices(scores, half), True)
         return bits.T.contiguous()
-    # A selection instead of a sort: everything above the half-th largest score, then as many of the
-    # tokens tied with it as are still needed, lowest index first (what a stable sort would pick).
+    return batched_signatures(scores[None])[0]
+
+
+def batched_signatures(scores: torch.Tensor) -> torch.Tensor:
+    """`signatures` of several layers at once: `[layers, heads, M]` float (no NaN) -> `[layers, M, heads]` bool.
+
+    A selection instead of a sort: everything above the half-th largest score, then as many of the
+    tokens tied with it as are still needed, lowest index first (what a stable sort would pick).
+    """
+    layers, heads, m = scores.shape
+    half = m // 2
+    if half == 0:
+        return torch.zeros(layers, m, heads, dtype=torch.bool, device=scores.device)
     threshold = torch.kthvalue(scores, m - half + 1, dim=-1, keepdim=True).values
     above = scores > threshold
     ties = scores == threshold
     missing = half - above.sum(dim=-1, keepdim=True)
     bits = above | (ties & (ties.cumsum(dim=-1) <= missing))
-    return bits.T.contiguous()
+    return bits.transpose(1, 2).contiguous()
+
+
+def batched_anchor(bits: torch.Tensor, mode: str, seed: int = 0) -> torch.Tensor:
+    """`anchor` of several layers at once: bits `[layers, n, width]` -> `[layers, width]` bool."""
+    if mode == "mean":
+        if bits.shape[1] == 0:
+            return torch.zeros(bits.shape[0], bits.shape[2], dtype=torch.bool, device=bits.device)
+        return bits.float().mean(dim=1) > 0.5
+    return anchor(bits[0], mode, seed).expand(bits.shape[0], -1)
 
 
 def anchor(bits: torch.Tensor, mode: str, seed: int = 0) -> torch.Tensor:

@@ -241,11 +241,7 @@ class PreparedPrompt:
         with torch.no_grad():
             # Splits that depend on every layer's scores (KVCrush's adaptive split) are set before any layer.
             fractions = policy.layer_crush_fractions(per_layer, self.layers)
-            if fractions is None:
-                traces = [policy.select(scores, layer) for scores, layer in zip(per_layer, self.layers, strict=True)]
-            else:
-                traces = [policy.select(scores, layer, crush_fraction=fraction)
-                          for scores, layer, fraction in zip(per_layer, self.layers, fractions, strict=True)]
+            traces = policy.select_layers(per_layer, self.layers, fractions)
         synchronize(self.lm.device)
         timings.select_s = time.perf_counter() - start
         timings.crush_s = sum(trace.crush_s for trace in traces)

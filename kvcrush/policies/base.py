@@ -39,6 +39,8 @@ def _shifted(groups: list[torch.Tensor] | None, offset: int) -> list[torch.Tenso
     """Buckets moved to the CPU and shifted by `offset`, in one copy (a layer has hundreds of them)."""
     if not groups:
         return []
+    if offset == 0 and all(g.device.type == "cpu" for g in groups[:1]):
+        return list(groups)  # already where and what they should be (KVCrush's batched selection)
     joined = torch.cat(groups).to("cpu") + offset
     return list(torch.split(joined, [len(g) for g in groups]))
 
@@ -61,6 +63,7 @@ class MiddleSelection:
     blocks: torch.Tensor | None = None
     extra_recent: int = 0
     crush_s: float = 0.0
+    absolute: bool = False  # candidates, representatives and buckets are already token positions (on the CPU)
     # More `LayerTrace` fields by name, copied onto the trace as given (tensors moved to the CPU): what a
     # policy records beyond the fields above (KVCrush's anchors and merge weights, spec section 7).
     trace_fields: dict[str, Any] = field(default_factory=dict)
@@ -266,16 +269,40 @@ class Policy:
         kv_scores = self.kv_scores(head_scores, layer)
         lo, hi = plan.middle_start, plan.middle_end
         selection = self.select_middle(plan, kv_scores[:, lo:hi], head_scores[:, lo:hi])
+        return self.layer_trace(layer, plan, kv_scores, selection, start)
+
+    def select_layers(self, per_layer_scores: list[torch.Tensor | None], layers: list[LayerInputs],
+                      crush_fractions: list[float] | None = None) -> list[LayerTrace]:
+        """`select` on every layer (`crush_fractions`: `layer_crush_fractions`' output, or None).
+
+        What a prepared prompt calls once it has every layer's scores; a policy may override it to
+        select all layers at once (KVCrush batches its paper configuration over layers), with the
+        same traces as layer-by-layer `select`.
+        """
+        fractions = crush_fractions if crush_fractions is not None else [None] * len(layers)
+        return [self.select(scores, layer, crush_fraction=fraction)
+                for scores, layer, fraction in zip(per_layer_scores, layers, fractions, strict=True)]
+
+    def layer_trace(self, layer: LayerInputs, plan: BudgetPlan, kv_scores: torch.Tensor, selection: MiddleSelection,
+                    start: float) -> LayerTrace:
+        """One layer's trace from its middle selection: sink and recent join every head's kept set.
+
+        kv_scores: `[kv_heads, n_context]`; start: `perf_counter()` when this layer's selection began.
+        Unit ids in `selection` are relative to the middle unless `selection.absolute` (block ids always are).
+        """
+        n_context = layer.n_context
+        lo, hi = plan.middle_start, plan.middle_end
         recent = plan.recent + selection.extra_recent
         device = selection.kept.device
         fixed = torch.cat([torch.arange(plan.sink, device=device),
                            torch.arange(n_context - recent, n_context, device=device)])
         kept = torch.cat([fixed.expand(layer.kv_heads, -1), selection.kept + lo], dim=1).sort(dim=1).values
+        offset = 0 if selection.blocks is not None or selection.absolute else lo
 
         def absolute(units: torch.Tensor | None) -> torch.Tensor | None:
             if units is None:
                 return None
-            return units.to("cpu") + (lo if selection.blocks is None else 0)
+            return units.to("cpu") + offset
 
         trace = LayerTrace(
             layer=layer.layer_idx,
@@ -294,7 +321,7 @@ class Policy:
             distances=_on_cpu(selection.distances),
             candidates=absolute(selection.candidates),
             representatives=absolute(selection.representatives),
-            buckets=_shifted(selection.buckets, lo if selection.blocks is None else 0),
+            buckets=_shifted(selection.buckets, offset),
             granularity="block" if selection.blocks is not None else "token",
             block_size=getattr(self, "block_size", 1) if selection.blocks is not None else 1,
             blocks=None if selection.blocks is None else selection.blocks + lo,
