@@ -27,6 +27,8 @@ PAGES = [
     st.Page(HERE / "pages" / "tokens.py", title="Tokens", icon=":material/text_fields:", default=True),
     st.Page(HERE / "pages" / "signatures.py", title="Signatures", icon=":material/grid_on:"),
     st.Page(HERE / "pages" / "groups.py", title="Groups", icon=":material/bubble_chart:"),
+    st.Page(HERE / "pages" / "walk.py", title="Walk", icon=":material/footprint:"),
+    st.Page(HERE / "pages" / "attention.py", title="Attention", icon=":material/visibility:"),
     st.Page(HERE / "pages" / "compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page(HERE / "pages" / "sweep.py", title="Sweep", icon=":material/show_chart:"),
 ]

@@ -64,12 +64,6 @@ def render(live: runs.LiveRun) -> None:
                         config={"displayModeBar": False})
 
 
-st.title("Groups")
-config, lm = page.context()
-live = runs.current_run(config, lm)
-if live is None:
-    st.stop()
-answers = config.prompt.answers if config.prompt else ()
-slots = page.run_header(live, answers)
-render(live)
-runs.finish(lm, live, slots, answers)  # stream the rest of the answer into its box at the top
+opened = page.single_run("Groups")
+render(opened.live)
+opened.finish()

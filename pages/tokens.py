@@ -1,38 +1,48 @@
-"""Tokens: the prompt coloured by what one layer's KV head kept, a layer x head grid, a whole-prompt strip.
+"""Tokens: the prompt coloured by what one layer's KV head kept, a layer x head grid, a whole-prompt strip;
+follow a span through every layer and head, and why one token was kept or evicted.
 
 Everything below the answer box renders from the selection. The answer starts decoding once the
 counts are out (`runs.begin_answer`) and streams into its box while the token view and charts draw.
+The span and the token come from `kvcrush.explain` (`ui.span_view`, `ui.why_view`); the first time a
+prompt with a gold answer is shown, the span is that answer and the token window moves to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
+from kvcrush import explain
 from kvcrush.trace import EVICTED
-from ui import decode_view, export, page, pick, plots, runs
+from ui import decode_view, export, page, pick, plots, policy_options, runs, span_view, token_click, why_view
 from ui import tokens as tok
 from ui.fmt import bytes_text, seconds
 
 WINDOWS = (200, 400, 600)
 GRID_KEY = "tok_grid"
-GRID_APPLIED = "_tok_grid_applied"
 STEP_KEY = "tok_step"
 COLOR_BY = {"agreement with the other heads": "agreement", "share of tokens kept": "kept"}
 
 
 def _apply_grid_click() -> None:
-    """A click (or box selection) on the grid picks that layer and head before the pickers render."""
-    event = st.session_state.get(GRID_KEY)
-    try:
-        points = [p for p in event["selection"]["points"] if p.get("curve_number", 0) == 0]
-    except (TypeError, KeyError):
-        return
-    if not points:
-        return
-    marker = (int(points[0]["x"]), int(points[0]["y"]))
-    if marker != st.session_state.get(GRID_APPLIED):
-        st.session_state[GRID_APPLIED] = marker
-        pick.select("tok", layer_value=marker[1], head_value=marker[0])
+    """A click (or box selection) on the head grid or the span's fate map picks that layer and head before the
+    pickers render (each chart's last click is applied once)."""
+    for key in (GRID_KEY, span_view.FATE_KEY):
+        square = pick.clicked_square(key)
+        if square is not None and square != st.session_state.get(f"_{key}_applied"):
+            st.session_state[f"_{key}_applied"] = square
+            pick.select("tok", layer_value=square[0], head_value=square[1])
+
+
+def _compared_policy(policy):
+    """What the span map is compared with: KVCrush's base policy, or KVCrush over this policy (None if neither)."""
+    config = policy.normalized()
+    if config.base:
+        return config.with_name(config.base)
+    if config.name in policy_options.base_choices():
+        return dataclasses.replace(config, name="kvcrush", base=config.name).normalized()
+    return None
 
 
 def _window(token_strings: list[str], n_tokens: int) -> tuple[int, int]:
@@ -50,7 +60,7 @@ def _window(token_strings: list[str], n_tokens: int) -> tuple[int, int]:
         return 0, n_tokens
     if st.session_state.get("tok_start", 0) >= n_tokens:
         st.session_state["tok_start"] = 0
-    start = cols[2].slider("Window start (token position)", 0, n_tokens - 1, 0, step=10, key="tok_start")
+    start = cols[2].slider("Window start (token position)", 0, n_tokens - 1, step=10, key="tok_start")
     return start, min(n_tokens, start + size)
 
 
@@ -84,7 +94,7 @@ def _decode_eviction(record, layer_index: int, head_index: int, table, start: in
             st.caption("The last generated token is never fed back into the cache (decoding stops after "
                        "choosing it).")
     legend_slot.html(tok.legend_html(tok.counts(shown["status_code"].to_numpy())))
-    view_slot.html(tok.tokens_html(shown, start, end))
+    view_slot.html(tok.tokens_html(shown, start, end, (followed.start, followed.end) if followed else None))
     with memory_slot.container(key="decode_memory", border=True):
         st.markdown("**Cache size while decoding**")
         held = decode_view.held_counts(line, head_index)
@@ -107,19 +117,24 @@ def _decode_eviction(record, layer_index: int, head_index: int, table, start: in
                             f"all layers), part of the decode time {seconds(result.timings.decode_s)}.")
 
 
-st.title("Tokens")
-config, lm = page.context()
-live = runs.current_run(config, lm)
-if live is None:
-    st.stop()
+opened = page.single_run("Tokens")
+config, lm, live, answers, slots = opened.config, opened.lm, opened.live, opened.answers, opened.slots
 trace = live.trace
-answers = config.prompt.answers if config.prompt else ()
-slots = page.run_header(live, answers)
 label, budget_label = live.request.policy.label, live.request.policy.budget_text
 
+clicked_token = token_click.clicked("tok_click")
 _apply_grid_click()
 n_layers, kv_heads = len(trace.layers), trace.layers[0].kept.shape[0]
 left, right = st.columns([3, 1.25], gap="medium")
+span_box = st.container(key="span_view", border=True)
+why_box = st.container(key="why_view", border=True)
+with span_box:
+    st.subheader("Follow a span")
+    choice = span_view.picker(trace, answers, st.session_state.get("tok_find", ""), live.request.prompt.digest,
+                              lambda: span_view.copied_by_full_cache(config, lm))
+followed = choice.span
+if choice.pointed and followed is not None:  # the first visit points the token window at the gold answer
+    st.session_state["tok_start"] = max(0, followed.start - WINDOWS[1] // 4)
 with left:
     chooser = st.columns([1, 1, 3])
     layer_index = pick.layer("tok", n_layers, chooser[0])
@@ -144,7 +159,8 @@ with left:
                "hover a token for its score, signature and distance")
     with st.container(key="token_view"):
         view_slot = st.empty()
-        view_slot.html(tok.tokens_html(table, start, end))
+        view_slot.html(tok.tokens_html(table, start, end, (followed.start, followed.end) if followed else None))
+    st.caption("Click a token to see why it was kept or evicted (below). The followed span is outlined.")
     memory_slot = st.empty()
 
 with right:
@@ -156,6 +172,22 @@ with right:
     st.plotly_chart(figure, key=GRID_KEY, on_select="rerun", selection_mode="points",
                     config={"displayModeBar": False})
     st.caption("Click a square to show that layer and head.")
+
+with span_box:
+    if followed is not None:
+        fate = explain.span_fate(trace, followed.start, followed.end)
+        compared = _compared_policy(live.request.policy)
+        other = None
+        if compared is not None and st.toggle(f"Compare with {compared.label}", value=True, key="span_compare"):
+            other_trace = runs.other_selection(lm, live, compared)
+            if other_trace is not None:
+                other = (compared.label, explain.span_fate(other_trace, followed.start, followed.end))
+        span_view.render(fate, label, (layer_index, head_index), other)
+
+with why_box:
+    st.subheader("Why this token?")
+    position = why_view.position_input(trace.n_context, clicked_token, followed.start if followed else None)
+    why_view.render(explain.why_token(trace, position), layer_index, head_index)
 
 statuses = tok.status_matrix(trace, head_index)
 strip_title = f"Every layer's decisions for KV head {head_index} (outlined: this layer and window)"
@@ -171,7 +203,7 @@ with st.expander("Token table and downloads"):
         export.csv_button(table.drop(columns=["status_code"]),
                           f"tokens-layer{layer_index}-head{head_index}-{label}", "tok_csv")
 
-record = runs.finish(lm, live, slots, answers)  # stream the rest of the answer into its box at the top
+record = opened.finish()  # stream the rest of the answer into its box at the top
 if record is not None and record.result.decode_evictions:
     _decode_eviction(record, layer_index, head_index, table, start, end, legend_slot, view_slot, slider_slot,
                      memory_slot)

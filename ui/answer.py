@@ -22,6 +22,7 @@ from dataclasses import fields
 import torch
 
 import kvcrush
+from kvcrush.attention_use import AttentionRecorder
 from ui.state import ResultStore, RunRecord, RunRequest, SelectionStore
 
 
@@ -47,11 +48,13 @@ def generate(prepared: kvcrush.PreparedPrompt, request: RunRequest, should_stop:
 
     `selection`: the trace `prepared.select` already gave for this request, reused instead of selecting again.
     """
+    recorder = AttentionRecorder() if request.record_attention else None
     result = prepared.generate(request.policy.build(), request.max_new_tokens,
                                reference_ids=list(request.reference_ids) or None, progress=progress,
-                               should_stop=should_stop, on_token=on_token, selection=selection)
+                               should_stop=should_stop, on_token=on_token, selection=selection, observer=recorder)
     trace_on_cpu(result.trace)
-    record = RunRecord(request, result, time.perf_counter() - began)
+    record = RunRecord(request, result, time.perf_counter() - began,
+                       attention=recorder.result if recorder is not None else None)
     results.put(record)
     selections.set(request.selection_key, result.trace)
     return record

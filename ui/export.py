@@ -28,3 +28,9 @@ def trace_json_button(latest: Callable[[], GenerationResult | RunTrace], name: s
 def csv_button(frame: pd.DataFrame, name: str, key: str, label: str = "Download table (CSV)") -> None:
     st.download_button(label, data=lambda: frame.to_csv(index=False), file_name=f"{slug(name)}.csv",
                        mime="text/csv", key=key, on_click="ignore")
+
+
+def json_button(data: Callable[[], str], name: str, key: str, label: str = "Download (JSON)") -> None:
+    """A JSON download whose text `data()` is made only when clicked."""
+    st.download_button(label, data=data, file_name=f"{slug(name)}.json", mime="application/json", key=key,
+                       on_click="ignore")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
@@ -12,6 +13,40 @@ import kvcrush
 from kvcrush.metrics import contains_answer
 from ui.fmt import bytes_text, ratio, seconds
 from ui.state import AppConfig, RunRecord, RunRequest
+
+if TYPE_CHECKING:  # ui.runs imports this module
+    from ui.runs import LiveRun
+
+
+@dataclass
+class SinglePage:
+    """What a single-run page starts from: the sidebar's config and model, its run (`ui.runs.LiveRun`), the
+    prompt's gold answers and the header slots the run's summary and answer go into."""
+
+    config: AppConfig
+    lm: kvcrush.LoadedModel
+    live: LiveRun
+    answers: tuple[str, ...]
+    slots: RunSlots
+
+    def finish(self):
+        """Stream the rest of the answer into its box at the top (`ui.runs.finish`); the finished record."""
+        from ui import runs
+
+        return runs.finish(self.lm, self.live, self.slots, self.answers)
+
+
+def single_run(title: str) -> SinglePage:
+    """The title, then the run for the sidebar's settings and its header; stops the page when there is none."""
+    from ui import runs
+
+    st.title(title)
+    config, lm = context()
+    live = runs.current_run(config, lm)
+    if live is None:
+        st.stop()
+    answers = config.prompt.answers if config.prompt else ()
+    return SinglePage(config, lm, live, answers, run_header(live, answers))
 
 
 def context() -> tuple[AppConfig, kvcrush.LoadedModel]:

@@ -31,6 +31,16 @@ def head(page: str, kv_heads: int, container=None) -> int:
     return int(chosen)
 
 
+def clicked_square(key: str) -> tuple[int, int] | None:
+    """(layer, KV head) of the first point clicked (or box-selected) on a layer x KV-head grid chart, if any."""
+    event = st.session_state.get(key)
+    try:
+        points = [p for p in event["selection"]["points"] if p.get("curve_number", 0) == 0]
+    except (TypeError, KeyError):
+        return None
+    return (int(points[0]["y"]), int(points[0]["x"])) if points else None
+
+
 def select(page: str, layer_value: int | None = None, head_value: int | None = None) -> None:
     """Set the pickers before they render (e.g. from a click on the layer x head grid)."""
     if layer_value is not None:

@@ -18,6 +18,7 @@ model's lock.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from kvcrush.errors import KVCrushError
 from ui import answer, page, session_prompt
 from ui import model as model_ui
 from ui.answer import AnswerJob, trace_on_cpu
-from ui.state import AppConfig, RunRecord, RunRequest, results, run_control, selections
+from ui.state import AppConfig, PolicyConfig, RunRecord, RunRequest, results, run_control, selections
 
 PREFILL_SHARE = 0.75  # share of a progress bar the prefill takes when a run needs one
 HEAD_START_S = 1.0  # at most this long a page waits for the answer's first token before drawing its charts
@@ -103,10 +104,12 @@ def _superseded(bar=None) -> None:
 
 
 def run_all(lm: kvcrush.LoadedModel, requests: list[RunRequest], force: bool = False,
-            what: str = "") -> list[RunRecord] | None:
+            what: str = "", supersede: bool = True) -> list[RunRecord] | None:
     """Results for several requests, computing the missing ones under one progress bar (one prefill at most).
 
     Returns None (after showing the error) when a run fails; stops the script when superseded.
+    `supersede=False` runs them beside the session's current run instead of replacing it (a side run the
+    page needs, e.g. the full cache's answer for a span, while the page's own answer decodes).
     """
     store = results()
     if force:
@@ -116,7 +119,7 @@ def run_all(lm: kvcrush.LoadedModel, requests: list[RunRequest], force: bool = F
     done = {r.key: store.get(r.key) for r in requests}
     missing = list({r.key: r for r in requests if done[r.key] is None}.values())
     if missing:
-        should_stop = _start()
+        should_stop = _start() if supersede else (lambda: False)
         bar = st.progress(0.0, text=f"{what}starting…")
         share = PREFILL_SHARE if any(session_prompt.current(lm, r.prompt_key) is None for r in missing) else 0.0
         request = missing[0]
@@ -284,8 +287,28 @@ def finish(lm: kvcrush.LoadedModel, live: LiveRun, slots: page.RunSlots,
     return record
 
 
-def reference_run(config: AppConfig, lm: kvcrush.LoadedModel, force: bool = False) -> RunRecord | None:
+def other_selection(lm: kvcrush.LoadedModel, live: LiveRun, policy: PolicyConfig) -> kvcrush.RunTrace | None:
+    """The kept tokens of another policy on the live run's prompt (no decoding), from the session's selection
+    cache or its prepared prompt; None when the session holds no prepared prompt for it or it fails.
+
+    Never starts a new run: the live run's answer keeps decoding meanwhile.
+    """
+    request = dataclasses.replace(live.request, policy=policy.normalized())
+    trace = selections().get(request.selection_key)
+    if trace is not None:
+        return trace
+    prepared = live.prepared or session_prompt.current(lm, request.prompt_key)
+    if prepared is None:
+        return None
+    try:
+        return select(lm, prepared, request, lambda: False)
+    except KVCrushError:
+        return None
+
+
+def reference_run(config: AppConfig, lm: kvcrush.LoadedModel, force: bool = False,
+                  supersede: bool = True) -> RunRecord | None:
     """The full-cache run for the current prompt (what other policies are compared with)."""
     request = RunRequest.from_config(config, config.policy.with_name("full"))
-    records = run_all(lm, [request], force=force, what="full cache · ")
+    records = run_all(lm, [request], force=force, what="full cache · ", supersede=supersede)
     return records[0] if records else None

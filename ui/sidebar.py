@@ -63,7 +63,8 @@ def _policy_help() -> str:
 def _budget() -> float | int:
     mode = st.radio("Budget as", ["% of prompt", "tokens"], horizontal=True, key="budget_mode")
     if mode == "% of prompt":
-        percent = st.slider("Budget: % of prompt tokens each KV head keeps", 1, 100, 25, key="budget_pct",
+        percent = st.slider("Budget: % of prompt tokens each KV head keeps", 1, 100, model_ui.default_budget_pct(),
+                            key="budget_pct",
                             help="Counted including sink, recent and KVCrush tokens.")
         return 1.0 if percent >= 100 else percent / 100
     return int(st.number_input("Budget: tokens each KV head keeps", 1, 1_000_000, 256, step=16,
@@ -179,14 +180,19 @@ def run_section(slots: SidebarSlots) -> RunOptions:
         max_new = int(st.number_input("New tokens to generate", 1, 512, model_ui.default_max_new_tokens(),
                                       key="max_new_tokens",
                                       help="Needle answers need about 32 (the model repeats the question)."))
-        query_aware = st.checkbox("Query-aware (the question is the observation window)", key="query_aware")
+        query_aware = st.checkbox("Query-aware (the question is the observation window)",
+                                  value=model_ui.default_query_aware(), key="query_aware")
         auto_run = st.toggle("Run automatically when settings change", value=True, key="auto_run")
+        record = st.toggle("Record what the answer attends to", value=False, key="record_attention",
+                           help="While decoding, record each generated token's attention to the compressed cache "
+                                "(sink, recent, kept, KVCrush representatives, question): the Attention page "
+                                "shows it. One query per layer and step; off, decoding is untouched.")
         left, right = st.columns(2)
         left.button("Run", key="run_btn", type="primary", on_click=request_run, args=("run",),
                     width="stretch")
         right.button("Run again", key="rerun_btn", on_click=request_run, args=("force",),
                      width="stretch", help="Recompute even if this configuration already ran.")
-    return RunOptions(max_new_tokens=max_new, query_aware=query_aware, auto_run=auto_run)
+    return RunOptions(max_new_tokens=max_new, query_aware=query_aware, auto_run=auto_run, record_attention=record)
 
 
 def render(slots: SidebarSlots, choice: ModelChoice, lm: kvcrush.LoadedModel) -> AppConfig:

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 import streamlit as st
 
 import kvcrush
+from kvcrush.attention_use import AttentionUse
 from kvcrush.trace import GenerationResult, RunTrace
 from ui import policy_options
 
@@ -113,9 +114,12 @@ class ModelChoice:
 
 @dataclass(frozen=True)
 class RunOptions:
+    """`record_attention`: record what the answer attends to while decoding (`kvcrush.attention_use`)."""
+
     max_new_tokens: int = 32
     query_aware: bool = False
     auto_run: bool = True
+    record_attention: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,7 @@ class RunRequest:
     max_new_tokens: int
     query_aware: bool
     reference_ids: tuple[int, ...] = ()
+    record_attention: bool = False
 
     @property
     def prompt_key(self) -> PromptKey:
@@ -172,24 +177,30 @@ class RunRequest:
 
     @property
     def key(self) -> str:
-        return _digest([self.selection_key, str(self.max_new_tokens), ",".join(map(str, self.reference_ids))])
+        parts = [self.selection_key, str(self.max_new_tokens), ",".join(map(str, self.reference_ids))]
+        return _digest(parts + (["attention"] if self.record_attention else []))
 
     @classmethod
     def from_config(cls, config: AppConfig, policy: PolicyConfig | None = None,
                     reference_ids: tuple[int, ...] = ()) -> RunRequest:
         assert config.prompt is not None
         return cls(config.model, (policy or config.policy).normalized(), config.prompt,
-                   config.options.max_new_tokens, config.options.query_aware, tuple(reference_ids))
+                   config.options.max_new_tokens, config.options.query_aware, tuple(reference_ids),
+                   config.options.record_attention)
 
 
 @dataclass
 class RunRecord:
-    """A finished run: the engine's result plus how long the whole call took here."""
+    """A finished run: the engine's result plus how long the whole call took here.
+
+    attention: what the answer attended to (`kvcrush.attention_use.AttentionUse`), when the request asked.
+    """
 
     request: RunRequest
     result: GenerationResult
     wall_s: float
     finished_at: float = field(default_factory=time.time)
+    attention: AttentionUse | None = None
 
     @property
     def label(self) -> str:

@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kvcrush.explain import span as explain_span
+from kvcrush.explain import text_spans
 from kvcrush.metrics import kept_mask
-from kvcrush.trace import EVICTED, IMPORTANT, PROTECTED, SINK, LayerTrace, RunTrace
+from kvcrush.trace import EVICTED, PROTECTED, LayerTrace, RunTrace
 from ui.colors import DECODE_EVICTED, SHOWN_STATUSES, STATUS_COLORS, STATUS_LABELS, STATUS_SHORT, STATUS_TEXT_COLORS
 
 # The question is under the budget only in query-aware runs; tokens are evicted while decoding only with
@@ -23,14 +25,8 @@ ONLY_WHEN_PRESENT = (PROTECTED, DECODE_EVICTED)
 
 def layer_status(layer: LayerTrace, head: int) -> np.ndarray:
     """`[n_tokens]` status codes for one KV head. A no-op layer (budget >= prompt) keeps everything,
-    which the view shows as kept rather than as one long 'recent' window."""
-    if layer.no_op:
-        status = np.full(layer.n_tokens, IMPORTANT, dtype=np.int8)
-        status[: layer.sink] = SINK
-        if layer.protected:
-            status[layer.n_tokens - layer.protected :] = PROTECTED
-        return status
-    return layer.token_status(head).numpy()
+    which the view shows as kept rather than as one long 'recent' window (`kvcrush.explain.span.layer_status`)."""
+    return explain_span.layer_status(layer, head).numpy()
 
 
 def status_matrix(trace: RunTrace, head: int) -> np.ndarray:
@@ -127,7 +123,8 @@ def tooltip(row, head_scores: list[str]) -> str:
 
 def token_css() -> str:
     """One rule per status, so each span carries only its class (400 spans with inline styles were 150 KB)."""
-    rules = [".kv-tokens .kvt{border-radius:3px;padding:1px 0;}"]
+    rules = [".kv-tokens .kvt{border-radius:3px;padding:1px 0;cursor:pointer;}",
+             ".kv-tokens .kvt[data-followed]{outline:2px solid #000000;outline-offset:0;}"]
     for code in SHOWN_STATUSES:
         extra = {EVICTED: "text-decoration:line-through;text-decoration-color:#aaaaaa;",
                  DECODE_EVICTED: "text-decoration:line-through;text-decoration-color:#D55E00;"}.get(code, "")
@@ -136,16 +133,19 @@ def token_css() -> str:
     return "".join(rules)
 
 
-def _span(row, head_scores: list[str]) -> str:
+def _span(row, head_scores: list[str], marked: tuple[int, int]) -> str:
     code = int(row.status_code)
-    return (f'<span class="kvt kvt-{STATUS_SHORT[code]}" data-pos="{row.position}" '
+    followed = ' data-followed="1"' if marked[0] <= row.position < marked[1] else ""
+    return (f'<span class="kvt kvt-{STATUS_SHORT[code]}" data-pos="{row.position}"{followed} '
             f'title="{html.escape(tooltip(row, head_scores), quote=True)}">{visible(row.token)}</span>')
 
 
-def tokens_html(table: pd.DataFrame, start: int, end: int) -> str:
-    """Coloured spans for tokens `[start, end)` with title tooltips; everything is HTML-escaped."""
+def tokens_html(table: pd.DataFrame, start: int, end: int, marked: tuple[int, int] | None = None) -> str:
+    """Coloured spans for tokens `[start, end)` with title tooltips; everything is HTML-escaped. Tokens in
+    `marked` (`[start, end)`, the followed span) are outlined."""
     head_scores = [c for c in table.columns if c.startswith("score_h")]
-    spans = "".join(_span(row, head_scores) for row in table.iloc[start:end].itertuples(index=False))
+    marked = marked or (0, 0)
+    spans = "".join(_span(row, head_scores, marked) for row in table.iloc[start:end].itertuples(index=False))
     return (
         f"<style>{token_css()}</style>"
         '<div class="kv-tokens" style="font-family: ui-monospace, SFMono-Regular, Menlo, monospace; '
@@ -190,14 +190,8 @@ def head_grid_values(trace: RunTrace) -> tuple[np.ndarray, np.ndarray]:
 
 def find_token(token_strings: list[str], needle: str) -> int | None:
     """Position of the token where the first occurrence of `needle` starts (case-insensitive)."""
-    if not needle.strip():
-        return None
-    text = "".join(token_strings).lower()
-    index = text.find(needle.strip().lower())
-    if index < 0:
-        return None
-    offsets = np.cumsum([len(t) for t in token_strings])
-    return int(np.searchsorted(offsets, index, side="right"))
+    hits = text_spans(token_strings, needle, limit=1)
+    return hits[0].start if hits else None
 
 
 def mark_decode_evicted(table: pd.DataFrame, held_prompt: np.ndarray) -> pd.DataFrame:

@@ -47,12 +47,19 @@ def _navigation_pages_manager(monkeypatch):
     monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
 
 
+# The settings most app tests were written for (the 1k needle, 25%, query-agnostic: SnapKV's 32-token window
+# is the recent window); the first screen's own defaults are tested in test_explain_pages.
+EARLIER_DEFAULTS = {"KVCRUSH_APP_EXAMPLE": "Needle in essays (~1k tokens)", "KVCRUSH_APP_BUDGET": "25",
+                    "KVCRUSH_APP_QUERY_AWARE": "0"}
+
+
 @pytest.fixture(autouse=True)
 def _tiny_app_env(monkeypatch):
     monkeypatch.setenv("KVCRUSH_APP_MODEL", "random:tiny")
     monkeypatch.setenv("KVCRUSH_APP_PROJECTION", "pca")
     monkeypatch.setenv("KVCRUSH_APP_MAX_NEW_TOKENS", "4")
-    monkeypatch.delenv("KVCRUSH_APP_EXAMPLE", raising=False)
+    for name, value in EARLIER_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture

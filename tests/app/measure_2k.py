@@ -91,7 +91,8 @@ def main() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVCRUSH_APP_")}
-    env.update(PYTHONPATH=str(ROOT), KVCRUSH_APP_EXAMPLE=EXAMPLE)
+    env.update(PYTHONPATH=str(ROOT), KVCRUSH_APP_EXAMPLE=EXAMPLE, KVCRUSH_APP_BUDGET="25",
+               KVCRUSH_APP_QUERY_AWARE="0")  # the settings its README numbers were measured at
     log = open(OUT / "server.log", "w")  # noqa: SIM115
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
                                "true", "--server.port", str(port), "--server.address", "127.0.0.1"],

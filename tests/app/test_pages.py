@@ -8,7 +8,8 @@ import numpy as np
 
 from tests.app.helpers import chart, decode_array, html_bodies, legend_counts, metric, no_errors, token_view
 
-PAGES = ("pages/tokens.py", "pages/signatures.py", "pages/groups.py", "pages/compare.py", "pages/sweep.py")
+PAGES = ("pages/tokens.py", "pages/signatures.py", "pages/groups.py", "pages/walk.py", "pages/attention.py",
+         "pages/compare.py", "pages/sweep.py")
 
 
 def test_tokens_page_renders_coloured_tokens_grid_and_strip(app):
@@ -18,7 +19,8 @@ def test_tokens_page_renders_coloured_tokens_grid_and_strip(app):
     spans = re.findall(r'<span class="kvt kvt-(\w+)"', view)
     assert len(spans) == 400  # the default window
     assert {"kept", "evicted", "representative"} <= set(spans)
-    assert 'title="#0 ' in view and "status: " in view  # hover tooltips
+    start = at.slider(key="tok_start").value  # the first visit moves the window to the needle
+    assert start > 0 and f'title="#{start} ' in view and "status: " in view  # hover tooltips
     counts = legend_counts(at)
     assert counts["representative"] > 0 and counts["evicted"] > 0 and counts["recent"] == 32
     grid = chart(at, "tok_grid")
