@@ -146,3 +146,43 @@ def _measure_length(lm, item: Item, specs: list[PolicySpec], budget: float, repe
             "full_e2e_s": full_e2e,
         })
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.overhead`: the overhead table alone (what `benchmarks.run --standard` measures)."""
+    import argparse
+    import os
+    import time
+    from pathlib import Path
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from benchmarks import report
+    from benchmarks.env import environment
+    from benchmarks.grid import parse_policies
+    from kvcrush import load_model
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=0.25)
+    parser.add_argument("--policies", nargs="+", default=["snapkv", "h2o", "kvcrush:snapkv:alternating",
+                                                          "kvcrush:h2o:alternating", "kvpress:snapkv"])
+    parser.add_argument("--model", default=None, help="default: the packaged SmolLM2-135M-Instruct")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "overhead")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    lm = load_model(args.model)
+    rows = measure_overhead(lm, args.lengths, parse_policies(args.policies), args.budget, args.repeats, seed=0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_csv(args.out / "overhead.csv", rows)
+    report.write_json(args.out / "overhead.json", {"rows": rows, "settings": vars(args) | {"out": str(args.out)},
+                                                   "environment": environment(lm),
+                                                   "wall_s": time.perf_counter() - began})
+    text = report.overhead_markdown(rows)
+    (args.out / "overhead.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

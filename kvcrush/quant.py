@@ -86,13 +86,23 @@ def quantize(rows: torch.Tensor, bits: int) -> QuantizedRows:
     return QuantizedRows(codes.contiguous(), scale, zero, bits, group)
 
 
+_UNPACKING: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _unpacking(bits: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shifts and mask that unpack `bits`-bit codes, made once per device (decoding unpacks every step)."""
+    key = (bits, str(device))
+    if key not in _UNPACKING:
+        _UNPACKING[key] = (torch.arange(0, 8, bits, dtype=torch.uint8, device=device),
+                           torch.tensor(2**bits - 1, dtype=torch.uint8, device=device))
+    return _UNPACKING[key]
+
+
 def dequantize(stored: QuantizedRows, dtype: torch.dtype) -> torch.Tensor:
     """The rows back as `[..., n, dim]` in `dtype` (a new tensor; the stored codes stay packed)."""
     codes = stored.packed
-    per_byte = 8 // stored.bits
-    if per_byte > 1:
-        shifts = torch.arange(0, 8, stored.bits, dtype=torch.uint8, device=codes.device)
-        mask = torch.tensor(2**stored.bits - 1, dtype=torch.uint8, device=codes.device)
+    if stored.bits < 8:
+        shifts, mask = _unpacking(stored.bits, codes.device)
         codes = ((codes[..., None] >> shifts) & mask).flatten(-2)
     grouped = codes.float().unflatten(-1, (-1, stored.group))
     rows = grouped * stored.scale.float()[..., None] + stored.zero.float()[..., None]

@@ -10,7 +10,10 @@ Layout of one layer (batch 1 in this engine, any batch works):
 Attention gets the rows back in their order (dequantized on the fly, as transformers' own
 `QuantizedLayer` does), so everything that maps rows to token positions (traces, decode-time
 eviction) works unchanged; only the stored tensors shrink, and `stored_bytes` counts exactly them.
-New tokens enter the residual window; rows that leave it are quantized at `kv_bits`.
+New tokens enter the residual window; once it holds twice `residual_rows`, the oldest rows leave it,
+quantized at `kv_bits` (in blocks, as KIVI flushes its residual, so a decoding step rarely quantizes).
+Keys and values are stored together (`[2 * batch, ...]`: keys, then values), so each decoding step
+dequantizes a layer with one set of operations.
 """
 
 from __future__ import annotations
@@ -25,23 +28,22 @@ from kvcrush.quant import KVStorage, QuantizedRows, dequantize, quantize
 
 @dataclass
 class _Group:
-    """The quantized rows of one precision. keys / values: `[batch, kv_heads, n, ...]`."""
+    """The quantized rows of one precision. rows: keys then values on the batch axis, `[2 * batch, kv_heads,
+    n, ...]` (`QuantizedRows`, or a plain tensor at 16 bits)."""
 
     bits: int
-    keys: QuantizedRows | torch.Tensor
-    values: QuantizedRows | torch.Tensor
+    rows: QuantizedRows | torch.Tensor
     slots: torch.Tensor | None = None  # [kv_heads, n] int16; None: the only group, in order
 
     @property
-    def rows(self) -> int:
-        return int(self.keys.shape[-2]) if isinstance(self.keys, torch.Tensor) else self.keys.rows
+    def count(self) -> int:
+        return int(self.rows.shape[-2]) if isinstance(self.rows, torch.Tensor) else self.rows.rows
 
     @property
     def nbytes(self) -> int:
         total = 0 if self.slots is None else self.slots.numel() * self.slots.element_size()
-        for part in (self.keys, self.values):
-            total += part.numel() * part.element_size() if isinstance(part, torch.Tensor) else part.nbytes
-        return total
+        rows = self.rows
+        return total + (rows.numel() * rows.element_size() if isinstance(rows, torch.Tensor) else rows.nbytes)
 
 
 def _slots(index: torch.Tensor) -> torch.Tensor:
@@ -62,18 +64,12 @@ def _padded_slots(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, order, torch.full_like(order, -1))
 
 
-def _store_pair(keys: torch.Tensor, values: torch.Tensor, bits: int) -> tuple[QuantizedRows | torch.Tensor, ...]:
-    """Keys and values `[batch, kv_heads, n, d]` stored at `bits`, quantized in one call (half the small ops)."""
-    if bits == 16:
-        return keys.contiguous(), values.contiguous()
-    both = quantize(torch.cat([keys, values]), bits)
-    batch = keys.shape[0]
-    return tuple(QuantizedRows(both.packed[part], both.scale[part], both.zero[part], bits, both.group)
-                 for part in (slice(0, batch), slice(batch, None)))
+def _store(rows: torch.Tensor, bits: int) -> QuantizedRows | torch.Tensor:
+    return rows.contiguous() if bits == 16 else quantize(rows, bits)
 
 
-def _load(part: QuantizedRows | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return part if isinstance(part, torch.Tensor) else dequantize(part, dtype)
+def _load(rows: QuantizedRows | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return rows if isinstance(rows, torch.Tensor) else dequantize(rows, dtype)
 
 
 def _cat(a: QuantizedRows | torch.Tensor, b: QuantizedRows | torch.Tensor) -> QuantizedRows | torch.Tensor:
@@ -92,15 +88,15 @@ class QuantizedKVLayer(DynamicLayer):
 
     def __init__(self, storage: KVStorage) -> None:
         self._groups: list[_Group] = []
-        self._residual_keys: torch.Tensor | None = None
-        self._residual_values: torch.Tensor | None = None
+        self._residual: torch.Tensor | None = None  # [2 * batch, kv_heads, r, d]: keys, then values
+        self._batch = 0
         self.storage = storage
         super().__init__()
 
     # --- the DynamicLayer interface ------------------------------------------------------------------
     @property
     def keys(self) -> torch.Tensor | None:
-        return None if self._residual_keys is None else self._read(keys=True)
+        return None if self._residual is None else self._read()[: self._batch]
 
     @keys.setter
     def keys(self, value: torch.Tensor | None) -> None:
@@ -109,7 +105,7 @@ class QuantizedKVLayer(DynamicLayer):
 
     @property
     def values(self) -> torch.Tensor | None:
-        return None if self._residual_values is None else self._read(keys=False)
+        return None if self._residual is None else self._read()[self._batch :]
 
     @values.setter
     def values(self, value: torch.Tensor | None) -> None:
@@ -118,8 +114,8 @@ class QuantizedKVLayer(DynamicLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        self._residual_keys = key_states[..., :0, :]
-        self._residual_values = value_states[..., :0, :]
+        self._batch = int(key_states.shape[0])
+        self._residual = torch.cat([key_states[..., :0, :], value_states[..., :0, :]])
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
@@ -127,17 +123,16 @@ class QuantizedKVLayer(DynamicLayer):
         """Attention over every stored row and the new ones; the new rows join the residual window."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        keys = self._read(keys=True, new=key_states)
-        values = self._read(keys=False, new=value_states)
-        self._residual_keys = torch.cat([self._residual_keys, key_states], dim=-2)
-        self._residual_values = torch.cat([self._residual_values, value_states], dim=-2)
+        new = torch.cat([key_states, value_states])
+        rows = self._read(new)
+        self._residual = torch.cat([self._residual, new], dim=-2)
         self._flush_residual()
-        return keys, values
+        return rows[: self._batch], rows[self._batch :]
 
     def get_seq_length(self) -> int:
         if not self.is_initialized:
             return 0
-        return self.quantized_rows + int(self._residual_keys.shape[-2])
+        return self.quantized_rows + int(self._residual.shape[-2])
 
     def crop(self, max_length: int) -> None:
         raise NotImplementedError("A quantized KV layer cannot be cropped.")
@@ -147,13 +142,12 @@ class QuantizedKVLayer(DynamicLayer):
     def quantized_rows(self) -> int:
         """Rows held outside the residual window (padding rows, see `_padded_slots`, not counted)."""
         if len(self._groups) == 1:
-            return self._groups[0].rows
+            return self._groups[0].count
         return sum(int((group.slots >= 0).sum(dim=-1)[0]) for group in self._groups)
 
     def stored_bytes(self) -> int:
         """Bytes really held: every group's codes, scales, zero points and slots, plus the residual window."""
-        residual = sum(t.numel() * t.element_size() for t in (self._residual_keys, self._residual_values)
-                       if t is not None)
+        residual = 0 if self._residual is None else self._residual.numel() * self._residual.element_size()
         return residual + sum(group.nbytes for group in self._groups)
 
     def set_rows(self, keys: torch.Tensor, values: torch.Tensor, row_bits: torch.Tensor) -> None:
@@ -165,64 +159,61 @@ class QuantizedKVLayer(DynamicLayer):
         """
         if not self.is_initialized:
             self.lazy_initialization(keys, values)
+        both = torch.cat([keys, values])
         row_bits = row_bits.to(keys.device)
         tail = int((row_bits == 16).flip(-1).int().cumprod(-1).sum(-1).min()) if row_bits.numel() else 0
         tail = min(tail, self.storage.residual_rows) if self.storage.quantized else int(row_bits.shape[-1])
         body = int(row_bits.shape[-1]) - tail
-        self._residual_keys = keys[..., body:, :].contiguous()
-        self._residual_values = values[..., body:, :].contiguous()
+        self._residual = both[..., body:, :].contiguous()
         self._groups = []
         body_bits = row_bits[:, :body]
         present = sorted({int(b) for b in torch.unique(body_bits).tolist()}, reverse=True) if body else []
         if len(present) == 1:  # one precision: the rows stay in order, no slots
-            self._groups.append(_Group(present[0], *_store_pair(keys[..., :body, :], values[..., :body, :],
-                                                                  present[0])))
+            self._groups.append(_Group(present[0], _store(both[..., :body, :], present[0])))
             return
         for bits in present:
             slots = _padded_slots(body_bits == bits)
-            index = slots.clamp_min(0)[None, :, :, None].expand(keys.shape[0], -1, -1, keys.shape[-1])
-            self._groups.append(_Group(bits, *_store_pair(torch.gather(keys[..., :body, :], 2, index),
-                                                          torch.gather(values[..., :body, :], 2, index), bits),
-                                       _slots(slots)))
+            index = slots.clamp_min(0)[None, :, :, None].expand(both.shape[0], -1, -1, both.shape[-1])
+            self._groups.append(_Group(bits, _store(torch.gather(both[..., :body, :], 2, index), bits), _slots(slots)))
 
     def _flush_residual(self) -> None:
-        """Rows past the residual window's size leave it, quantized at `kv_bits` (appended in order)."""
-        overflow = int(self._residual_keys.shape[-2]) - self.storage.residual_rows
-        if overflow <= 0 or not self.storage.quantized:
+        """Once the residual window holds twice `residual_rows`, the oldest rows leave it, quantized at `kv_bits`
+        and appended in order (every decoding step would otherwise quantize one row and copy every group)."""
+        size = self.storage.residual_rows
+        held = int(self._residual.shape[-2])
+        if not self.storage.quantized or held < max(2 * size, 1):
             return
-        keys, self._residual_keys = self._residual_keys[..., :overflow, :], self._residual_keys[..., overflow:, :]
-        values = self._residual_values[..., :overflow, :]
-        self._residual_values = self._residual_values[..., overflow:, :]
+        overflow = held - size
+        leaving, self._residual = self._residual[..., :overflow, :], self._residual[..., overflow:, :]
         bits = self.storage.kv_bits
         start = self.quantized_rows
-        heads = keys.shape[1]
+        heads = leaving.shape[1]
         group = next((g for g in self._groups if g.bits == bits), None)
         if group is None:
-            group = _Group(bits, *_store_pair(keys[..., :0, :], values[..., :0, :], bits))
+            group = _Group(bits, _store(leaving[..., :0, :], bits))
             if self._groups:
-                group.slots = torch.zeros((heads, 0), dtype=torch.int16, device=keys.device)
+                group.slots = torch.zeros((heads, 0), dtype=torch.int16, device=leaving.device)
             self._groups.append(group)
         if len(self._groups) > 1:
             for other in self._groups:  # a group that was alone in order gets explicit slots now
                 if other.slots is None:
-                    other.slots = _slots(torch.arange(other.rows, device=keys.device).expand(heads, -1))
-            new = torch.arange(start, start + overflow, device=keys.device).expand(heads, -1)
+                    other.slots = _slots(torch.arange(other.count, device=leaving.device).expand(heads, -1))
+            new = torch.arange(start, start + overflow, device=leaving.device).expand(heads, -1)
             group.slots = _slots(torch.cat([group.slots.long(), new], dim=1))
-        new_keys, new_values = _store_pair(keys, values, bits)
-        group.keys, group.values = _cat(group.keys, new_keys), _cat(group.values, new_values)
+        group.rows = _cat(group.rows, _store(leaving, bits))
 
-    def _read(self, keys: bool, new: torch.Tensor | None = None) -> torch.Tensor:
-        """Every row, dequantized, in order, then `new`: `[batch, kv_heads, rows (+ new), d]` (one concatenation)."""
-        residual = self._residual_keys if keys else self._residual_values
-        tail = [residual] if new is None else [residual, new]
+    def _read(self, new: torch.Tensor | None = None) -> torch.Tensor:
+        """Every row, dequantized, in order, then `new`: `[2 * batch, kv_heads, rows (+ new), d]` (keys, then
+        values; one concatenation)."""
+        tail = [self._residual] if new is None else [self._residual, new]
         if not self._groups:
-            return torch.cat(tail, dim=-2) if new is not None else residual
-        parts = [(_load(g.keys if keys else g.values, self.dtype), g.slots) for g in self._groups]
+            return torch.cat(tail, dim=-2) if new is not None else self._residual
+        parts = [(_load(g.rows, self.dtype), g.slots) for g in self._groups]
         if len(parts) == 1:
             return torch.cat([parts[0][0], *tail], dim=-2)
-        batch, heads, _, dim = residual.shape
+        batch, heads, _, dim = self._residual.shape
         count = self.quantized_rows
-        rows = residual.new_empty((batch, heads, count + 1, dim))  # the last row takes padding (never read)
+        rows = self._residual.new_empty((batch, heads, count + 1, dim))  # the last row takes padding (never read)
         for part, slots in parts:
             slots = torch.where(slots < 0, count, slots.long())
             rows.scatter_(2, slots[None, :, :, None].expand(batch, -1, -1, dim), part)
@@ -230,11 +221,11 @@ class QuantizedKVLayer(DynamicLayer):
 
     def row_bits(self) -> torch.Tensor:
         """`[kv_heads, rows]` int8: the precision each row is stored at now (16 in the residual window)."""
-        heads = int(self._residual_keys.shape[1])
+        heads = int(self._residual.shape[1])
         bits = torch.full((heads, self.get_seq_length() + 1), 16, dtype=torch.int8)  # last column: padding
         for group in self._groups:
             if group.slots is None:
-                bits[:, : group.rows] = group.bits
+                bits[:, : group.count] = group.bits
             else:
                 slots = group.slots.long().cpu()
                 bits.scatter_(1, torch.where(slots < 0, self.get_seq_length(), slots), group.bits)

@@ -93,7 +93,7 @@ def _decode_eviction(record, layer_index: int, head_index: int, table, start: in
         if step == n_generated and n_generated:
             st.caption("The last generated token is never fed back into the cache (decoding stops after "
                        "choosing it).")
-    legend_slot.html(tok.legend_html(tok.counts(shown["status_code"].to_numpy())))
+    legend_slot.html(tok.legend_html(tok.counts(shown["status_code"].to_numpy()), tok.bit_counts(shown)))
     view_slot.html(tok.tokens_html(shown, start, end, (followed.start, followed.end) if followed else None))
     with memory_slot.container(key="decode_memory", border=True):
         st.markdown("**Cache size while decoding**")
@@ -151,7 +151,7 @@ with left:
         unsafe_allow_html=True,
     )
     legend_slot = st.empty()
-    legend_slot.html(tok.legend_html(status_counts))
+    legend_slot.html(tok.legend_html(status_counts, tok.bit_counts(table)))
     runs.begin_answer(live, runs.HEAD_START_S)  # counts are out; the token view and charts draw while it decodes
     slider_slot = st.container()  # the decode-time eviction step slider, once the answer is done
     start, end = _window(trace.token_strings, layer.n_tokens)

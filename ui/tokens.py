@@ -74,6 +74,15 @@ def token_buckets(layer: LayerTrace) -> np.ndarray:
     return full
 
 
+def token_bits(layer: LayerTrace, head: int) -> np.ndarray:
+    """`[n_tokens]` bits each context token is stored at in this KV head (`LayerTrace.row_bits`, issue 13):
+    16 for full precision, 8/4/2 for quantized rows, 0 for evicted tokens."""
+    bits = np.zeros(layer.n_tokens, dtype=np.int64)
+    kept = layer.kept[head].numpy()
+    bits[kept] = 16 if layer.row_bits is None else layer.row_bits[head].numpy()
+    return bits
+
+
 def token_table(trace: RunTrace, layer: LayerTrace, head: int) -> pd.DataFrame:
     """One row per context token with everything the hover shows (also the CSV export)."""
     status = layer_status(layer, head)
@@ -89,6 +98,7 @@ def token_table(trace: RunTrace, layer: LayerTrace, head: int) -> pd.DataFrame:
         "distance": token_distances(layer),
         "bucket": token_buckets(layer),
         "heads_keeping": kept_mask(layer).sum(dim=0).numpy(),
+        "bits": token_bits(layer, head),
         **per_head,
     })
 
@@ -118,13 +128,21 @@ def tooltip(row, head_scores: list[str]) -> str:
     if row.bucket >= 0:
         parts.append(f"bucket: {row.bucket}")
     parts.append(f"kept by {row.heads_keeping} KV head(s)")
+    if 0 < row.bits < 16:
+        parts.append(f"stored at {row.bits} bits")
     return "\n".join(parts)
+
+
+# Storage precision of a kept token (kv_bits / representative_bits), drawn under it: fewer bits, sparser line.
+PRECISION_STYLES = {8: "2px solid #333333", 4: "2px dashed #333333", 2: "2px dotted #333333"}
 
 
 def token_css() -> str:
     """One rule per status, so each span carries only its class (400 spans with inline styles were 150 KB)."""
     rules = [".kv-tokens .kvt{border-radius:3px;padding:1px 0;cursor:pointer;}",
              ".kv-tokens .kvt[data-followed]{outline:2px solid #000000;outline-offset:0;}"]
+    for bits, style in PRECISION_STYLES.items():  # the second channel: how a kept row is stored
+        rules.append(f".kv-tokens .kvb-{bits}{{border-bottom:{style};}}")
     for code in SHOWN_STATUSES:
         extra = {EVICTED: "text-decoration:line-through;text-decoration-color:#aaaaaa;",
                  DECODE_EVICTED: "text-decoration:line-through;text-decoration-color:#D55E00;"}.get(code, "")
@@ -136,7 +154,8 @@ def token_css() -> str:
 def _span(row, head_scores: list[str], marked: tuple[int, int]) -> str:
     code = int(row.status_code)
     followed = ' data-followed="1"' if marked[0] <= row.position < marked[1] else ""
-    return (f'<span class="kvt kvt-{STATUS_SHORT[code]}" data-pos="{row.position}"{followed} '
+    precision = f" kvb-{row.bits}" if row.bits in PRECISION_STYLES else ""
+    return (f'<span class="kvt kvt-{STATUS_SHORT[code]}{precision}" data-pos="{row.position}"{followed} '
             f'title="{html.escape(tooltip(row, head_scores), quote=True)}">{visible(row.token)}</span>')
 
 
@@ -155,7 +174,15 @@ def tokens_html(table: pd.DataFrame, start: int, end: int, marked: tuple[int, in
     )
 
 
-def legend_html(status_counts: dict[int, int] | None = None) -> str:
+def bit_counts(table: pd.DataFrame) -> dict[int, int]:
+    """Kept tokens per storage precision (16, 8, 4, 2) in the table's KV head; empty when nothing is quantized."""
+    bits = table["bits"].to_numpy()
+    if not ((bits > 0) & (bits < 16)).any():
+        return {}
+    return {b: int((bits == b).sum()) for b in (16, *PRECISION_STYLES) if (bits == b).any()}
+
+
+def legend_html(status_counts: dict[int, int] | None = None, precision_counts: dict[int, int] | None = None) -> str:
     items = []
     for code in SHOWN_STATUSES:
         if code in ONLY_WHEN_PRESENT and status_counts is not None and not status_counts.get(code):
@@ -167,6 +194,11 @@ def legend_html(status_counts: dict[int, int] | None = None) -> str:
             f'margin:2px 10px 2px 0;"><span style="background:{STATUS_COLORS[code]};color:{color};'
             f'border-radius:3px;padding:1px 6px;">{html.escape(STATUS_LABELS[code])}</span>{count}</span>'
         )
+    for bits, count in (precision_counts or {}).items():
+        style = PRECISION_STYLES.get(bits, "2px solid transparent")
+        name = "full precision" if bits == 16 else f"{bits}-bit"
+        items.append(f'<span class="kv-legend-item kv-legend-bits-{bits}" style="display:inline-block;margin:2px 10px '
+                     f'2px 0;"><span style="border-bottom:{style};padding:0 6px;">{name}</span> ({count:,})</span>')
     return '<div class="kv-legend" style="font-size:0.85rem;">' + "".join(items) + "</div>"
 
 
@@ -204,6 +236,8 @@ def mark_decode_evicted(table: pd.DataFrame, held_prompt: np.ndarray) -> pd.Data
     out = table.copy()
     out.loc[later, "status_code"] = DECODE_EVICTED
     out.loc[later, "status"] = STATUS_LABELS[DECODE_EVICTED]
+    if "bits" in out:
+        out.loc[later, "bits"] = 0  # no longer stored
     return out
 
 

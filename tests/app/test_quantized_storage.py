@@ -28,3 +28,20 @@ def test_kv_bits_shrinks_the_measured_cache_and_the_projection(app):
     at.selectbox(key="opt_kvcrush_representative_bits").set_value(2).run()
     no_errors(at)
     assert _mib(metric(at, "KV after")) < eight_bits  # cheaper representatives (slots included)
+
+
+def test_tokens_page_shows_each_kept_tokens_precision(app):
+    from tests.app.helpers import html_bodies, token_view
+
+    at = app.run()
+    at.selectbox(key="opt_kvcrush_kv_bits").set_value(8).run()
+    at.selectbox(key="opt_kvcrush_representative_bits").set_value(2).run()
+    no_errors(at)
+    legend = next(body for body in html_bodies(at) if 'class="kv-legend"' in body)
+    assert "8-bit" in legend and "2-bit" in legend and "full precision" in legend  # residual window: 16
+    view = token_view(at)
+    assert "kvb-8" in view and "stored at 8 bits" in view
+    at.selectbox(key="opt_kvcrush_kv_bits").set_value(16).run()
+    at.selectbox(key="opt_kvcrush_representative_bits").set_value(None).run()
+    legend = next(body for body in html_bodies(at) if 'class="kv-legend"' in body)
+    assert "8-bit" not in legend and "kvb-" not in token_view(at).split("</style>")[1]

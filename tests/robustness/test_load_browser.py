@@ -46,8 +46,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def server():
     """`streamlit run app.py` on random:tiny, started here and stopped by its PID."""
+    # The settings `_app_policy` mirrors (the first screen's own defaults are 50% and query-aware).
     env = app_env(KVCRUSH_APP_MODEL="random:tiny", KVCRUSH_APP_PROJECTION="pca",
-                  KVCRUSH_APP_MAX_NEW_TOKENS=str(NEW_TOKENS))
+                  KVCRUSH_APP_MAX_NEW_TOKENS=str(NEW_TOKENS), KVCRUSH_APP_BUDGET="25", KVCRUSH_APP_QUERY_AWARE="0")
     with running_app(env, ARTIFACTS / "load-test-server.log") as url:
         yield url
 
