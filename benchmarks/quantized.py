@@ -38,6 +38,7 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import report  # noqa: E402
+from benchmarks.engines import outcome_of  # noqa: E402
 from benchmarks.env import environment  # noqa: E402
 from kvcrush import load_model, make_policy, prepare, prepare_encoded  # noqa: E402
 from kvcrush.data import continuation_example, needle_example  # noqa: E402
@@ -86,7 +87,7 @@ def measure_bytes(lm, n_tokens: int, budget: float) -> list[dict[str, Any]]:
         for bits in BITS:
             policy = make_policy(name, budget=budget, kv_bits=bits, **options)
             result = prepared.generate(policy, 0, reference_ids=[context[-1]])
-            kept = sum(int(layer.kept.shape[1]) for layer in result.trace.layers) / len(result.trace.layers)
+            kept = outcome_of(result).kept_tokens
             rows.append({"table": "bytes", "model_dtype": str(lm.dtype).removeprefix("torch."), "system": label,
                          "kv_bits": bits, "storage": _storage_label(policy), "tokens": n_tokens, "budget": budget,
                          "kept_per_head": kept, "kv_bytes": result.kv_bytes_after, "full_bytes": full_bytes,
@@ -119,7 +120,7 @@ def measure_nll(lm, samples, budget: float, equal_bits: int | None, progress) ->
                        for label, name, options in SYSTEMS for bits in BITS]
         results = prepared.score_many([policy for _, policy in systems], continuation)
         for (label, policy), result in zip(systems, results, strict=True):
-            kept = sum(int(layer.kept.shape[1]) for layer in result.trace.layers) / len(result.trace.layers)
+            kept = outcome_of(result).kept_tokens
             crush = sum(layer.crush_used for layer in result.trace.layers) / len(result.trace.layers)
             rows.append({"table": "equal_bytes" if equal_bytes else "nll", "sample": index, "system": label,
                          "kv_bits": policy.kv_bits, "storage": _storage_label(policy), "budget": budget,

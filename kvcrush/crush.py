@@ -130,8 +130,14 @@ def _spaced(ordered: torch.Tensor, k: int) -> tuple[torch.Tensor, list[torch.Ten
         return ordered[:0], []
     step = ordered.numel() // count
     picks = ordered[: count * step : step]
-    sizes = [step] * (count - 1) + [ordered.numel() - (count - 1) * step]
-    return picks, list(torch.split(ordered, sizes))
+    return picks, list(torch.split(ordered, bucket_sizes(ordered.numel(), count)))
+
+
+def bucket_sizes(n: int, k: int) -> list[int]:
+    """Step 7's bucket sizes for `n` ordered candidates and `0 < k <= n` picks: `k - 1` buckets of
+    `floor(n / k)`, the last one also taking the `n mod k` leftovers."""
+    step = n // k
+    return [step] * (k - 1) + [n - (k - 1) * step]
 
 
 def group(distances: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -233,20 +233,34 @@ def score_reference_batch(model, caches: list, position: int, reference_ids: lis
     if not reference_ids or not lead_ids:
         raise PromptError("score_reference_batch needs lead ids and a non-empty reference.")
     batch = len(caches)
+    _, logits, seconds = _stacked_forward(model, caches, list(lead_ids) + list(reference_ids[:-1]), position,
+                                          len(reference_ids))
+    return [reference_scores(logits[row], reference_ids) for row in range(batch)], seconds / batch
+
+
+def _stacked_forward(model, caches: list, ids: list[int], position: int, keep: int):
+    """One forward of `ids` at true positions `position...` on several compressed caches stacked on the batch axis.
+
+    `caches` (each `[1, kv_heads, L_layer, d]`, equal `L_layer` across caches) are stacked
+    (`kvcrush.kvcache.stack_caches`) and the list is emptied, so the caller's copies can be freed before
+    the forward; layers of different lengths get their own causal masks (`_ragged_sdpa`). Returns the
+    stacked cache (now holding `ids` too), the logits of the last `keep` positions `[batch, keep, vocab]`
+    and the forward's seconds (synchronized).
+    """
+    batch = len(caches)
     cache = stack_caches(caches, model.config)
     caches.clear()
-    ids = list(lead_ids) + list(reference_ids[:-1])
-    input_ids = torch.tensor([ids] * batch, dtype=torch.long, device=model.device)
-    positions = _positions(position, len(ids), model.device).expand(batch, -1)
+    device = model.device
+    input_ids = torch.tensor([list(ids)] * batch, dtype=torch.long, device=device)
+    positions = _positions(position, len(ids), device).expand(batch, -1)
     ragged = len(set(cache_lengths(cache))) > 1
-    synchronize(model.device)
+    synchronize(device)
     start = time.perf_counter()
     with _ragged_attention(model) if ragged else contextlib.nullcontext():
         output = model(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True,
-                       logits_to_keep=len(reference_ids))
-    scores = [reference_scores(output.logits[row], reference_ids) for row in range(batch)]
-    synchronize(model.device)
-    return scores, (time.perf_counter() - start) / batch
+                       logits_to_keep=keep)
+    synchronize(device)
+    return cache, output.logits, time.perf_counter() - start
 
 
 @dataclass(frozen=True)
@@ -274,20 +288,9 @@ def greedy_decode_batch(model, caches: list, tail_ids: list[int], position: int,
     if not tail_ids or max_new_tokens < 1:
         raise PromptError("greedy_decode_batch needs tail ids and max_new_tokens >= 1.")
     batch = len(caches)
-    cache = stack_caches(caches, model.config)
-    caches.clear()
     device = model.device
-    ragged = len(set(cache_lengths(cache))) > 1
-    synchronize(device)
-    start = time.perf_counter()
-    input_ids = torch.tensor([list(tail_ids)] * batch, dtype=torch.long, device=device)
-    positions = _positions(position, len(tail_ids), device).expand(batch, -1)
-    with _ragged_attention(model) if ragged else contextlib.nullcontext():
-        output = model(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True,
-                       logits_to_keep=1)
-    logits = output.logits[:, -1].float()
-    synchronize(device)
-    tail_s = time.perf_counter() - start
+    cache, logits, tail_s = _stacked_forward(model, caches, tail_ids, position, 1)
+    logits = logits[:, -1].float()
     start = time.perf_counter()
     new_ids: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch

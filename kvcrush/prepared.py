@@ -389,15 +389,10 @@ class PreparedPrompt:
         results: list[GenerationResult | None] = [None] * len(policies)
         bytes_before = cache_bytes(self.cache)
 
-        def flush(members: list[tuple[int, RunTrace, DynamicCache]]) -> None:
-            with self.lm.lock:
-                caches = [cache for _, _, cache in members]
-                sizes = [cache_bytes(cache) for cache in caches]
-                members_ = [(index, trace) for index, trace, _ in members]
-                members.clear()  # score_reference_batch frees the single copies once stacked
-                scores, share = score_reference_batch(self.lm.model, caches, self.n_budgeted, reference,
-                                                      self.appended_ids)
-            for (index, trace), score, bytes_after in zip(members_, scores, sizes, strict=True):
+        def flush(members: list[tuple[int, RunTrace, int]], caches: list[DynamicCache]) -> None:
+            scores, share = score_reference_batch(self.lm.model, caches, self.n_budgeted, reference,
+                                                  self.appended_ids)
+            for (index, trace, bytes_after), score in zip(members, scores, strict=True):
                 trace.timings.prefill_s += share
                 results[index] = GenerationResult("", [], bytes_before, bytes_after, trace.timings, trace, score.nll,
                                                   None, n_appended=len(self.appended_ids), reference=score)
@@ -441,14 +436,9 @@ class PreparedPrompt:
         per_token = self.lm.kv_bytes_per_token()
         tail = self.appended_ids
 
-        def flush(members: list[tuple[int, RunTrace, DynamicCache]]) -> None:
-            with self.lm.lock:
-                caches = [cache for _, _, cache in members]
-                sizes = [cache_bytes(cache) for cache in caches]
-                members_ = [(index, trace) for index, trace, _ in members]
-                members.clear()  # greedy_decode_batch frees the single copies once stacked
-                decoded = greedy_decode_batch(self.lm.model, caches, tail, self.n_budgeted, max_new_tokens, stops)
-            for (index, trace), ids, bytes_after in zip(members_, decoded.new_ids, sizes, strict=True):
+        def flush(members: list[tuple[int, RunTrace, int]], caches: list[DynamicCache]) -> None:
+            decoded = greedy_decode_batch(self.lm.model, caches, tail, self.n_budgeted, max_new_tokens, stops)
+            for (index, trace, bytes_after), ids in zip(members, decoded.new_ids, strict=True):
                 timings = trace.timings
                 timings.prefill_s += decoded.tail_s
                 timings.decode_s, timings.decode_tokens = decoded.decode_s, len(ids)
@@ -465,13 +455,23 @@ class PreparedPrompt:
 
     def _in_batches(self, policies: list[Policy], selections: list[RunTrace] | None, n_reference: int,
                     max_new_tokens: int, batch_size: int, should_stop: ShouldStop | None,
-                    flush: Callable[[list[tuple[int, RunTrace, DynamicCache]]], None]) -> None:
+                    flush: Callable[[list[tuple[int, RunTrace, int]], list[DynamicCache]], None]) -> None:
         """Select (or take `selections[i]`) and gather every policy as `generate` does, and hand caches of equal
-        shape (tokens per layer) to `flush` in lists of up to `batch_size` `(index, trace, cache)`.
+        shape (tokens per layer) to `flush(members, caches)`, up to `batch_size` at a time, under the model's lock:
+        `members[i]` is `(index, trace, bytes)` of `caches[i]` (its KV bytes measured before the batched forward
+        stacks and frees the single copies).
 
         Caches wait in a bucket per shape and go as soon as it is full, so at most a few batches are held.
         """
         pending: dict[tuple[int, ...], list[tuple[int, RunTrace, DynamicCache]]] = {}
+
+        def hand_over(bucket: list[tuple[int, RunTrace, DynamicCache]]) -> None:
+            caches = [cache for _, _, cache in bucket]
+            members = [(index, trace, cache_bytes(cache)) for index, trace, cache in bucket]
+            bucket.clear()  # the batched forward frees the single copies once stacked
+            with self.lm.lock:
+                flush(members, caches)
+
         for index, policy in enumerate(policies):
             if should_stop is not None and should_stop():
                 raise RunCancelled("The run was cancelled.")
@@ -482,10 +482,10 @@ class PreparedPrompt:
             bucket = pending.setdefault(tuple(cache_lengths(cache)), [])
             bucket.append((index, trace, cache))
             if len(bucket) >= batch_size:
-                flush(bucket)
+                hand_over(bucket)
         for bucket in pending.values():
             if bucket:
-                flush(bucket)
+                hand_over(bucket)
 
     def _evictor(self, policy: Policy, cache: DynamicCache, trace: RunTrace) -> DecodeEvictor:
         """Decode-time eviction for `policy`, starting from the compressed prompt (the tail is appended next)."""

@@ -39,7 +39,7 @@ def _shifted(groups: list[torch.Tensor] | None, offset: int) -> list[torch.Tenso
     """Buckets moved to the CPU and shifted by `offset`, in one copy (a layer has hundreds of them)."""
     if not groups:
         return []
-    if offset == 0 and all(g.device.type == "cpu" for g in groups[:1]):
+    if offset == 0 and groups[0].device.type == "cpu":
         return list(groups)  # already where and what they should be (KVCrush's batched selection)
     joined = torch.cat(groups).to("cpu") + offset
     return list(torch.split(joined, [len(g) for g in groups]))

@@ -289,7 +289,7 @@ class KVCrush(Policy):
         kept, bits, anchors, distances = (t.to("cpu") for t in (kept, bits, anchors, distances))
         picks = picks.to("cpu") + lo
         in_order = ordered.to("cpu")[torch.arange(m)[None, :] < n_candidates.to("cpu")[:, None]] + lo
-        sizes = [size for count in counts for size in _bucket_sizes(count, plan.crush)]
+        sizes = [size for count in counts for size in crush.bucket_sizes(count, plan.crush)]
         buckets = torch.split(in_order, sizes)
         candidates = torch.split(candidate.to("cpu").nonzero()[:, 1] + lo, counts)
         unit_anchor = torch.zeros(n_layers, m, dtype=torch.int64)
@@ -407,12 +407,6 @@ class KVCrush(Policy):
             buckets=grouping.buckets, blocks=torch.stack([starts, starts + size], dim=1),
             extra_recent=leftover, crush_s=crush_s, trace_fields=grouping.trace_fields(self.crush_fraction),
         )
-
-
-def _bucket_sizes(count: int, k: int) -> list[int]:
-    """Step 7's bucket sizes for `count` ordered candidates and `k <= count` picks (`crush._spaced`)."""
-    step = count // k
-    return [step] * (k - 1) + [count - (k - 1) * step]
 
 
 def _refund(plan: BudgetPlan, unused: int) -> int:
