@@ -43,7 +43,8 @@ the grid without touching this one:
 Groups expand to several specs: ``baselines``, ``matched``, ``kvcrush`` (both bases, five anchors),
 ``kvcrush-snapkv``, ``kvcrush-h2o``, ``head-reduction`` (the ``@all`` variants), ``kvpress``,
 ``query-aware``, ``storage`` (8/4 bits at token budgets, 16/8/4 at byte budgets, 4/2-bit representatives),
-``all``. ``full`` (no eviction) is always run once per sample as the reference and need not be listed.
+``variants`` (the four KVCrush variants beyond the paper chosen on seed 1), ``all``. ``full`` (no
+eviction) is always run once per sample as the reference and need not be listed.
 """
 
 from __future__ import annotations
@@ -358,27 +359,30 @@ GROUPS["storage"] = tuple(
     [f"{name}{suffix}" for base in KVCRUSH_BASES for name in (base, f"kvcrush:{base}:alternating")
      for suffix in STORAGE_SUFFIXES]
     + [f"kvcrush:{base}:alternating:{variant}" for base in KVCRUSH_BASES for variant in STORAGE_REPRESENTATIVES])
+# KVCrush with options beyond the paper (spec section 7), the four chosen on development seed 1 and measured
+# on the test seed when issue 11 closed (benchmarks/results/dev-variants-seed1, benchmarks/README.md).
+GROUPS["variants"] = tuple(f"kvcrush:snapkv:alternating:{variant}"
+                           for variant in ("best", "adaptive", "kmeans4", "merge"))
 GROUPS["all"] = tuple(dict.fromkeys(OUR_BASELINES + MATCHED + GROUPS["kvcrush"] + GROUPS["head-reduction"]
-                                   + GROUPS["kvpress"] + GROUPS["query-aware"] + GROUPS["storage"]))
+                                   + GROUPS["kvpress"] + GROUPS["query-aware"] + GROUPS["storage"]
+                                   + GROUPS["variants"]))
 
-# The standard run (benchmarks.run --standard), sized to finish within an hour on 2 CPU cores (measured:
-# about 0.25 s per run of ours and 0.15 s per kvpress run on a 1k-token needle, after batching): the three
-# KVCrush bases alone and under the paper's KVCrush, the four variants beyond the paper (chosen on seed 1,
-# see benchmarks/README.md), every kvpress press, and both query modes for SnapKV and KVCrush on both
-# engines (SnapKV's head reduction too), and SnapKV at 4 bits (`STORAGE_STANDARD`). Our knorm/streaming/keydiff
-# equal kvpress's presses (parity tests) and run in --full.
+# The standard run (benchmarks.run --standard), sized to finish within an hour on 2 CPU cores: the three KVCrush
+# bases alone and under the paper's KVCrush, every kvpress press, and both query modes for SnapKV and KVCrush on
+# both engines (SnapKV's head reduction too), and SnapKV at 4 bits (`STORAGE_STANDARD`). Measured: a 1k-token
+# needle item costs about 25 s (both engines, 97 runs) and a 2k-token likelihood item 40-80 s, so the four
+# variants beyond the paper (group `variants`, 16 more of our runs per item, about 6 minutes) run in --full
+# and with `--policies variants`. Our knorm/streaming/keydiff equal kvpress's presses (parity tests) and run
+# in --full.
 # Storage in the standard run: SnapKV at 4 bits with the same tokens and with the same bytes as full-precision
-# SnapKV, the equal-bytes comparison and two more points of the quality-versus-bytes front. A 4-bit run costs
-# about 0.15 s more than a 16-bit one on a 1k-token needle (the gather quantizes the kept rows), so these two
-# add about 6.5 minutes; KVCrush over 4-bit SnapKV would add 3 more and runs in --quick and --full. Not KVCrush
-# in equal bytes: 4-bit rows cost 1/7 of float32 ones (1/3.6 of bfloat16), so from a 14% budget on a CPU (28%
-# on a GPU) snapkv~4b keeps every token and KVCrush would only repeat it.
+# SnapKV, the equal-bytes comparison and two more points of the quality-versus-bytes front. KVCrush over 4-bit
+# SnapKV runs in --quick and --full. Not KVCrush in equal bytes: 4-bit rows cost 1/7 of float32 ones (1/3.6 of
+# bfloat16), so from a 14% budget on a CPU (28% on a GPU) snapkv~4b keeps every token and KVCrush would only
+# repeat it.
 STORAGE_STANDARD = ("snapkv~4", "snapkv~4b")
 STANDARD_POLICIES = (
     "snapkv", "h2o", "tova",
     "kvcrush:snapkv:alternating", "kvcrush:h2o:alternating", "kvcrush:tova:alternating",
-    "kvcrush:snapkv:alternating:best", "kvcrush:snapkv:alternating:adaptive", "kvcrush:snapkv:alternating:kmeans4",
-    "kvcrush:snapkv:alternating:merge",
     "kvpress:snapkv", "kvpress:streaming", "kvpress:knorm", "kvpress:tova", "kvpress:observed_attention",
     "kvpress:expected_attention", "kvpress:keydiff", "kvpress:pyramidkv",
     "snapkv+qa", "snapkv@all+qa", "kvcrush:snapkv:alternating+qa", "kvpress:snapkv+qa",

@@ -582,8 +582,8 @@ def run_presses(
         max_new_tokens = 0  # as run_press: a continuation is scored, nothing is generated
     shared = prefill_with_presses(model, jobs, context_ids)
     results = {}
-    if continuation_ids and tail_ids and not max_new_tokens:
-        return _score_batched(model, shared, len(context_ids), list(tail_ids), list(continuation_ids))
+    if continuation_ids and not max_new_tokens:
+        return _score_batched(model, shared, len(context_ids), list(tail_ids or []), list(continuation_ids))
     if tail_ids and max_new_tokens:
         stops = _stops(model, tokenizer, eos_token_ids, stop_at_newline)
         return _decode_batched(model, tokenizer, shared, len(context_ids), list(tail_ids), max_new_tokens,
@@ -649,12 +649,14 @@ def _score_batched(model: PreTrainedModel, shared: PressCaches, n_context: int, 
                    continuation_ids: list[int], batch_size: int = 16) -> dict[JobKey, PressResult]:
     """Scoring only: the jobs' caches with equal per-layer lengths go through the model together
     (`kvcrush.decoding.score_reference_batch`, as our engine's `PreparedPrompt.score_many`); each job's
-    ``question_s`` is an equal share of its batch's forward (tail and reference)."""
+    ``question_s`` is an equal share of its batch's forward (tail and reference). Without a tail, each job's
+    own prefill's last logits predict the first reference token (its forward's: sdpa or eager)."""
     results: dict[JobKey, PressResult] = {}
     for chunk in _batches(shared, batch_size):
         caches = [shared.caches.pop(key) for key in chunk]
         sizes = [(cache_bytes(cache), cache_lengths(cache)) for cache in caches]
-        scores, share = score_reference_batch(model, caches, n_context, continuation_ids, tail_ids)
+        first = None if tail_ids else torch.stack([shared.forwards[key].logits for key in chunk])
+        scores, share = score_reference_batch(model, caches, n_context, continuation_ids, tail_ids, first)
         for key, reference, (after, kept) in zip(chunk, scores, sizes, strict=True):
             results[key] = PressResult(
                 text="", new_token_ids=[], kv_bytes_before=shared.kv_bytes_before, kv_bytes_after=after,

@@ -150,6 +150,9 @@ def _measure_length(lm, item: Item, specs: list[PolicySpec], budget: float, repe
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.overhead`: the overhead table alone (what `benchmarks.run --standard` measures)."""
+    from benchmarks.env import keep_freed_memory
+
+    keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
     import argparse
     import os
     import time

@@ -237,6 +237,9 @@ def _progress(what: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.env import keep_freed_memory
+
+    keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
     args = build_parser().parse_args(argv)
     began = time.perf_counter()
     lm = load_model(args.model, device=args.device)

@@ -154,6 +154,9 @@ def _load(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    from benchmarks.env import keep_freed_memory
+
+    keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

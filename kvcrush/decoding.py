@@ -221,20 +221,33 @@ def reference_scores(logits: torch.Tensor, reference_ids: list[int]) -> Referenc
 
 @torch.no_grad()
 def score_reference_batch(model, caches: list, position: int, reference_ids: list[int],
-                          lead_ids: list[int]) -> tuple[list[ReferenceScores], float]:
-    """`score_reference` with `lead_ids` for several compressed caches in one forward.
+                          lead_ids: list[int], first_logits: torch.Tensor | None = None,
+                          ) -> tuple[list[ReferenceScores], float]:
+    """`score_reference` for several compressed caches in one forward.
 
     `caches` (each `[1, kv_heads, L_layer, d]`, equal `L_layer` across caches) are stacked on the batch
     axis (`kvcrush.kvcache.stack_caches`) and the list is emptied, so the caller's copies can be freed
     before the forward. Every row gets the same tokens at the same true positions (on a CPU a batch of
-    16 costs about half as much per row as one row at a time). Returns the scores in order and each
-    row's equal share of the forward's seconds (synchronized).
+    16 costs about half as much per row as one row at a time). With `lead_ids` (the tail still to append)
+    they and the reference go in one forward; without them `first_logits` (`[vocab]`, or `[batch, vocab]`
+    with a row per cache) predict the first reference token and the forward holds the rest of the
+    reference, as `score_reference` with `logits`. Returns the scores in order and each row's equal share
+    of the forward's seconds (synchronized).
     """
-    if not reference_ids or not lead_ids:
-        raise PromptError("score_reference_batch needs lead ids and a non-empty reference.")
+    if not reference_ids or (not lead_ids and first_logits is None):
+        raise PromptError("score_reference_batch needs a non-empty reference and lead ids or first logits.")
     batch = len(caches)
-    _, logits, seconds = _stacked_forward(model, caches, list(lead_ids) + list(reference_ids[:-1]), position,
-                                          len(reference_ids))
+    if lead_ids:
+        _, logits, seconds = _stacked_forward(model, caches, list(lead_ids) + list(reference_ids[:-1]), position,
+                                              len(reference_ids))
+    else:
+        first = first_logits.float().reshape(-1, 1, first_logits.shape[-1]).expand(batch, 1, -1)
+        logits, seconds = first, 0.0
+        if len(reference_ids) > 1:
+            _, rest, seconds = _stacked_forward(model, caches, list(reference_ids[:-1]), position,
+                                                len(reference_ids) - 1)
+            logits = torch.cat([first, rest.float()], dim=1)
+        caches.clear()
     return [reference_scores(logits[row], reference_ids) for row in range(batch)], seconds / batch
 
 

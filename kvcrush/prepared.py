@@ -376,22 +376,23 @@ class PreparedPrompt:
 
         Each policy's compressed cache is gathered as `generate` gathers it; caches holding the same
         number of tokens in every layer (any policies at one budget, PyramidKV's at one budget) are
-        stacked on the batch axis, up to `batch_size` at a time, and the tail and the reference go
-        through the model once per batch (`kvcrush.decoding.score_reference_batch`; on 2 CPU cores a
+        stacked on the batch axis, up to `batch_size` at a time, and the tail and the reference (without a
+        tail, the reference after the prefill's last logits) go through the model once per batch
+        (`kvcrush.decoding.score_reference_batch`; on 2 CPU cores a
         batch of 16 costs about half as much per policy). Results equal `generate`'s to float rounding;
         each result's `prefill_s` gets an equal share of its batch's forward.
         """
         reference = list(reference_ids)
         if not reference:
             raise PromptError("score_many needs reference_ids to score.")
-        if not self.appended_ids:
-            return [self.generate(policy, 0, reference_ids=reference, should_stop=should_stop) for policy in policies]
         results: list[GenerationResult | None] = [None] * len(policies)
         bytes_before = cache_bytes(self.cache)
+        # Without a tail, the prefill's last logits predict the first reference token (as in `generate`).
+        first_logits = None if self.appended_ids else self.last_logits
 
         def flush(members: list[tuple[int, RunTrace, int]], caches: list[DynamicCache]) -> None:
             scores, share = score_reference_batch(self.lm.model, caches, self.n_budgeted, reference,
-                                                  self.appended_ids)
+                                                  self.appended_ids, first_logits)
             for (index, trace, bytes_after), score in zip(members, scores, strict=True):
                 trace.timings.prefill_s += share
                 results[index] = GenerationResult("", [], bytes_before, bytes_after, trace.timings, trace, score.nll,

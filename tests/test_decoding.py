@@ -125,11 +125,18 @@ def test_one_line_answers_from_a_prepared_prompt(prepared):
     assert all(token not in stops for token in result.new_token_ids[:-1])
 
 
-def test_scoring_without_a_tail_still_works(tiny_lm, essay_prompt):
+@pytest.mark.parametrize("n_reference", [1, 10])
+def test_scoring_without_a_tail_is_batched_like_one_at_a_time(tiny_lm, essay_prompt, n_reference):
+    """The likelihood task: no tail, so the prefill's last logits predict the first reference token and one
+    forward per batch holds the rest of the reference (none for a one-token reference)."""
     ids = tiny_lm.tokenizer.encode(essay_prompt, add_special_tokens=False)[:200]
     prepared = kvcrush.prepare_encoded(tiny_lm, EncodedPrompt(ids[:150]))
-    policies = [kvcrush.make_policy("snapkv", budget=0.5), kvcrush.make_policy("knorm", budget=0.5)]
-    batched = prepared.score_many(policies, ids[150:160])
-    single = [prepared.generate(p, 0, reference_ids=ids[150:160]) for p in policies]
-    assert [b.reference_nll for b in batched] == pytest.approx([s.reference_nll for s in single], abs=1e-5)
+    reference = ids[150:150 + n_reference]
+    policies = [kvcrush.make_policy(name, budget=0.5) for name in ("snapkv", "knorm", "h2o", "pyramidkv")]
+    batched = prepared.score_many(policies, reference, batch_size=2)
+    for policy, result in zip(policies, batched, strict=True):
+        single = prepared.generate(policy, 0, reference_ids=reference)
+        assert result.reference.greedy_match == single.reference.greedy_match, policy.name
+        assert result.reference.token_nll == pytest.approx(single.reference.token_nll, abs=1e-4)
+        assert result.kv_bytes_after == single.kv_bytes_after and result.n_appended == 0
 

@@ -11,6 +11,7 @@ from benchmarks.grid import (
     HEAD_REDUCTION_POLICIES,
     OUR_BASELINES,
     QUICK_POLICIES,
+    STANDARD_POLICIES,
     base_label,
     paper_label,
     parse_budgets,
@@ -47,7 +48,8 @@ def test_groups_expand_without_duplicates_and_skip_full():
     labels = [s.label for s in specs]
     assert labels[0] == "snapkv" and len(labels) == len(set(labels)) == 8 + 9
     assert "kvpress:kvcrush" in labels  # our KVCrushPress, run by kvpress
-    assert len(parse_policies(["all"])) == len(GROUPS["all"]) == 37 + len(GROUPS["storage"])
+    assert len(parse_policies(["all"])) == len(GROUPS["all"]) == 37 + len(GROUPS["storage"]) + len(GROUPS["variants"])
+    assert {s.label for s in parse_policies(["variants"])} & set(STANDARD_POLICIES) == set()  # --full only
 
 
 def test_policy_names_come_from_the_declarations():
