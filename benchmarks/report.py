@@ -248,11 +248,21 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     return out
 
 
+def setting_of(label: str) -> str:
+    """The setting a system is ranked in: ``query-aware`` (``+qa``), ``storage`` (rows stored in fewer bits or a
+    budget in bytes, ``~N``/``~Nb``: equal bytes buy more tokens, a different question from which tokens to
+    keep; the Pareto front compares them by bytes), else ``query-agnostic``."""
+    if label.endswith("+qa"):
+        return "query-aware"
+    return "storage" if "~" in label else "query-agnostic"
+
+
 def best_systems(records: list[dict[str, Any]], results: pd.DataFrame) -> list[dict[str, Any]]:
     """Per task, dataset and budget: the best system overall, of ours and of kvpress's, with intervals.
 
     Best = highest mean primary score (lowest for NLL), ties broken by the dense metric. Query-aware
-    (``+qa``) systems are ranked separately from the primary, query-agnostic setting (`setting`). The
+    (``+qa``) systems and stored-bits specs (``~N``, ``~Nb``) are ranked separately from the primary,
+    query-agnostic setting of full-precision rows at token budgets (`setting_of`). The
     best of ours and the best of kvpress are compared on the same samples (`_paired`).
     """
     frame = pd.DataFrame(records)
@@ -260,7 +270,7 @@ def best_systems(records: list[dict[str, Any]], results: pd.DataFrame) -> list[d
     if frame.empty or results.empty:
         return rows
     res = results[results["policy"] != "full"].copy()
-    res["setting"] = ["query-aware" if str(p).endswith("+qa") else "query-agnostic" for p in res["policy"]]
+    res["setting"] = [setting_of(str(p)) for p in res["policy"]]
     for (task, dataset, budget, setting), cell in res.groupby(["task", "dataset", "budget", "setting"], sort=False):
         higher = bool(cell["higher_is_better"].iloc[0])
         sign = 1 if higher else -1

@@ -158,7 +158,9 @@ def headline_markdown(summary: dict[str, Any]) -> str:
     if best:
         budgets = sorted({r["budget"] for r in best})
         tasks = list(dict.fromkeys((r["task"], r["dataset"], r["score_name"]) for r in best))
-        lines += ["Best system per budget (query-agnostic; mean [95% bootstrap interval], n per cell):", "",
+        lines += ["Best system per budget (query-agnostic, rows in the model's dtype at token budgets; mean [95%"
+                  " bootstrap interval], n per cell; quantized storage is ranked on its own in report.md and on"
+                  " the quality-versus-bytes front):", "",
                   "| task | " + " | ".join(_pct(b) for b in budgets) + " |",
                   "| --- | " + " | ".join("---" for _ in budgets) + " |"]
         for task, dataset, score_name in tasks:

@@ -24,3 +24,13 @@ def test_replace_headline_only_touches_the_block():
     updated = replace_headline(readme, "new\n")
     assert updated.startswith("intro\n") and updated.endswith("<!-- benchmark-headline:end -->\noutro\n")
     assert readme_headline(updated) == "new\n"
+
+
+def test_quantized_storage_is_ranked_apart_from_the_headline_setting():
+    """Equal bytes buy 4-bit SnapKV every token from a 14% budget: it is ranked with the storage specs, so the
+    headline's best system per budget compares which tokens policies keep, at full precision."""
+    from benchmarks.report import setting_of
+
+    assert setting_of("snapkv") == setting_of("kvcrush:snapkv:alternating") == "query-agnostic"
+    assert setting_of("snapkv~4b") == setting_of("kvcrush:snapkv:alternating:rep4~8b") == "storage"
+    assert setting_of("snapkv~4+qa") == setting_of("kvpress:snapkv+qa") == "query-aware"
