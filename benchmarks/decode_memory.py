@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from benchmarks.env import environment  # noqa: E402
+from benchmarks.env import environment, keep_freed_memory  # noqa: E402
 from kvcrush import load_model, make_policy, prepare_encoded  # noqa: E402
 from kvcrush.data import filler_tokens  # noqa: E402
 from kvcrush.metrics import token_agreement  # noqa: E402
@@ -91,8 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.env import keep_freed_memory
-
     keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
     args = build_parser().parse_args(argv)
     began = time.perf_counter()

@@ -31,8 +31,8 @@ MIB = 1024 * 1024
 # (4096 MiB) to 12.4 GiB (12721 MiB) of this machine's 23.5 GiB, while its wall time fell from 79 to 54 min
 # (with batched tail-less scoring and four fewer systems, so not all of it is this).
 MMAP_THRESHOLD_BYTES = 2**30
-_ALLOCATOR = {"keeps_freed_memory": False}
 TRIM_THRESHOLD_BYTES = 2**31 - 1
+_ALLOCATOR = {"keeps_freed_memory": False}  # what keep_freed_memory() did, for environment()
 
 
 def keep_freed_memory() -> bool:

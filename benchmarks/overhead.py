@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.engines import NAN, ItemRuns, Outcome, kvcrush_overhead
+from benchmarks.env import keep_freed_memory
 from benchmarks.grid import ENGINE_KVPRESS, ENGINE_OURS, PolicySpec
 from benchmarks.tasks import Item
 from kvcrush.data import filler_tokens
@@ -150,8 +151,6 @@ def _measure_length(lm, item: Item, specs: list[PolicySpec], budget: float, repe
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.overhead`: the overhead table alone (what `benchmarks.run --standard` measures)."""
-    from benchmarks.env import keep_freed_memory
-
     keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
     import argparse
     import os

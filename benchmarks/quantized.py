@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 from benchmarks.engines import outcome_of  # noqa: E402
-from benchmarks.env import environment  # noqa: E402
+from benchmarks.env import environment, keep_freed_memory  # noqa: E402
 from kvcrush import load_model, make_policy, prepare, prepare_encoded  # noqa: E402
 from kvcrush.data import continuation_example, needle_example  # noqa: E402
 from kvcrush.kvcache import cache_bytes  # noqa: E402
@@ -237,8 +237,6 @@ def _progress(what: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.env import keep_freed_memory
-
     keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
     args = build_parser().parse_args(argv)
     began = time.perf_counter()

@@ -32,7 +32,7 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import pareto, report  # noqa: E402
-from benchmarks.env import environment, peak_rss_bytes, reset_peak_rss  # noqa: E402
+from benchmarks.env import environment, keep_freed_memory, peak_rss_bytes, reset_peak_rss  # noqa: E402
 from benchmarks.grid import (  # noqa: E402
     FULL_BUDGETS,
     QUICK_POLICIES,
@@ -420,8 +420,6 @@ def run_scale(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from benchmarks.env import keep_freed_memory
-
     keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
     args = build_parser().parse_args(argv)
     if args.threads:

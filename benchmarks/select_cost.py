@@ -39,7 +39,7 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from benchmarks.env import environment  # noqa: E402
+from benchmarks.env import environment, keep_freed_memory  # noqa: E402
 from benchmarks.grid import ENGINE_OURS, parse_spec  # noqa: E402
 from kvcrush import POLICIES, Policy, make_policy, prepare_encoded  # noqa: E402
 from kvcrush.data import filler_tokens  # noqa: E402
@@ -154,8 +154,6 @@ def _load(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from benchmarks.env import keep_freed_memory
-
     keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
     args = build_parser().parse_args(argv)
     if args.threads:
