@@ -30,6 +30,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from kvcrush.attention import attention_modules
+from kvcrush.decoding import IMPLEMENTATION_WRAPPERS, visible_rows
 from kvcrush.explain.span import layer_status
 from kvcrush.trace import IMPORTANT, PROTECTED, RECENT, REPRESENTATIVE, SINK, RunTrace
 
@@ -89,11 +90,14 @@ class AttentionUse:
 
 
 STATE = "_kvcrush_attention_use"  # attribute of each attention module while a recording runs
+RECORDING_PREFIX = "kvcrush_recording_"
 
 
 def _recording(base: str):
     """The name of a recording attention implementation over `base`, registered on first use."""
-    name = f"kvcrush_recording_{base}"
+    if base.startswith(RECORDING_PREFIX):
+        return base
+    name = f"{RECORDING_PREFIX}{base}"
     if name not in ALL_ATTENTION_FUNCTIONS:
         original = ALL_ATTENTION_FUNCTIONS.get(base, eager_attention_forward) if base != "eager" \
             else eager_attention_forward
@@ -102,13 +106,18 @@ def _recording(base: str):
             output = original(module, query, key, value, attention_mask, **kwargs)
             state = getattr(module, STATE, None)
             if state is not None:
-                state.record(module.layer_idx, query, key, kwargs.get("scaling"))
+                visible = visible_rows(module.layer_idx, kwargs.get("position_ids"), query.shape[1] // key.shape[1])
+                state.record(module.layer_idx, query, key, kwargs.get("scaling"), kwargs.get("softcap"),
+                             None if visible is None else visible[0, :, -1])
             return output
 
         AttentionInterface.register(name, attention)
         if base in ALL_MASK_ATTENTION_FUNCTIONS:  # the same masks as the original (none for one without)
             AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
     return name
+
+
+IMPLEMENTATION_WRAPPERS[RECORDING_PREFIX] = _recording
 
 
 class AttentionRecorder:
@@ -192,8 +201,12 @@ class _State:
         later = torch.where(positions < self.n_budgeted + self.n_appended, QUESTION_C, ANSWER_C)
         return torch.where(positions < self.n_budgeted, prompt, later)
 
-    def record(self, index: int, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> None:
-        """One layer's forward: `query` `[1, heads, q, d]` post-RoPE, `key` `[1, kv_heads, rows, d]` (cache + new)."""
+    def record(self, index: int, query: torch.Tensor, key: torch.Tensor, scaling: float | None,
+               softcap: float | None = None, visible: torch.Tensor | None = None) -> None:
+        """One layer's forward: `query` `[1, heads, q, d]` post-RoPE, `key` `[1, kv_heads, rows, d]` (cache + new).
+
+        softcap: Gemma-2's logit soft-capping. visible: `[heads, rows]` bool, the rows the last query may attend
+        to when the forward's mask comes from true positions (sliding-window layers, `kvcrush.sliding`)."""
         count, rows = query.shape[2], key.shape[2]
         if count > 1 and self.sizes[index]:
             return  # a multi-token forward after the tail: a reference scored on a scratch copy
@@ -204,7 +217,12 @@ class _State:
         kv_heads, head_dim = key.shape[1], key.shape[-1]
         scale = scaling if scaling is not None else head_dim ** -0.5
         last = query[0, :, -1].float().reshape(kv_heads, -1, head_dim) * scale  # [kv_heads, group, d]
-        probs = torch.softmax(torch.matmul(last, key[0].float().transpose(1, 2)), dim=-1)
+        logits = torch.matmul(last, key[0].float().transpose(1, 2))  # [kv_heads, group, rows]
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        if visible is not None:
+            logits = logits.masked_fill(~visible.reshape(kv_heads, -1, rows), float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
         weight = probs.sum(dim=1)  # [kv_heads, rows]: the group's attention to each row
         if self.evictor is None:
             if rows > self.weights[index].shape[1]:

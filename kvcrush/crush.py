@@ -10,6 +10,8 @@ Everything here is pure torch on small tensors: O(M * H) for bits and distances 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from kvcrush.errors import PolicyError
@@ -40,31 +42,32 @@ def signatures(scores: torch.Tensor) -> torch.Tensor:
     """
     if scores.dim() != 2:
         raise ValueError(f"signatures expects scores [heads, M], got shape {tuple(scores.shape)}")
-    heads, m = scores.shape
-    half = m // 2
-    if half == 0:
-        return torch.zeros(m, heads, dtype=torch.bool, device=scores.device)
-    scores = scores.float()
-    if bool(torch.isnan(scores).any()):  # sorts rank NaN above everything; keep exactly that order
-        bits = torch.zeros(heads, m, dtype=torch.bool, device=scores.device)
-        bits.scatter_(1, stable_top_indices(scores, half), True)
-        return bits.T.contiguous()
     return batched_signatures(scores[None])[0]
 
 
+def _rank_keys(scores: torch.Tensor) -> torch.Tensor:
+    """float64 keys whose order is a descending sort's order of `scores`, NaN included: torch's sorts rank NaN
+    above +inf, so NaN becomes +inf and +inf the largest finite float64 (every float32 stays exact)."""
+    keys = scores.double()
+    keys = torch.where(keys == float("inf"), torch.finfo(torch.float64).max, keys)
+    return torch.where(torch.isnan(keys), float("inf"), keys)
+
+
 def batched_signatures(scores: torch.Tensor) -> torch.Tensor:
-    """`signatures` of several layers at once: `[layers, heads, M]` float (no NaN) -> `[layers, M, heads]` bool.
+    """`signatures` of several layers at once: `[layers, heads, M]` float -> `[layers, M, heads]` bool.
 
     A selection instead of a sort: everything above the half-th largest score, then as many of the
-    tokens tied with it as are still needed, lowest index first (what a stable sort would pick).
+    tokens tied with it as are still needed, lowest index first (what a stable sort would pick; NaN ranks
+    first, as sorts rank it). No host sync, whatever the scores hold.
     """
     layers, heads, m = scores.shape
     half = m // 2
     if half == 0:
         return torch.zeros(layers, m, heads, dtype=torch.bool, device=scores.device)
-    threshold = torch.kthvalue(scores, m - half + 1, dim=-1, keepdim=True).values
-    above = scores > threshold
-    ties = scores == threshold
+    keys = _rank_keys(scores)
+    threshold = torch.kthvalue(keys, m - half + 1, dim=-1, keepdim=True).values
+    above = keys > threshold
+    ties = keys == threshold
     missing = half - above.sum(dim=-1, keepdim=True)
     bits = above | (ties & (ties.cumsum(dim=-1) <= missing))
     return bits.transpose(1, 2).contiguous()
@@ -101,9 +104,21 @@ def anchor(bits: torch.Tensor, mode: str, seed: int = 0) -> torch.Tensor:
             return torch.zeros(width, dtype=torch.bool, device=device)
         return bits.float().mean(dim=0) > 0.5
     if mode == "random":
-        generator = torch.Generator().manual_seed(int(seed))
-        return torch.randint(0, 2, (width,), generator=generator).bool().to(device)
+        return _random_bits(width, int(seed), device)
     raise PolicyError(f"Unknown anchor mode {mode!r}; choose one of {', '.join(ANCHOR_MODES)}.")
+
+
+_RANDOM_ANCHORS: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _random_bits(width: int, seed: int, device: torch.device) -> torch.Tensor:
+    """Seeded uniform bits, drawn on the CPU (the same on every device) and copied to `device` once per process:
+    a copy to a GPU waits for it, and every layer asks for the same anchor."""
+    key = (width, seed, str(device))
+    if key not in _RANDOM_ANCHORS:
+        generator = torch.Generator().manual_seed(seed)
+        _RANDOM_ANCHORS[key] = torch.randint(0, 2, (width,), generator=generator).bool().to(device)
+    return _RANDOM_ANCHORS[key]
 
 
 def hamming(bits: torch.Tensor, anchor_bits: torch.Tensor) -> torch.Tensor:
@@ -217,24 +232,86 @@ def kmeans_anchors(points: torch.Tensor, k: int, seed: int = 0, iterations: int 
 
     points: `[n, width]` bool (the candidates' signatures). Hamming distance; a centroid's bit is set
     iff strictly more than half of its members have it (majority vote; a tie gives 0, as the `mean`
-    anchor). Initial centroids: `k` of the distinct signatures in a seeded random order (so identical
-    signatures never take two centroids); with fewer distinct signatures than `k` they repeat, and a
-    repeated centroid keeps an empty cluster (ties go to the lower index). An empty cluster keeps its
-    centroid. Exactly `iterations` rounds (no data-dependent stop, so no host syncs); deterministic for
-    a seed. No points: `k` all-zero centroids. Returns `[k, width]` bool.
+    anchor). Initial centroids: `k` of the distinct signatures (in `torch.unique`'s sorted order) in a
+    seeded random order (so identical signatures never take two centroids); with fewer distinct
+    signatures than `k` they repeat, and a repeated centroid keeps an empty cluster (ties go to the lower
+    index). An empty cluster keeps its centroid. Exactly `iterations` rounds (no data-dependent stop);
+    deterministic for a seed. No points: `k` all-zero centroids. Returns `[k, width]` bool.
+
+    One layer alone reads its number of distinct signatures on the host here; a selection over many layers
+    reads every layer's at once (`distinct_signatures`, `kmeans_seeds`, `kmeans_from`).
     """
-    n, width = points.shape
-    if n == 0:
-        return torch.zeros(k, width, dtype=torch.bool, device=points.device)
-    distinct = torch.unique(points, dim=0)  # sorted rows: the same set gives the same start
-    order = torch.randperm(distinct.shape[0], generator=torch.Generator().manual_seed(int(seed)))
-    order = order[torch.arange(k) % distinct.shape[0]].to(points.device)
-    centroids = distinct[order]
-    values = points.float()
+    valid = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
+    distinct = distinct_signatures(points, valid)
+    seeds = kmeans_seeds(int(distinct.count), int(k), seed).to(points.device)
+    return kmeans_from(points, valid, distinct, seeds, iterations)
+
+
+@dataclass
+class DistinctSignatures:
+    """The valid rows of `[n, width]` bool signatures in lexicographic order (`torch.unique(dim=0)`'s order).
+
+    order: `[n]` row ids, valid rows first, sorted. first: `[n]` bool, set where `order[i]` starts a new
+    distinct valid row. count: 0-d int64 on the device, how many distinct valid rows (read it on the host
+    together with other layers' counts).
+    """
+
+    order: torch.Tensor
+    first: torch.Tensor
+    count: torch.Tensor
+
+
+_WORD_BITS = 62  # bits per int64 word when packing signatures (the sign bit stays clear)
+
+
+def distinct_signatures(bits: torch.Tensor, valid: torch.Tensor) -> DistinctSignatures:
+    """Sort the `valid` rows of `bits` `[n, width]` as `torch.unique(bits[valid], dim=0)` does, without
+    reading anything on the host: rows are packed into int64 words (first column most significant) and
+    sorted word by word with stable sorts, last word first."""
+    n, width = bits.shape
+    device = bits.device
+    words = -(-width // _WORD_BITS) if width else 0
+    padded = torch.zeros(n, words * _WORD_BITS, dtype=torch.int64, device=device)
+    padded[:, :width] = bits.long()
+    shifts = torch.arange(_WORD_BITS - 1, -1, -1, device=device)
+    packed = (padded.view(n, words, _WORD_BITS) << shifts).sum(dim=-1)  # [n, words]
+    order = torch.arange(n, device=device)
+    for word in range(words - 1, -1, -1):
+        order = order[torch.argsort(packed[order, word], stable=True)]
+    order = order[torch.argsort((~valid[order]).to(torch.uint8), stable=True)]
+    rows = packed[order]
+    change = torch.ones(n, dtype=torch.bool, device=device)
+    if n > 1:
+        change[1:] = (rows[1:] != rows[:-1]).any(dim=-1)
+    first = change & valid[order]
+    return DistinctSignatures(order, first, first.sum())
+
+
+def kmeans_seeds(n_distinct: int, k: int, seed: int) -> torch.Tensor:
+    """Which distinct signatures start the k-means (`kmeans_anchors`): `[k]` int64 ranks on the CPU."""
+    if n_distinct == 0:
+        return torch.zeros(k, dtype=torch.int64)
+    order = torch.randperm(n_distinct, generator=torch.Generator().manual_seed(int(seed)))
+    return order[torch.arange(k) % n_distinct]
+
+
+def kmeans_from(bits: torch.Tensor, valid: torch.Tensor, distinct: DistinctSignatures, seeds: torch.Tensor,
+                iterations: int = KMEANS_ITERATIONS) -> torch.Tensor:
+    """`kmeans_anchors` over the `valid` rows of `bits` `[n, width]`, started from the distinct rows ranked
+    `seeds` (`[k]` on the device, `kmeans_seeds`): `[k, width]` bool, with no host sync. Rows that are not
+    valid take no part (weight 0). Without valid rows: all-zero centroids."""
+    k, width = int(seeds.shape[0]), bits.shape[1]
+    ranks = distinct.first.long().cumsum(dim=0)  # the j-th distinct row sits where the running count reaches j + 1
+    position = torch.searchsorted(ranks, seeds + 1).clamp_max(max(bits.shape[0] - 1, 0))
+    if bits.shape[0] == 0:
+        return torch.zeros(k, width, dtype=torch.bool, device=bits.device)
+    centroids = bits[distinct.order[position]] & (distinct.count > 0)
+    weight = valid.to(torch.float32)
+    values = bits.float() * weight[:, None]
     for _ in range(int(iterations)):
-        ids, _ = nearest_anchor(points, centroids)
-        counts = torch.bincount(ids, minlength=k).to(values.dtype)[:, None]
-        ones = torch.zeros(k, width, dtype=values.dtype, device=points.device).index_add_(0, ids, values)
+        ids, _ = nearest_anchor(bits, centroids)
+        counts = torch.zeros(k, device=bits.device).index_add_(0, ids, weight)[:, None]
+        ones = torch.zeros(k, width, device=bits.device).index_add_(0, ids, values)
         centroids = torch.where(counts > 0, ones * 2 > counts, centroids)
     return centroids
 
@@ -293,40 +370,90 @@ def group_by_anchor(distances: torch.Tensor, unit_anchor: torch.Tensor, candidat
     as step 7 does over F; a group given none has no bucket (its candidates go without a stand-in).
     With one anchor this is `group(distances, candidates, k)`. Returns (`[k']` picks, group by group,
     their buckets, `[k']` int64 anchor id of each bucket).
+
+    One layer alone: the group sizes are read on the host here (a selection over many layers reads every
+    layer's at once and calls `order_candidates` and `spaced_groups` itself).
     """
-    ordered = _order_by_distance(distances, torch.as_tensor(candidates, device=distances.device))
-    if n_anchors == 1:
-        picks, buckets_ = _spaced(ordered, k)
-        return picks, buckets_, torch.zeros(len(buckets_), dtype=torch.int64)
-    ordered = ordered[torch.argsort(unit_anchor[ordered], stable=True)]
-    sizes = torch.bincount(unit_anchor[ordered], minlength=n_anchors).tolist()  # one host sync per layer
-    all_picks: list[torch.Tensor] = []
-    all_buckets: list[torch.Tensor] = []
+    candidates = torch.as_tensor(candidates, device=distances.device).long()
+    candidate = torch.zeros(distances.shape[0], dtype=torch.bool, device=distances.device)
+    candidate[candidates] = True
+    ordered = order_candidates(distances, candidate, unit_anchor if n_anchors > 1 else None)[: candidates.numel()]
+    sizes = [int(candidates.numel())] if n_anchors == 1 else group_sizes(unit_anchor, candidate, n_anchors).tolist()
+    picks, buckets_, _, owners = spaced_groups(ordered, sizes, share_out(sizes, k))
+    return picks, buckets_, torch.tensor(owners, dtype=torch.int64)
+
+
+def group_sizes(unit_anchor: torch.Tensor, candidate: torch.Tensor, n_anchors: int) -> torch.Tensor:
+    """`[n_anchors]` int64: how many candidates (`candidate` `[n]` bool) each anchor is nearest to (on the device;
+    `bincount` would read its maximum on the host)."""
+    return torch.zeros(n_anchors, dtype=torch.int64, device=unit_anchor.device).index_add_(
+        0, unit_anchor, candidate.long())
+
+
+def order_candidates(distances: torch.Tensor, candidate: torch.Tensor,
+                     unit_anchor: torch.Tensor | None = None) -> torch.Tensor:
+    """`[n]` unit ids: the candidates (`candidate` `[n]` bool) by `(anchor, distance, index)` (no anchor: by
+    `(distance, index)`), then every other unit. Three stable sorts, no host sync; the first `|F|` are F."""
+    order = torch.argsort(distances, stable=True)
+    if unit_anchor is not None:
+        order = order[torch.argsort(unit_anchor[order], stable=True)]
+    return order[torch.argsort((~candidate[order]).to(torch.uint8), stable=True)]
+
+
+def spaced_groups(ordered: torch.Tensor, sizes: list[int], shares: list[int]
+                  ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, list[int]]:
+    """Step 7 in each group of an ordered candidate list, from host counts alone (no host sync).
+
+    ordered: the candidates, group by group (`order_candidates`); sizes: `n_g` per group; shares: its
+    representatives (`share_out`). Group g's picks are its `i * step`-th members, its buckets
+    `[i * step, (i + 1) * step)` (the last one also taking the leftovers), as `group` does over F.
+    Returns (picks, buckets as views, `[P]` bucket index of every bucket member in `torch.cat(buckets)`
+    order, the group of each bucket).
+    """
+    picks: list[torch.Tensor] = []
+    buckets_: list[torch.Tensor] = []
+    segments: list[torch.Tensor] = []
     owners: list[int] = []
-    for g, (members, share) in enumerate(zip(torch.split(ordered, sizes), share_out(sizes, k), strict=True)):
-        picks, groups = _spaced(members, share)
-        all_picks.append(picks)
-        all_buckets.extend(groups)
-        owners.extend([g] * len(groups))
-    return torch.cat(all_picks), all_buckets, torch.tensor(owners, dtype=torch.int64)
+    start = 0
+    for g, (n, share) in enumerate(zip(sizes, shares, strict=True)):
+        members = ordered[start : start + n]
+        start += n
+        count = min(n, max(int(share), 0))
+        if count == 0:
+            continue
+        step = n // count
+        picks.append(members[: count * step : step])
+        buckets_.extend(torch.split(members, bucket_sizes(n, count)))
+        within = torch.arange(n, device=ordered.device) // step
+        segments.append(within.clamp_max(count - 1) + len(owners))
+        owners.extend([g] * count)
+    if not picks:
+        return ordered[:0], [], torch.zeros(0, dtype=torch.int64, device=ordered.device), []
+    return torch.cat(picks), buckets_, torch.cat(segments), owners
 
 
-def _segments(groups: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """All members joined `[P]`, each member's group index `[P]`, and the group sizes."""
+def _segments(groups: list[torch.Tensor], device: torch.device, segment: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """All members joined `[P]`, each member's group index `[P]` (`segment`, or made from the sizes on the CPU
+    and copied), and the group sizes."""
     sizes = [int(g.numel()) for g in groups]
-    segment = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(sizes, dtype=torch.int64))
-    return torch.cat(groups).long(), segment.to(device), sizes
+    if segment is None:
+        segment = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(sizes, dtype=torch.int64),
+                                          output_size=sum(sizes)).to(device)
+    return torch.cat(groups).long(), segment, sizes
 
 
-def best_in_buckets(groups: list[torch.Tensor], unit_scores: torch.Tensor) -> torch.Tensor:
+def best_in_buckets(groups: list[torch.Tensor], unit_scores: torch.Tensor,
+                    segment: torch.Tensor | None = None) -> torch.Tensor:
     """Each bucket's member with the highest score (spec section 7, `representative="best"`).
 
     groups: the buckets (unit ids); unit_scores: `[units]` (the base scores' mean over KV heads).
+    segment: `[P]` each member's bucket (`spaced_groups`; None: built from the bucket sizes, on the CPU).
     Ties: the lower unit id. NaN counts as the lowest score. Returns `[len(groups)]` int64, bucket order.
     """
     if not groups:
         return torch.zeros(0, dtype=torch.int64, device=unit_scores.device)
-    members, segment, _ = _segments(groups, unit_scores.device)
+    members, segment, _ = _segments(groups, unit_scores.device, segment)
     scores = torch.nan_to_num(unit_scores[members].float(), nan=float("-inf"))
     count = len(groups)
     best = torch.full((count,), float("-inf"), device=scores.device).scatter_reduce(0, segment, scores, "amax")
@@ -336,7 +463,8 @@ def best_in_buckets(groups: list[torch.Tensor], unit_scores: torch.Tensor) -> to
         0, segment, index, "amin")
 
 
-def merge_weights(groups: list[torch.Tensor], unit_scores: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+def merge_weights(groups: list[torch.Tensor], unit_scores: torch.Tensor,
+                  segment: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
     """Softmax of the members' base scores inside each bucket, per KV head (spec section 7, `merge="values"`).
 
     groups: the buckets (unit ids, the representative among them); unit_scores: `[heads, units]` base
@@ -344,11 +472,12 @@ def merge_weights(groups: list[torch.Tensor], unit_scores: torch.Tensor) -> tupl
     peaked as the base's scores are spread. NaN and -inf scores count as the lowest finite score (a
     bucket of them only is averaged evenly). Returns (`[heads, P]` float32 weights of every member,
     buckets joined in order, each bucket's columns summing to 1; the bucket sizes, to split them).
+    segment: as in `best_in_buckets`.
     """
     heads = unit_scores.shape[0]
     if not groups:
         return torch.zeros(heads, 0, device=unit_scores.device), []
-    members, segment, sizes = _segments(groups, unit_scores.device)
+    members, segment, sizes = _segments(groups, unit_scores.device, segment)
     lowest = torch.finfo(torch.float32).min
     scores = torch.nan_to_num(unit_scores[:, members].float(), nan=lowest, neginf=lowest)
     index = segment.expand(heads, -1)
@@ -372,8 +501,7 @@ def top_share(scores: torch.Tensor, k: int) -> torch.Tensor:
     values = torch.nan_to_num(values - values.min(dim=-1, keepdim=True).values, nan=0.0)
     total = values.sum()
     top = values.topk(min(max(int(k), 0), m), dim=-1).values.sum()
-    return torch.where(total > 0, top / total.clamp_min(torch.finfo(torch.float32).tiny),
-                       torch.tensor(min(max(k, 0), m) / m, device=values.device))
+    return torch.where(total > 0, top / total.clamp_min(torch.finfo(torch.float32).tiny), min(max(k, 0), m) / m)
 
 
 def adaptive_fractions(crush_fraction: float, spreads: list[float | None], ceiling: float = 0.9) -> list[float]:

@@ -27,9 +27,12 @@ from dataclasses import dataclass
 import torch
 
 from kvcrush.attention import LayerInputs, attention_modules
+from kvcrush.decoding import synchronize
+from kvcrush.host import to_device
 from kvcrush.kvcache import gather_rows, merge_values, set_layer_rows
 from kvcrush.policies import Policy
-from kvcrush.trace import LayerTrace
+from kvcrush.quantized_cache import QuantizedKVLayer
+from kvcrush.trace import LayerTrace, MergeRows, traces_to_host
 
 MIN_BUFFER = 32  # recent tokens whose attention inputs are kept for scoring (more if the policy's window is)
 
@@ -117,12 +120,21 @@ class DecodeEvictor:
         self.peak_tokens = max(self.peak_tokens, max(p.shape[1] for p in self.positions))
 
     def after_forward(self, step: int, position: int) -> None:
-        """The token at true `position` (the `step`-th generated) is in the cache: evict where due."""
+        """The token at true `position` (the `step`-th generated) is in the cache: evict where due.
+
+        Every layer due at this step is evicted together (`_evict`), so an eviction waits for the device a
+        fixed number of times whatever the number of layers.
+        """
         self.append_positions(position, 1)
+        due: list[tuple[int, int, LayerInputs]] = []
         for layer_idx, layer_cache in enumerate(self.cache.layers):
-            n_slots = layer_cache.get_seq_length()  # a quantized layer's keys would be dequantized to count them
+            n_slots = layer_cache.get_seq_length()  # a host count, also for a quantized layer
             if n_slots >= self.budgets[layer_idx] + self.interval:
-                self._evict(step, layer_idx, layer_cache, n_slots)
+                layer = self._layer_inputs(layer_idx, layer_cache, n_slots)
+                if layer is not None:  # else fewer recent tokens buffered than the policy's window: wait for more
+                    due.append((layer_idx, n_slots, layer))
+        if due:
+            self._evict(step, due)
 
     def _layer_inputs(self, layer_idx: int, layer_cache, n_slots: int) -> LayerInputs | None:
         recent = self.recent[layer_idx]
@@ -141,25 +153,68 @@ class DecodeEvictor:
                             values, cos, sin, n_slots, n_slots, False, offset)
         return layer if self.policy.query_rows(layer)[0] >= offset else None
 
-    def _evict(self, step: int, layer_idx: int, layer_cache, n_slots: int) -> None:
-        layer = self._layer_inputs(layer_idx, layer_cache, n_slots)
-        if layer is None:
-            return  # fewer recent tokens buffered than the policy's window: wait for more
+    def _evict(self, step: int, due: list[tuple[int, int, LayerInputs]]) -> None:
+        """Evict the layers in `due` (`(layer index, slots held, inputs)`) back to their budgets, all at once.
+
+        Scores, selection and the gathers stay on the layers' devices; the traces, kept positions and storage
+        bits then reach the host in one copy per device (`traces_to_host`), and KVCrush's merge rows go back in
+        one copy (`to_device`). The time, synchronised, is shared equally by the layers' records.
+        """
+        layers = [layer for _, _, layer in due]
+        devices = {layer.keys.device for layer in layers}
+        for device in devices:
+            synchronize(device)
         start = time.perf_counter()
-        with torch.no_grad():
-            trace = self.policy.select(self.policy.score(layer).float(), layer, self.budgets[layer_idx])
-        kept = trace.kept.to(layer.keys.device)
-        values = gather_rows(layer.values, kept)
-        merge_values(values, layer.values, kept, trace.merge_rows())  # KVCrush merge="values" (else no-op)
         storage = self.policy.storage()
-        if storage.quantized:  # the new selection's representatives get their own precision
-            trace.row_bits = storage.row_bits(trace.kept, trace.representative_tokens())
-        set_layer_rows(self.cache, layer_idx, gather_rows(layer.keys, kept), values, storage, trace.row_bits)
-        self.positions[layer_idx] = self.positions[layer_idx].gather(1, kept)
-        # The buffered rows stay aligned with the last cache slots only as far as the recent window kept them.
-        recent = self.recent[layer_idx]
-        self.recent[layer_idx] = recent.last(trace.recent) if recent is not None else None
+        with torch.no_grad():
+            scores = [self.policy.score(layer).float() for layer in layers]
+            traces = self.policy.select_layers(scores, layers, None, [self.budgets[i] for i, _, _ in due])
+            kept = [trace.kept for trace in traces]
+            bits = [storage.row_bits(trace.kept, trace.representative_tokens()) for trace in traces] \
+                if storage.quantized else []  # the new selection's representatives get their own precision
+            for (layer_idx, _, _), index in zip(due, kept, strict=True):
+                self.positions[layer_idx] = self.positions[layer_idx].gather(1, index)
+                if getattr(self.cache, "key_positions", None) is not None:  # sliding-window models: true positions
+                    self.cache.key_positions.gather(layer_idx, index)
+            moved = traces_to_host(traces, [self.positions[i] for i, _, _ in due] + bits)
+            positions, host_bits = moved[: len(due)], moved[len(due):]
+            merges = self._merge_rows(traces, kept)
+            for n, ((layer_idx, _, layer), trace, index) in enumerate(zip(due, traces, kept, strict=True)):
+                values = gather_rows(layer.values, index)
+                merge_values(values, layer.values, index, merges[n])  # KVCrush merge="values" (else no-op)
+                self._store(layer_idx, gather_rows(layer.keys, index), values, storage,
+                            bits[n] if bits else None, host_bits[n] if bits else None)
+                if bits:
+                    trace.row_bits = host_bits[n]
+                # The buffered rows stay aligned with the last cache slots only as far as the recent window kept them.
+                recent = self.recent[layer_idx]
+                self.recent[layer_idx] = recent.last(trace.recent) if recent is not None else None
+        for device in devices:
+            synchronize(device)
         seconds = time.perf_counter() - start
         self.seconds += seconds
-        self.evictions.append(DecodeEviction(step, layer_idx, n_slots, self.positions[layer_idx].to("cpu"), trace,
-                                             seconds))
+        for ((layer_idx, n_slots, _), trace, held) in zip(due, traces, positions, strict=True):
+            self.evictions.append(DecodeEviction(step, layer_idx, n_slots, held, trace, seconds / len(due)))
+
+    @staticmethod
+    def _merge_rows(traces: list[LayerTrace], kept: list[torch.Tensor]) -> list[MergeRows | None]:
+        """Each host trace's value merge (`LayerTrace.merge_rows`), copied to its layer's device in one copy."""
+        rows = [trace.merge_rows() for trace in traces]
+        present = [(n, r) for n, r in enumerate(rows) if r is not None]
+        if not present:
+            return rows
+        parts = [t for _, r in present for t in (r.targets, r.members, r.slot, r.weights)]
+        devices = [kept[n].device for n, _ in present for _ in range(4)]
+        copies = iter(to_device(parts, devices))
+        for n, _ in present:
+            rows[n] = MergeRows(next(copies), next(copies), next(copies), next(copies))
+        return rows
+
+    def _store(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, storage,
+               bits: torch.Tensor | None, host_bits: torch.Tensor | None) -> None:
+        """Put a layer's kept rows back (quantized layers size their groups from the host copy of the bits)."""
+        layer_cache = self.cache.layers[layer_idx]
+        if bits is not None and isinstance(layer_cache, QuantizedKVLayer):
+            layer_cache.set_rows(keys, values, bits, host_bits)
+        else:
+            set_layer_rows(self.cache, layer_idx, keys, values, storage, bits)

@@ -4,11 +4,16 @@ Our engine and the benchmark's kvpress runs both decode with these functions, so
 them is a difference in what the cache holds, never in how it is read. After eviction a cache is
 shorter than the sequence: every forward passes `position_ids` (the true positions, for RoPE) while
 `cache_position` is left to its default, the cache's real length, which keeps the causal mask right.
+
+Every forward goes through `_model_forward`, which picks the mask: the model's own when every layer
+holds the same rows; `_ragged_sdpa` when layers hold different numbers of rows (PyramidKV); and, for a
+cache that carries its rows' true positions (models with sliding-window layers, `kvcrush.sliding`),
+`_positioned_sdpa`, whose mask comes from those positions.
 """
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -17,9 +22,11 @@ from dataclasses import dataclass
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.models.llama.modeling_llama import repeat_kv
 
 from kvcrush.errors import PromptError, RunCancelled
 from kvcrush.kvcache import cache_lengths, stack_caches
+from kvcrush.sliding import KeyPositions
 
 Progress = Callable[[str, int, int], None]
 
@@ -75,16 +82,93 @@ def _ragged_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Te
 AttentionInterface.register(RAGGED_ATTENTION, _ragged_sdpa)
 
 
+POSITIONED_ATTENTION = "kvcrush_positioned_sdpa"
+_ACTIVE_POSITIONS: contextvars.ContextVar[KeyPositions | None] = contextvars.ContextVar("kvcrush_key_positions",
+                                                                                       default=None)
+
+
+def _positioned_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                     dropout: float = 0.0, scaling: float | None = None, softcap: float | None = None, **kwargs):
+    """Attention whose mask comes from the true position of every cached row (`kvcrush.sliding.KeyPositions`).
+
+    query `[batch, query_heads, q, d]` at `position_ids` `[batch, q]`; key/value `[batch, kv_heads, rows, d]`.
+    A row is visible iff its position is at most the query's and, on a sliding layer, within the window,
+    so a compressed sliding layer never attends to a position older than its window. With Gemma-2's
+    soft-capping (`softcap`), the logits are capped as transformers' eager attention caps them.
+    """
+    positions = _ACTIVE_POSITIONS.get()
+    group = query.shape[1] // key.shape[1]
+    mask = positions.mask(module.layer_idx, kwargs.pop("position_ids"), group)
+    if softcap is None:
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    logits = torch.matmul(query, repeat_kv(key, group).transpose(2, 3)) * scaling
+    logits = torch.tanh(logits / softcap) * softcap
+    logits = logits.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(weights, repeat_kv(value, group))
+    return output.transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register(POSITIONED_ATTENTION, _positioned_sdpa)
+
+
+# Attention implementations that wrap another (name prefix -> registers the wrapper over a base, returns its
+# name): `kvcrush.attention_use`'s recorder. A mask chosen here keeps the wrapper around it.
+IMPLEMENTATION_WRAPPERS: dict[str, Callable[[str], str]] = {}
+
+
+def visible_rows(layer_idx: int, position_ids: torch.Tensor | None, group: int) -> torch.Tensor | None:
+    """Inside a positioned forward: the `[batch, query_heads, q, rows]` mask of layer `layer_idx`; else None."""
+    positions = _ACTIVE_POSITIONS.get()
+    if positions is None or position_ids is None:
+        return None
+    return positions.mask(layer_idx, position_ids, group)
+
+
 @contextmanager
-def _ragged_attention(model):
-    """Run the model with `_ragged_sdpa` (sdpa only: other implementations keep the token-at-a-time path)."""
+def _attention(model, name: str):
+    """Run the model with the attention implementation `name` (restored afterwards), inside the wrapper the
+    current implementation is, if any (`IMPLEMENTATION_WRAPPERS`)."""
     config = model.config
     previous = config._attn_implementation
-    config._attn_implementation = RAGGED_ATTENTION
+    for prefix, wrap in IMPLEMENTATION_WRAPPERS.items():
+        if previous.startswith(prefix):
+            name = wrap(name)
+    config._attn_implementation = name
     try:
         yield
     finally:
         config._attn_implementation = previous
+
+
+@contextmanager
+def _masking(model, cache, start: int, count: int):
+    """The mask for feeding `count` tokens at true positions `start...` on top of `cache` (see the module doc)."""
+    positions: KeyPositions | None = getattr(cache, "key_positions", None)
+    if positions is not None:
+        positions.append(start, count)
+        token = _ACTIVE_POSITIONS.set(positions)
+        try:
+            with _attention(model, POSITIONED_ATTENTION):
+                yield
+        finally:
+            _ACTIVE_POSITIONS.reset(token)
+    elif len(set(cache_lengths(cache))) > 1:  # sdpa only: `extend` feeds other implementations token by token
+        with _attention(model, RAGGED_ATTENTION):
+            yield
+    else:
+        yield
+
+
+def _model_forward(model, cache, input_ids: torch.Tensor, start: int, keep: int = 0):
+    """One forward of `input_ids` `[batch, q]` at true positions `start...` on top of `cache` (the only place
+    the model is called while decoding); `keep` > 0: logits of the last `keep` positions only."""
+    batch, count = input_ids.shape
+    positions = _positions(start, count, input_ids.device).expand(batch, -1)
+    with _masking(model, cache, start, count):
+        return model(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True,
+                     logits_to_keep=keep)
 
 
 @torch.no_grad()
@@ -98,11 +182,8 @@ def extend(model, cache, ids: list[int], start: int, last_only: bool = False, ke
     """
     keep = 1 if last_only else keep
     ragged = len(set(cache_lengths(cache))) > 1
-    if not ragged:
+    if not ragged or model.config._attn_implementation == "sdpa" or getattr(cache, "key_positions", None):
         return _forward(model, cache, ids, start, keep)
-    if model.config._attn_implementation == "sdpa":
-        with _ragged_attention(model):
-            return _forward(model, cache, ids, start, keep)
     logits, position = [], start
     for i, token in enumerate(ids):
         wanted = not keep or i >= len(ids) - keep
@@ -115,9 +196,7 @@ def extend(model, cache, ids: list[int], start: int, last_only: bool = False, ke
 
 def _forward(model, cache, ids: list[int], start: int, keep: int) -> torch.Tensor:
     """One forward of `ids` at true positions; logits of the last `keep` positions (0: all) `[n, vocab]`."""
-    output = model(input_ids=_ids(ids, model.device), past_key_values=cache,
-                   position_ids=_positions(start, len(ids), model.device), use_cache=True, logits_to_keep=keep)
-    return output.logits[0].float()
+    return _model_forward(model, cache, _ids(ids, model.device), start, keep).logits[0].float()
 
 
 @torch.no_grad()
@@ -143,9 +222,7 @@ def greedy_decode(model, cache, logits: torch.Tensor, position: int, max_new_tok
             progress("decode", step + 1, max_new_tokens)
         if token in stops or step == max_new_tokens - 1:
             break
-        output = model(input_ids=_ids([token], model.device), past_key_values=cache,
-                       position_ids=_positions(position + step, 1, model.device), use_cache=True)
-        logits = output.logits[0, -1].float()
+        logits = _forward(model, cache, [token], position + step, 1)[-1]
         if after_forward is not None:
             after_forward(step + 1)
     return new_ids
@@ -265,13 +342,9 @@ def _stacked_forward(model, caches: list, ids: list[int], position: int, keep: i
     caches.clear()
     device = model.device
     input_ids = torch.tensor([list(ids)] * batch, dtype=torch.long, device=device)
-    positions = _positions(position, len(ids), device).expand(batch, -1)
-    ragged = len(set(cache_lengths(cache))) > 1
     synchronize(device)
     start = time.perf_counter()
-    with _ragged_attention(model) if ragged else contextlib.nullcontext():
-        output = model(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True,
-                       logits_to_keep=keep)
+    output = _model_forward(model, cache, input_ids, position, keep)
     synchronize(device)
     return cache, output.logits, time.perf_counter() - start
 
@@ -316,9 +389,7 @@ def greedy_decode_batch(model, caches: list, tail_ids: list[int], position: int,
                 done[row] = token in stops
         if all(done) or step == max_new_tokens - 1:
             break
-        output = model(input_ids=tokens[:, None], past_key_values=cache,
-                       position_ids=torch.full((batch, 1), next_position + step, device=device), use_cache=True)
-        logits = output.logits[:, -1].float()
+        logits = _model_forward(model, cache, tokens[:, None], next_position + step, 1).logits[:, -1].float()
     synchronize(device)
     return BatchDecode(new_ids, tail_s / batch, (time.perf_counter() - start) / batch)
 

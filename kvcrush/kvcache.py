@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from kvcrush.quant import KVStorage
 from kvcrush.quantized_cache import QuantizedKVLayer
+from kvcrush.sliding import KeyPositions, has_sliding_layers, layer_windows
 from kvcrush.trace import MergeRows
 
 
@@ -94,6 +96,19 @@ def merge_values(values: torch.Tensor, source: torch.Tensor, kept: torch.Tensor,
     values[0].scatter_(1, where[..., None].expand(-1, -1, dim), merged.to(values.dtype))
 
 
+def prompt_cache(config) -> DynamicCache:
+    """An empty cache with a plain (growing) layer for every decoder layer, sliding-window ones included.
+
+    A prepared prompt prefills into it so that scorers see every key a sliding layer attended to
+    during the prefill (transformers' sliding layer would keep only its last `W - 1` rows); which of those
+    rows a layer may keep is then `kvcrush.sliding.held_from`'s rule. The model's masks come from its
+    config, not from the cache's layer types, so the prefill itself is unchanged.
+    """
+    cache = DynamicCache(config=config)
+    cache.layers = [DynamicLayer() for _ in cache.layers]
+    return cache
+
+
 def compressed_copy(full: DynamicCache, kept: list[torch.Tensor | None], config,
                     merges: list[MergeRows | None] | None = None, storage: KVStorage | None = None,
                     row_bits: list[torch.Tensor | None] | None = None) -> DynamicCache:
@@ -101,11 +116,14 @@ def compressed_copy(full: DynamicCache, kept: list[torch.Tensor | None], config,
 
     `full` is left untouched, so the next selection can gather from it again. A layer that keeps
     every row shares the full cache's tensors: decoding appends with `torch.cat`, which makes new
-    tensors and never writes into the shared ones. `merges[i]` (`LayerTrace.merge_rows()`) then merges
+    tensors and never writes into the shared ones. `kept[i]` holds prompt positions, which are rows of
+    `full` (a prepared prompt's cache holds every row). `merges[i]` (`LayerTrace.merge_rows()`) then merges
     value rows of the gathered copy from the intact full rows (`merge_values`). With a quantizing
     `storage`, layer i's rows are then stored at `row_bits[i]` (`[kv_heads, T]`) bits (`set_layer_rows`).
+    For a model with sliding-window layers the copy carries `key_positions` (`kvcrush.sliding.KeyPositions`,
+    the true position of every row), which the decoding loop's masks read.
     """
-    cache = DynamicCache(config=config)
+    cache = prompt_cache(config)
     merges = merges if merges is not None else [None] * len(kept)
     row_bits = row_bits if row_bits is not None else [None] * len(kept)
     for layer_index, (source, index, rows, bits) in enumerate(zip(full.layers, kept, merges, row_bits, strict=True)):
@@ -117,6 +135,13 @@ def compressed_copy(full: DynamicCache, kept: list[torch.Tensor | None], config,
             values = gather_rows(source.values, index)
             merge_values(values, source.values, index, rows)
         set_layer_rows(cache, layer_index, keys, values, storage, bits)
+    if has_sliding_layers(config):
+        positions = []
+        for source, index in zip(full.layers, kept, strict=True):
+            device = source.keys.device
+            rows = torch.arange(source.keys.shape[-2], device=device).expand(source.keys.shape[1], -1)
+            positions.append((rows if index is None else index.to(device))[None].contiguous())
+        cache.key_positions = KeyPositions(positions, layer_windows(config))
     return cache
 
 
@@ -125,10 +150,12 @@ def stack_caches(caches: list[DynamicCache], config) -> DynamicCache:
 
     For scoring several compressed caches with one forward (`kvcrush.decoding.score_reference_batch`).
     """
-    stacked = DynamicCache(config=config)
+    stacked = prompt_cache(config)
     for index, target in enumerate(stacked.layers):
         keys = torch.cat([cache.layers[index].keys for cache in caches])
         values = torch.cat([cache.layers[index].values for cache in caches])
         target.lazy_initialization(keys, values)
         target.keys, target.values = keys, values
+    if getattr(caches[0], "key_positions", None) is not None:
+        stacked.key_positions = KeyPositions.stack([cache.key_positions for cache in caches])
     return stacked

@@ -5,7 +5,9 @@ stay for decoding. So a layer's scores depend on the prompt and the scorer alone
 budget, the split or the KVCrush options, and the compressed cache of any policy is a gather of the
 full one (spec, section 6). `prepare` runs the model over the prompt once and keeps:
 
-- the full `DynamicCache` over the tokens under the budget (never modified afterwards);
+- the full `DynamicCache` over the tokens under the budget (never modified afterwards), every row of every
+  layer: a sliding-window layer's selection is then restricted to the rows the model's own cache would hold
+  (`kvcrush.sliding`), while its scores still see every key its queries attended to;
 - each attention layer's input hidden states `[1, L, hidden]` (all rows when they fit in
   `hidden_limit` bytes, else the last `TAIL_ROWS` rows), from which a scorer recomputes the queries
   it needs (`kvcrush.attention.query_states`) without running the model again;
@@ -51,11 +53,12 @@ from kvcrush.decoding import (
     timed_greedy_decode,
 )
 from kvcrush.errors import PromptError, RunCancelled
-from kvcrush.kvcache import cache_bytes, cache_lengths, compressed_copy
+from kvcrush.kvcache import cache_bytes, cache_lengths, compressed_copy, layer_bytes, prompt_cache
 from kvcrush.models.loading import LoadedModel
 from kvcrush.policies import Policy, make_policy
 from kvcrush.prompts import EncodedPrompt, encode_prompt
-from kvcrush.trace import GenerationResult, LayerTrace, RunTrace, Timings
+from kvcrush.sliding import layer_windows
+from kvcrush.trace import GenerationResult, LayerTrace, RunTrace, Timings, traces_to_host
 
 HIDDEN_LIMIT = 2 * 1024**3  # at most this many bytes of kept hidden states (and a quarter of free memory)
 TAIL_ROWS = 512  # rows kept when not all fit: SnapKV windows and TOVA's last query stay recomputable
@@ -164,6 +167,13 @@ class PreparedPrompt:
         scores = sum(t.numel() * t.element_size() for entry in self._scores.values() for t in entry.per_layer)
         return cache_bytes(self.cache) + hidden + scores
 
+    @property
+    def held_bytes(self) -> int:
+        """KV bytes of the prompt as the model's own cache holds them: every row, except that a sliding-window
+        layer holds only its last `W - 1` (the "before" of every run's byte count)."""
+        return sum(layer_bytes(cached.keys, cached.values, inputs.n_context - inputs.held_from)
+                   for cached, inputs in zip(self.cache.layers, self.layers, strict=True))
+
     def token_strings(self) -> list[str]:
         """Each budgeted token as text (decoded once)."""
         if self._token_strings is None:
@@ -173,7 +183,7 @@ class PreparedPrompt:
 
     # --- scores ------------------------------------------------------------------------------------
     def _needs_scores(self, policy: Policy) -> bool:
-        return policy.evicts and any(not policy.plan(layer).no_op for layer in self.layers)
+        return policy.evicts and any(not policy.plan(layer.held()).no_op for layer in self.layers)
 
     def scores(self, policy: Policy, should_stop: ShouldStop | None = None) -> tuple[list[torch.Tensor], bool]:
         """Per layer `[heads, n_budgeted]` float32 scores of `policy`'s scorer; and whether they were cached."""
@@ -208,7 +218,8 @@ class PreparedPrompt:
             synchronize(self.lm.device)  # the layer's own attention is not scoring time
             start = time.perf_counter()
             kept = self.layers[module.layer_idx]
-            layer = _layer_inputs(module, kwargs, kept.n_layers, kept.n_context, kept.window_start, kept.query_aware, 0)
+            layer = _layer_inputs(module, kwargs, kept.n_layers, kept.n_context, kept.window_start, kept.query_aware, 0,
+                                  kept.sliding_window)
             per_layer.append(policy.score(layer).float())
             synchronize(self.lm.device)
             seconds[0] += time.perf_counter() - start
@@ -217,7 +228,7 @@ class PreparedPrompt:
         handles = [m.register_forward_hook(hook, with_kwargs=True) for m in attention_modules(self.lm.model)]
         try:
             self.lm.model(input_ids=torch.tensor([self.budgeted_ids], device=self.lm.device),
-                          past_key_values=DynamicCache(config=self.lm.model.config), use_cache=True, logits_to_keep=1)
+                          past_key_values=prompt_cache(self.lm.model.config), use_cache=True, logits_to_keep=1)
         finally:
             for handle in handles:
                 handle.remove()
@@ -239,9 +250,16 @@ class PreparedPrompt:
         synchronize(self.lm.device)
         start = time.perf_counter()
         with torch.no_grad():
+            # A sliding layer chooses among the rows it holds (`LayerInputs.held`), then speaks in prompt positions.
+            views = [layer.held() for layer in self.layers]
+            held = [None if scores is None else scores[:, view.held_offset:]
+                    for scores, view in zip(per_layer, views, strict=True)]
             # Splits that depend on every layer's scores (KVCrush's adaptive split) are set before any layer.
-            fractions = policy.layer_crush_fractions(per_layer, self.layers)
-            traces = policy.select_layers(per_layer, self.layers, fractions)
+            fractions = policy.layer_crush_fractions(held, views)
+            traces = policy.select_layers(held, views, fractions)
+            traces_to_host(traces)  # every layer's trace reaches the CPU in one copy per device
+            traces = [trace.shifted(view.held_offset, layer.n_context) if view.held_offset else trace
+                      for trace, view, layer in zip(traces, views, self.layers, strict=True)]
         synchronize(self.lm.device)
         timings.select_s = time.perf_counter() - start
         timings.crush_s = sum(trace.crush_s for trace in traces)
@@ -299,7 +317,7 @@ class PreparedPrompt:
         model, device = self.lm.model, self.lm.device
         with self.lm.lock, torch.no_grad(), contextlib.ExitStack() as watching:
             cache = self._gather(trace, policy)
-            bytes_before = cache_bytes(self.cache)
+            bytes_before = self.held_bytes
             bytes_after = cache_bytes(cache)
 
             evictor = self._evictor(policy, cache, trace) if policy.decode_interval and max_new_tokens else None
@@ -362,7 +380,7 @@ class PreparedPrompt:
         """The compressed cache of a selection (merged values applied, rows stored at the policy's precision);
         its time goes to `select_s`."""
         start = time.perf_counter()
-        kept = [None if layer.no_op else layer.kept for layer in trace.layers]
+        kept = [None if layer.no_op and not layer.held_from else layer.kept for layer in trace.layers]
         merges = [None if layer.no_op else layer.merge_rows() for layer in trace.layers]  # merge="values"
         cache = compressed_copy(self.cache, kept, self.lm.model.config, merges, policy.storage(),
                                 [layer.row_bits for layer in trace.layers])
@@ -386,7 +404,7 @@ class PreparedPrompt:
         if not reference:
             raise PromptError("score_many needs reference_ids to score.")
         results: list[GenerationResult | None] = [None] * len(policies)
-        bytes_before = cache_bytes(self.cache)
+        bytes_before = self.held_bytes
         # Without a tail, the prefill's last logits predict the first reference token (as in `generate`).
         first_logits = None if self.appended_ids else self.last_logits
 
@@ -433,7 +451,7 @@ class PreparedPrompt:
         stops = stop_ids(self.lm.model, self.lm.tokenizer)
         if stop_at_newline:
             stops |= newline_ids(self.lm.tokenizer)
-        bytes_before = cache_bytes(self.cache)
+        bytes_before = self.held_bytes
         per_token = self.lm.kv_bytes_per_token()
         tail = self.appended_ids
 
@@ -490,16 +508,13 @@ class PreparedPrompt:
 
     def _evictor(self, policy: Policy, cache: DynamicCache, trace: RunTrace) -> DecodeEvictor:
         """Decode-time eviction for `policy`, starting from the compressed prompt (the tail is appended next)."""
-        positions = []
-        for layer in trace.layers:
-            kept = layer.kept if not layer.no_op else torch.arange(self.n_budgeted).expand(len(layer.kept), -1)
-            positions.append(kept)
+        positions = [layer.kept for layer in trace.layers]  # a no-op layer's kept set is every row it holds
         budgets = [int(p.shape[1]) for p in positions]
         return DecodeEvictor(self.lm, policy, cache, budgets, positions)
 
 
 def _layer_inputs(module, kwargs: dict, n_layers: int, n_context: int, window_start: int, query_aware: bool,
-                  hidden_offset: int) -> LayerInputs:
+                  hidden_offset: int, sliding_window: int | None) -> LayerInputs:
     """What a scorer may read about one layer, from its attention module's forward kwargs (inside the forward)."""
     layer_cache = kwargs["past_key_values"].layers[module.layer_idx]
     cos, sin = kwargs["position_embeddings"]
@@ -507,7 +522,7 @@ def _layer_inputs(module, kwargs: dict, n_layers: int, n_context: int, window_st
     if hidden_offset:
         hidden = hidden[:, hidden_offset:].clone()  # a copy, so the whole activation can be freed
     return LayerInputs(module, module.layer_idx, n_layers, hidden, layer_cache.keys, layer_cache.values, cos, sin,
-                       n_context, window_start, query_aware, hidden_offset)
+                       n_context, window_start, query_aware, hidden_offset, sliding_window)
 
 
 def prepare_encoded(
@@ -539,13 +554,15 @@ def prepare_encoded(
     def capture(module, args, kwargs, output):
         if should_stop is not None and should_stop():
             raise RunCancelled("The run was cancelled.")
-        layers.append(_layer_inputs(module, kwargs, lm.n_layers, n_budgeted, window_start, query_aware, offset))
+        layers.append(_layer_inputs(module, kwargs, lm.n_layers, n_budgeted, window_start, query_aware, offset,
+                                    windows[module.layer_idx]))
         if progress is not None:
             progress("prefill", len(layers), lm.n_layers)
         return output
 
     model = lm.model
-    cache = DynamicCache(config=model.config)
+    windows = layer_windows(model.config)
+    cache = prompt_cache(model.config)
     with lm.lock, torch.no_grad():
         handles = [m.register_forward_hook(capture, with_kwargs=True) for m in attention_modules(model)]
         try:

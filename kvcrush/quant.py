@@ -149,12 +149,14 @@ class KVStorage:
         other rows 16 (the residual window; a representative never takes its place, so every head holds
         as many rows of each precision); the others `kv_bits`.
         """
-        bits = torch.full(kept.shape, self.kv_bits, dtype=torch.int8)
-        others = torch.ones(kept.shape, dtype=torch.bool)
+        bits = torch.full_like(kept, self.kv_bits, dtype=torch.int8)  # on kept's device: no host read
+        others = torch.ones_like(kept, dtype=torch.bool)
         if self.mixed and representatives is not None and representatives.numel():
-            others = ~torch.isin(kept.to("cpu"), representatives.to("cpu"))
-            bits[~others] = self.representative_bits
+            if representatives.device != kept.device:
+                representatives = representatives.to(kept.device)
+            others = ~torch.isin(kept, representatives)
+            bits = bits.masked_fill(~others, self.representative_bits)
         if self.residual_rows and self.quantized:
             from_end = others.flip(-1).cumsum(dim=-1).flip(-1)  # other rows at or after each row
-            bits[others & (from_end <= self.residual_rows)] = 16
+            bits = bits.masked_fill(others & (from_end <= self.residual_rows), 16)
         return bits

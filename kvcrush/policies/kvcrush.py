@@ -36,7 +36,9 @@ import torch
 from kvcrush import crush
 from kvcrush.attention import LayerInputs
 from kvcrush.budget import BudgetPlan, round_half_up
+from kvcrush.decoding import synchronize
 from kvcrush.errors import BudgetError, PolicyError
+from kvcrush.host import host_ints, to_device
 from kvcrush.policies.base import MiddleSelection, Policy
 from kvcrush.policies.options import option
 from kvcrush.policies.snapkv import SnapKV
@@ -75,7 +77,7 @@ class _Grouping:
                                  "bucket_anchor": self.bucket_anchor, "crush_fraction": float(crush_fraction)}
         if self.merge is not None:
             weights, sizes = self.merge
-            extra["merge_weights"] = list(torch.split(weights.to("cpu"), sizes, dim=1))  # one copy, then views
+            extra["merge_weights"] = list(torch.split(weights, sizes, dim=1))  # views of one tensor
         return extra
 
 
@@ -222,26 +224,31 @@ class KVCrush(Policy):
         """`Policy.select`; `crush_fraction` (from `layer_crush_fractions`) replaces this layer's split.
 
         Without it (a layer selected alone: decode-time eviction) the fixed `crush_fraction` applies,
-        whatever `split` says. The override runs on a copy, so the block path sees it too.
+        whatever `split` says. The override runs on a copy, so the block path sees it too. One layer alone
+        reads its counts on the host (one or two syncs); `select_layers` reads every layer's at once.
         """
-        if crush_fraction is not None and float(crush_fraction) != float(self.crush_fraction):
-            layer_policy = dataclasses.replace(self, crush_fraction=float(crush_fraction))
-            return layer_policy.select(head_scores, layer, budget_tokens)
-        return super().select(head_scores, layer, budget_tokens)
+        return self._select_units([head_scores], [layer], [crush_fraction], [budget_tokens])[0]
 
     def select_layers(self, per_layer_scores: list[torch.Tensor | None], layers: list[LayerInputs],
-                      crush_fractions: list[float] | None = None) -> list[LayerTrace]:
-        """`Policy.select_layers`: the paper's configuration is selected for every layer at once.
+                      crush_fractions: list[float] | None = None,
+                      budget_tokens: list[int] | None = None) -> list[LayerTrace]:
+        """`Policy.select_layers`: every layer at once, with a fixed number of host syncs whatever the depth.
 
         With token granularity, one fixed anchor, spaced representatives, no merge and the same budget
         split in every layer, steps 2-8 run on `[layers, ...]` stacks (one sort for every layer's ranking,
-        one for every layer's candidates, one host sync) instead of a few dozen small operations per
-        layer, which on a CPU cost more than the arithmetic. The traces equal layer-by-layer `select`'s
-        (tested). Any other configuration, or a layer with fewer candidates than representatives, goes
-        layer by layer.
+        one for every layer's candidates) instead of a few dozen small operations per layer, which on a CPU
+        cost more than the arithmetic. Any other configuration goes layer by layer, in phases, so that the
+        counts the host needs (candidates, group sizes, distinct signatures for k-means) are read for every
+        layer at once (`_select_units`). Either way the traces equal one-layer `select`'s (tested) and stay on
+        the layers' devices.
         """
-        traces = self._select_layers_batched(per_layer_scores, layers, crush_fractions)
-        return traces if traces is not None else super().select_layers(per_layer_scores, layers, crush_fractions)
+        if budget_tokens is None:
+            traces = self._select_layers_batched(per_layer_scores, layers, crush_fractions)
+            if traces is not None:
+                return traces
+        fractions = crush_fractions if crush_fractions is not None else [None] * len(layers)
+        budgets = budget_tokens if budget_tokens is not None else [None] * len(layers)
+        return self._select_units(per_layer_scores, layers, fractions, budgets)
 
     def _select_layers_batched(self, per_layer_scores: list[torch.Tensor | None], layers: list[LayerInputs],
                                crush_fractions: list[float] | None) -> list[LayerTrace] | None:
@@ -249,6 +256,8 @@ class KVCrush(Policy):
                 or self.merge != "none" or len(layers) < 2 or any(s is None for s in per_layer_scores)):
             return None
         if crush_fractions is not None and len({float(f) for f in crush_fractions}) > 1:
+            return None
+        if len({layer.keys.device for layer in layers}) > 1:  # a sharded model: stacks need one device
             return None
         fraction = float(self.crush_fraction) if crush_fractions is None else float(crush_fractions[0])
         plans = [self.plan(layer, None, fraction) for layer in layers]
@@ -261,17 +270,17 @@ class KVCrush(Policy):
         kv_middle = torch.stack([scores[:, lo:hi] for scores in kv])  # [L, kv_heads, M]
         signature_scores = torch.stack([self._signature_scores(k[:, lo:hi], s[:, lo:hi])
                                         for k, s in zip(kv, per_layer_scores, strict=True)]).float()  # [L, Q, M]
-        if bool(torch.isnan(signature_scores).any()):  # NaN ranks as signatures() ranks it: layer by layer
-            return None
         n_layers, heads, m = kv_middle.shape
         order = torch.argsort(kv_middle, dim=-1, descending=True, stable=True)  # step 2, every head's ranking
+        devices = {layers[0].keys.device}
+        _synchronize(devices)  # crush_s covers KVCrush's own device work
         crush_start = time.perf_counter()
         bits = crush.batched_signatures(signature_scores)  # [L, M, Q]
         kept_any = torch.zeros(n_layers, m, dtype=torch.bool, device=bits.device)
         kept_any.scatter_(1, order[:, :, : plan.importance].reshape(n_layers, -1), True)
         candidate = ~kept_any  # step 3
         n_candidates = candidate.sum(dim=-1)
-        counts = n_candidates.tolist()  # the one host sync: bucket sizes are needed on the CPU anyway
+        counts = host_ints([n_candidates])[0]  # the one host sync: bucket sizes are Python ints
         if min(counts) < plan.crush:
             return None
         anchors = crush.batched_anchor(bits, self.anchor, self.seed)  # [L, Q], step 5
@@ -284,25 +293,22 @@ class KVCrush(Policy):
         steps = n_candidates // plan.crush
         picks = ordered.gather(1, torch.arange(plan.crush, device=bits.device)[None, :] * steps[:, None])
         kept = torch.cat([order[:, :, : plan.importance], picks[:, None, :].expand(n_layers, heads, -1)], dim=2)
+        ascending = torch.sort(torch.where(candidate, index, m), dim=-1).values + lo  # every layer's F, sorted
+        in_order = ordered + lo
+        _synchronize(devices)
         crush_s = time.perf_counter() - crush_start
-        # One move to the CPU for every layer, then views.
-        kept, bits, anchors, distances = (t.to("cpu") for t in (kept, bits, anchors, distances))
-        picks = picks.to("cpu") + lo
-        in_order = ordered.to("cpu")[torch.arange(m)[None, :] < n_candidates.to("cpu")[:, None]] + lo
-        sizes = [size for count in counts for size in crush.bucket_sizes(count, plan.crush)]
-        buckets = torch.split(in_order, sizes)
-        candidates = torch.split(candidate.to("cpu").nonzero()[:, 1] + lo, counts)
-        unit_anchor = torch.zeros(n_layers, m, dtype=torch.int64)
-        bucket_anchor = torch.zeros(plan.crush, dtype=torch.int64)
+        unit_anchor = torch.zeros(m, dtype=torch.int64, device=bits.device)
+        bucket_anchor = torch.zeros(plan.crush, dtype=torch.int64, device=bits.device)
         share = (time.perf_counter() - start) / n_layers
         traces = []
         for i, layer in enumerate(layers):
             selection = MiddleSelection(
                 kept=kept[i], crush_used=plan.crush, signatures=bits[i], anchor=anchors[i], distances=distances[i],
-                candidates=candidates[i], representatives=picks[i],
-                buckets=list(buckets[i * plan.crush : (i + 1) * plan.crush]), crush_s=crush_s / n_layers,
-                absolute=True, trace_fields={"anchors": anchors[i][None], "unit_anchor": unit_anchor[i],
-                                             "bucket_anchor": bucket_anchor, "crush_fraction": fraction})
+                candidates=ascending[i, : counts[i]], representatives=picks[i] + lo,
+                buckets=list(torch.split(in_order[i, : counts[i]], crush.bucket_sizes(counts[i], plan.crush))),
+                crush_s=crush_s / n_layers, absolute=True,
+                trace_fields={"anchors": anchors[i][None], "unit_anchor": unit_anchor,
+                              "bucket_anchor": bucket_anchor, "crush_fraction": fraction})
             traces.append(self.layer_trace(layer, plan, kv[i], selection, time.perf_counter() - share))
         return traces
 
@@ -310,64 +316,74 @@ class KVCrush(Policy):
         """Key-only bases (knorm, random, streaming) score per KV head, so both choices coincide."""
         return kv_scores if self.signature_heads == "kv" else head_scores
 
-    def _group(self, bits: torch.Tensor, kept_units: torch.Tensor, n_units: int, count: int,
-               unit_scores: torch.Tensor) -> _Grouping:
-        """Steps 3, 5, 6, 7 (and section 7's variants): candidates are units no head kept; pick `count`.
+    def _select_units(self, per_layer_scores: list[torch.Tensor | None], layers: list[LayerInputs],
+                      crush_fractions: list[float | None], budget_tokens: list[int | None]) -> list[LayerTrace]:
+        """Every layer's selection in phases, so that the host reads every layer's counts at once.
 
-        unit_scores: `[kv_heads, units]` base scores of the units (block scores at block level), read by
-        `representative="best"` and `merge="values"` only.
+        1. Per layer, on its device: the importance ranking, the units (tokens or blocks), their signatures,
+           the candidates and, with fixed anchors, the anchors and distances (`_Units`).
+        2. One read of every layer's candidate count (and group sizes, and distinct signatures for k-means).
+        3. k-means only: the centroids of every layer, then one read of every layer's group sizes.
+        4. Per layer, on its device: representatives, buckets, the refill of the importance part, the trace.
+        `crush_s` of the run (the sum over layers) is the synchronised time of steps 1-4's KVCrush work; each
+        layer's share is in proportion to its host-side time.
         """
-        kept_any = torch.zeros(n_units, dtype=torch.bool, device=bits.device)
-        kept_any[kept_units.reshape(-1)] = True
-        candidates = (~kept_any).nonzero().flatten()
-        anchors = crush.anchor_set(bits, self.anchor_mode, self.anchors, self.seed, self.anchor, candidates)
-        unit_anchor, distances = crush.nearest_anchor(bits, anchors)
-        picks, groups, bucket_anchor = crush.group_by_anchor(distances, unit_anchor, candidates, count, self.anchors)
-        if self.representative == "best":
-            picks = crush.best_in_buckets(groups, unit_scores.float().mean(dim=0))
-        merge = crush.merge_weights(groups, unit_scores) if self.merge == "values" else None
-        return _Grouping(bits, anchors, unit_anchor, distances, candidates, picks, groups, bucket_anchor, merge)
+        traces: list[LayerTrace | None] = [None] * len(layers)
+        units: list[_Units] = []
+        for i, (scores, layer, fraction, budget) in enumerate(
+                zip(per_layer_scores, layers, crush_fractions, budget_tokens, strict=True)):
+            policy = self if fraction is None or float(fraction) == float(self.crush_fraction) \
+                else dataclasses.replace(self, crush_fraction=float(fraction))
+            plan = policy.plan(layer, budget)
+            if plan.no_op or scores is None:
+                traces[i] = Policy.select(policy, scores, layer, budget)
+            else:
+                units.append(policy._ranked_units(i, layer, plan, scores))
+        if not units:
+            return traces  # type: ignore[return-value]
+        devices = {u.layer.keys.device for u in units}
+        _synchronize(devices)
+        crush_start = time.perf_counter()
+        for u in units:
+            u.policy._find_candidates(u)
+        kmeans = self.anchor_mode == "kmeans" and self.anchors > 1
+        read = [u.n_candidates for u in units]
+        read += [u.distinct.count for u in units] if kmeans else [u.sizes for u in units if self.anchors > 1]
+        values = host_ints(read)
+        counts = [v[0] for v in values[: len(units)]]
+        if kmeans:
+            seeds = to_device([crush.kmeans_seeds(v[0], self.anchors, self.seed) for v in values[len(units):]],
+                              [u.bits.device for u in units])
+            for u, seed in zip(units, seeds, strict=True):
+                u.policy._kmeans(u, seed)
+            sizes = host_ints([u.sizes for u in units])
+        elif self.anchors > 1:
+            sizes = values[len(units):]
+        else:
+            sizes = [[count] for count in counts]
+        for u, count, group_sizes in zip(units, counts, sizes, strict=True):
+            traces[u.index] = u.policy._finish(u, count, group_sizes)
+        _synchronize(devices)
+        crush_s = time.perf_counter() - crush_start
+        host_total = sum(u.crush_s for u in units)
+        for u in units:
+            trace = traces[u.index]
+            trace.crush_s = crush_s * (u.crush_s / host_total if host_total > 0 else 1.0 / len(units))
+        return traces  # type: ignore[return-value]
 
-    @staticmethod
-    def _fill(order: torch.Tensor, representatives: torch.Tensor, count: int, n_importance: int) -> torch.Tensor:
-        """Each head's top `count` units other than the representatives, then the representatives.
-
-        order: `[heads, n]` every unit of each head, best first (the importance step's sort, reused).
-        Representatives are candidates, which no head ranked in its top `n_importance`, so up to that
-        many the head's own ranking is already the answer; beyond it (fewer candidates than crush
-        budget) the representatives are moved behind the rest, which keeps the rest's order.
-        """
-        heads, n_units = order.shape
-        if count > n_importance:
-            is_representative = torch.zeros(n_units, dtype=torch.bool, device=order.device)
-            is_representative[representatives] = True
-            order = order.gather(1, torch.argsort(is_representative[order].byte(), dim=1, stable=True))
-        return torch.cat([order[:, :count], representatives.expand(heads, -1)], dim=1)
-
-    def select_middle(
-        self, plan: BudgetPlan, middle_kv_scores: torch.Tensor, middle_head_scores: torch.Tensor
-    ) -> MiddleSelection:
-        if self.granularity == "block":
-            return self._select_blocks(plan, middle_kv_scores, middle_head_scores)
-        n_middle = middle_kv_scores.shape[1]
-        order = crush.stable_top_indices(middle_kv_scores, n_middle)
+    def _ranked_units(self, index: int, layer: LayerInputs, plan: BudgetPlan, head_scores: torch.Tensor) -> _Units:
+        """Phase 1 before KVCrush's own work: scores per KV head and each head's ranking of the units."""
         start = time.perf_counter()
-        bits = crush.signatures(self._signature_scores(middle_kv_scores, middle_head_scores))
-        grouping = self._group(bits, order[:, : plan.importance], n_middle, plan.crush, middle_kv_scores)
-        picks = grouping.representatives
-        kept = self._fill(order, picks, plan.importance + _refund(plan, plan.crush - picks.numel()), plan.importance)
-        crush_s = time.perf_counter() - start
-        return MiddleSelection(
-            kept=kept, crush_used=int(picks.numel()), signatures=bits, anchor=grouping.anchors[0],
-            distances=grouping.distances, candidates=grouping.candidates, representatives=picks,
-            buckets=grouping.buckets, crush_s=crush_s, trace_fields=grouping.trace_fields(self.crush_fraction),
-        )
-
-    def _select_blocks(
-        self, plan: BudgetPlan, middle_kv_scores: torch.Tensor, middle_head_scores: torch.Tensor
-    ) -> MiddleSelection:
+        kv_scores = self.kv_scores(head_scores, layer)
+        lo, hi = plan.middle_start, plan.middle_end
+        middle_kv, middle_heads = kv_scores[:, lo:hi], head_scores[:, lo:hi]
+        n_middle = middle_kv.shape[1]
+        signature_scores = self._signature_scores(middle_kv, middle_heads)
+        if self.granularity != "block":
+            order = crush.stable_top_indices(middle_kv, n_middle)
+            return _Units(index, layer, self, plan, kv_scores, start, order, middle_kv, signature_scores,
+                          plan.importance, plan.crush)
         size = self.block_size
-        n_middle = middle_kv_scores.shape[1]
         n_blocks, leftover = divmod(n_middle, size)
         block_tokens = plan.middle_budget - leftover
         if block_tokens < 0:
@@ -386,27 +402,131 @@ class KVCrush(Policy):
             n_crush = plan.crush // size
             n_keep = n_crush + (plan.importance - leftover) // size
         whole = n_blocks * size
-        block_scores = middle_kv_scores[:, :whole].reshape(-1, n_blocks, size).sum(dim=-1)
+        block_scores = middle_kv[:, :whole].reshape(-1, n_blocks, size).sum(dim=-1)
         order = crush.stable_top_indices(block_scores, n_blocks)
+        return _Units(index, layer, self, plan, kv_scores, start, order, block_scores, signature_scores[:, :whole],
+                      n_keep - n_crush, n_crush, leftover)
 
-        start = time.perf_counter()
-        signature_scores = self._signature_scores(middle_kv_scores, middle_head_scores)[:, :whole]
-        token_bits = crush.signatures(signature_scores)
-        grouping = self._group(crush.block_signatures(token_bits, size), order[:, : n_keep - n_crush], n_blocks,
-                               n_crush, block_scores)
-        picks = grouping.representatives
-        kept_blocks = self._fill(order, picks, n_keep - n_crush + _refund(plan, n_crush - picks.numel()),
-                                 n_keep - n_crush)
-        device = kept_blocks.device
-        kept = (kept_blocks[..., None] * size + torch.arange(size, device=device)).reshape(kept_blocks.shape[0], -1)
-        crush_s = time.perf_counter() - start
-        starts = torch.arange(n_blocks) * size
-        return MiddleSelection(
-            kept=kept, crush_used=int(picks.numel()) * size, signatures=token_bits, anchor=grouping.anchors[0],
-            distances=grouping.distances, candidates=grouping.candidates, representatives=picks,
-            buckets=grouping.buckets, blocks=torch.stack([starts, starts + size], dim=1),
-            extra_recent=leftover, crush_s=crush_s, trace_fields=grouping.trace_fields(self.crush_fraction),
+    def _find_candidates(self, u: _Units) -> None:
+        """Steps 3-6 on the device: signatures, candidates (units no head kept), anchors and distances."""
+        started = time.perf_counter()
+        u.token_bits = crush.signatures(u.signature_scores)
+        u.bits = u.token_bits if self.granularity != "block" else crush.block_signatures(u.token_bits,
+                                                                                         self.block_size)
+        n_units = u.order.shape[1]
+        kept_any = torch.zeros(n_units, dtype=torch.bool, device=u.bits.device)
+        kept_any[u.order[:, : u.n_importance].reshape(-1)] = True
+        u.candidate = ~kept_any
+        u.n_candidates = u.candidate.sum()
+        if self.anchor_mode == "kmeans" and self.anchors > 1:
+            u.distinct = crush.distinct_signatures(u.bits, u.candidate)
+        else:
+            self._nearest(u, crush.fixed_anchors(u.bits, self.anchors, self.anchor, self.seed))
+        u.crush_s += time.perf_counter() - started
+
+    def _kmeans(self, u: _Units, seeds: torch.Tensor) -> None:
+        """k-means anchors over the candidates' signatures, started from the distinct ones ranked `seeds`."""
+        started = time.perf_counter()
+        self._nearest(u, crush.kmeans_from(u.bits, u.candidate, u.distinct, seeds))
+        u.crush_s += time.perf_counter() - started
+
+    def _nearest(self, u: _Units, anchors: torch.Tensor) -> None:
+        u.anchors = anchors
+        u.unit_anchor, u.distances = crush.nearest_anchor(u.bits, anchors)
+        if self.anchors > 1:
+            u.sizes = crush.group_sizes(u.unit_anchor, u.candidate, self.anchors)
+
+    def _finish(self, u: _Units, n_candidates: int, sizes: list[int]) -> LayerTrace:
+        """Steps 7-8 from the host counts: representatives and buckets per group, the refill, the trace."""
+        started = time.perf_counter()
+        several = self.anchors > 1
+        ordered = crush.order_candidates(u.distances, u.candidate, u.unit_anchor if several else None)
+        ordered = ordered[:n_candidates]
+        picks, buckets, segment, owners = crush.spaced_groups(ordered, sizes, crush.share_out(sizes, u.n_crush))
+        if self.representative == "best":
+            picks = crush.best_in_buckets(buckets, u.unit_scores.float().mean(dim=0), segment)
+        merge = crush.merge_weights(buckets, u.unit_scores, segment) if self.merge == "values" else None
+        plan = u.plan
+        count = u.n_importance + _refund(plan, u.n_crush - picks.numel())
+        kept = self._fill(u.order, picks, count, u.n_importance)
+        n_units = u.order.shape[1]
+        candidates = torch.sort(torch.where(u.candidate, torch.arange(n_units, device=ordered.device), n_units)
+                                ).values[:n_candidates]
+        grouping = _Grouping(u.bits, u.anchors, u.unit_anchor, u.distances, candidates, picks, buckets,
+                             torch.tensor(owners, dtype=torch.int64), merge)
+        blocks = None
+        crush_used = int(picks.numel())
+        if self.granularity == "block":
+            size = self.block_size
+            kept = (kept[..., None] * size + torch.arange(size, device=kept.device)).reshape(kept.shape[0], -1)
+            starts = torch.arange(n_units, device=kept.device) * size
+            blocks = torch.stack([starts, starts + size], dim=1)
+            crush_used *= size
+        u.crush_s += time.perf_counter() - started
+        selection = MiddleSelection(
+            kept=kept, crush_used=crush_used, signatures=u.token_bits, anchor=u.anchors[0], distances=u.distances,
+            candidates=candidates, representatives=picks, buckets=buckets, blocks=blocks, extra_recent=u.leftover,
+            crush_s=u.crush_s, trace_fields=grouping.trace_fields(self.crush_fraction),
         )
+        return self.layer_trace(u.layer, plan, u.kv_scores, selection, u.start)
+
+    @staticmethod
+    def _fill(order: torch.Tensor, representatives: torch.Tensor, count: int, n_importance: int) -> torch.Tensor:
+        """Each head's top `count` units other than the representatives, then the representatives.
+
+        order: `[heads, n]` every unit of each head, best first (the importance step's sort, reused).
+        Representatives are candidates, which no head ranked in its top `n_importance`, so up to that
+        many the head's own ranking is already the answer; beyond it (fewer candidates than crush
+        budget) the representatives are moved behind the rest, which keeps the rest's order.
+        """
+        heads, n_units = order.shape
+        if count > n_importance:
+            is_representative = torch.zeros(n_units, dtype=torch.bool, device=order.device)
+            is_representative[representatives] = True
+            order = order.gather(1, torch.argsort(is_representative[order].byte(), dim=1, stable=True))
+        return torch.cat([order[:, :count], representatives.expand(heads, -1)], dim=1)
+
+
+@dataclass
+class _Units:
+    """One layer's selection between its phases (`KVCrush._select_units`), on the layer's device.
+
+    order: `[kv_heads, units]` each head's ranking of the units (middle tokens, or whole blocks); unit_scores:
+    `[kv_heads, units]` their base scores; signature_scores: `[heads, tokens]` the scores signatures are made
+    of; n_importance / n_crush: units each head keeps by importance / representatives wanted; leftover:
+    middle tokens next to the recent window that fill no block. Set later: token_bits `[tokens, heads]`, bits
+    `[units, width]`, candidate `[units]` bool, n_candidates (0-d), anchors `[k, width]`, unit_anchor and
+    distances `[units]`, sizes `[k]` candidates per anchor, distinct (k-means), crush_s (host seconds).
+    """
+
+    index: int
+    layer: LayerInputs
+    policy: KVCrush
+    plan: BudgetPlan
+    kv_scores: torch.Tensor
+    start: float
+    order: torch.Tensor
+    unit_scores: torch.Tensor
+    signature_scores: torch.Tensor
+    n_importance: int
+    n_crush: int
+    leftover: int = 0
+    token_bits: torch.Tensor | None = None
+    bits: torch.Tensor | None = None
+    candidate: torch.Tensor | None = None
+    n_candidates: torch.Tensor | None = None
+    anchors: torch.Tensor | None = None
+    unit_anchor: torch.Tensor | None = None
+    distances: torch.Tensor | None = None
+    sizes: torch.Tensor | None = None
+    distinct: crush.DistinctSignatures | None = None
+    crush_s: float = 0.0
+
+
+def _synchronize(devices: set[torch.device]) -> None:
+    """Wait for every device the layers live on, so a time covers their queued work."""
+    for device in devices:
+        synchronize(device)
 
 
 def _refund(plan: BudgetPlan, unused: int) -> int:

@@ -1,0 +1,45 @@
+"""Traces: moving every layer's tensors to the host at once."""
+
+from __future__ import annotations
+
+import torch
+
+from kvcrush.syncs import HostSyncCounter
+from kvcrush.trace import LayerTrace, traces_to_host
+
+
+def _trace(layer: int) -> LayerTrace:
+    kept = torch.arange(6).reshape(2, 3) + layer
+    return LayerTrace(layer, 10, 3, 0, 1, 1, 1, 1, False, kept, scores=torch.rand(2, 8),
+                      signatures=torch.rand(8, 4) > 0.5, representatives=torch.tensor([4, 6]),
+                      buckets=[torch.tensor([4, 5]), torch.tensor([6])],
+                      merge_weights=[torch.rand(2, 2), torch.rand(2, 1)], crush_fraction=0.25)
+
+
+def test_traces_to_host_moves_every_field_once_for_all_layers():
+    traces = [_trace(i) for i in range(5)]
+    before = [(t.kept.clone(), t.scores.clone(), t.signatures.clone(), [b.clone() for b in t.buckets],
+               [w.clone() for w in t.merge_weights]) for t in traces]
+    extra = torch.arange(4)
+    with HostSyncCounter() as syncs:
+        moved = traces_to_host(traces, [extra])
+    assert syncs.count == 1 and torch.equal(moved[0], extra)
+    for trace, (kept, scores, signatures, buckets, weights) in zip(traces, before, strict=True):
+        assert torch.equal(trace.kept, kept) and torch.equal(trace.scores, scores)
+        assert trace.signatures.dtype == torch.bool and torch.equal(trace.signatures, signatures)
+        assert [b.tolist() for b in trace.buckets] == [b.tolist() for b in buckets]
+        assert all(torch.equal(a, b) for a, b in zip(trace.merge_weights, weights, strict=True))
+        assert trace.anchor is None and trace.crush_fraction == 0.25
+
+
+def test_block_tokens_and_merge_rows_need_no_host_read():
+    trace = _trace(0)
+    trace.granularity, trace.block_size = "block", 2
+    trace.blocks = torch.tensor([[0, 2], [2, 4], [4, 6], [6, 8], [8, 10], [10, 12], [12, 14]])
+    with HostSyncCounter() as syncs:
+        tokens = trace.representative_tokens()
+        rows = trace.merge_rows()
+    assert syncs.count == 0
+    assert tokens.tolist() == [8, 9, 12, 13]  # token i of a representative block takes token i of each member
+    assert rows.targets.tolist() == [8, 9, 12, 13] and rows.members.tolist() == [8, 9, 10, 11, 12, 13]
+    assert rows.slot.tolist() == [0, 1, 0, 1, 2, 3]
