@@ -81,9 +81,9 @@ from kvcrush.decoding import (
     score_reference,
     score_reference_batch,
     stop_ids,
-    synchronize,
     timed_greedy_decode,
 )
+from kvcrush.devices import synchronize
 from kvcrush.kvcache import cache_bytes, cache_lengths
 
 PressFactory = Callable[..., BasePress]
@@ -242,10 +242,10 @@ def prefill_with_press(
     attention = attention_implementation(model, "eager") if eager else nullcontext()
     timed = _timed_compress(press, hook_watch) if press is not None and hook_watch is not None else nullcontext()
     with attention, press(model) if press is not None else nullcontext(), timed:
-        synchronize(model.device)
+        synchronize(model)
         start = time.perf_counter()
         out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        synchronize(model.device)
+        synchronize(model)
         seconds = time.perf_counter() - start
     return cache, out.logits, seconds
 
@@ -400,10 +400,10 @@ def _shared_forward(model: PreTrainedModel, attention: str, jobs: list[_Job], id
     handles = [module.register_forward_hook(hook, with_kwargs=True) for module in attention_modules(model)]
     try:
         with attention_implementation(model, attention):
-            synchronize(model.device)
+            synchronize(model)
             start = time.perf_counter()
             out = model(input_ids=ids, past_key_values=full, use_cache=True, logits_to_keep=1)
-            synchronize(model.device)
+            synchronize(model)
             seconds = time.perf_counter() - start
     finally:
         for handle in handles:
@@ -488,13 +488,13 @@ def _finish(
     start = time.perf_counter()
     if continuation_ids and not max_new_tokens and tail_ids:  # scoring only: tail and reference in one forward
         reference = score_reference(model, cache, None, position, list(continuation_ids), lead_ids=list(tail_ids))
-        synchronize(model.device)
+        synchronize(model)
         question_s = time.perf_counter() - start
     else:
         if tail_ids:
             next_logits = extend(model, cache, list(tail_ids), position, last_only=True)[-1]
             position += len(tail_ids)
-        synchronize(model.device)
+        synchronize(model)
         question_s = time.perf_counter() - start
         if continuation_ids:  # on a copy when decoding follows, as our engine does
             scratch = copy.deepcopy(cache) if max_new_tokens else cache

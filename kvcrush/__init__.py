@@ -20,6 +20,7 @@ from kvcrush.errors import (
     ModelError,
     PolicyError,
     PromptError,
+    ResourceError,
     RunCancelled,
 )
 from kvcrush.generate import generate, generate_encoded
@@ -39,4 +40,5 @@ __all__ = [
     "make_policy", "Policy", "POLICIES", "BASE_CHOICES", "encode_prompt",
     "GenerationResult", "LayerTrace", "RunTrace", "Timings",
     "KVCrushError", "BudgetError", "PolicyError", "PromptError", "ModelError", "DataUnavailableError",
+    "ResourceError",
 ]

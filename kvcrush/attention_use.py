@@ -31,7 +31,9 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from kvcrush.attention import attention_modules
 from kvcrush.decoding import IMPLEMENTATION_WRAPPERS, visible_rows
+from kvcrush.devices import layer_devices
 from kvcrush.explain.span import layer_status
+from kvcrush.host import to_host
 from kvcrush.trace import IMPORTANT, PROTECTED, RECENT, REPRESENTATIVE, SINK, RunTrace
 
 CATEGORIES = ("sink", "recent", "kept (importance)", "KVCrush representative", "question", "answer so far")
@@ -147,7 +149,7 @@ class AttentionRecorder:
 
 
 class _State:
-    """Per-layer bookkeeping of one recording, all on the model's device.
+    """Per-layer bookkeeping of one recording, each layer's on that layer's device (`layer_devices`).
 
     Without decode-time eviction a layer's cache only grows, so the category and true position of each
     cache row sit in per-layer buffers laid out like the cache (`[kv_heads, capacity]`) and a step costs the
@@ -157,13 +159,14 @@ class _State:
     """
 
     def __init__(self, lm, trace: RunTrace, n_budgeted: int, n_appended: int, evictor) -> None:
-        self.lm, self.evictor, self.device = lm, evictor, lm.device
+        self.lm, self.evictor = lm, evictor
+        self.devices = layer_devices(lm.model)  # a sharded model's layers sit on several GPUs
         self.n_budgeted, self.n_appended = n_budgeted, n_appended
         self.n_heads = int(lm.model.config.num_attention_heads)
         self.lookup = [torch.stack([_categories(layer_status(layer, h)) for h in range(layer.kept.shape[0])])
-                       .to(self.device) for layer in trace.layers]
-        held = [(torch.arange(n_budgeted).expand(layer.kept.shape[0], -1) if layer.no_op else layer.kept.long())
-                .to(self.device) for layer in trace.layers]
+                       .to(device) for layer, device in zip(trace.layers, self.devices, strict=True)]
+        held = [(torch.arange(n_budgeted, device=device).expand(layer.kept.shape[0], -1) if layer.no_op
+                 else layer.kept.long().to(device)) for layer, device in zip(trace.layers, self.devices, strict=True)]
         self.held = held  # `[kv_heads, T]` prompt positions each layer's cache starts with
         self.next_position = [n_budgeted] * len(trace.layers)
         self.shares: list[list[torch.Tensor]] = [[] for _ in trace.layers]  # per layer, per step: `[kv_heads, C]`
@@ -173,7 +176,8 @@ class _State:
         self.categories: list[torch.Tensor] = []
         self.weights: list[torch.Tensor] = []
         self.n_positions = n_budgeted + n_appended + 512  # grown when an answer runs past it
-        self.layer_position = torch.zeros(len(trace.layers), self.n_positions, device=self.device)
+        # Per layer `[n_positions]`: attention summed per true position.
+        self.layer_position = [torch.zeros(self.n_positions, device=device) for device in self.devices]
         if evictor is None:
             for index in range(len(trace.layers)):
                 self._layout(index, held[index].shape[1] + n_appended + 512)
@@ -182,9 +186,9 @@ class _State:
         """(Re)build layer `index`'s row buffers for `capacity` rows: prompt rows, appended, then the answer."""
         held = self.held[index]
         kv_heads, n_held = held.shape
-        later = torch.arange(self.n_budgeted, self.n_budgeted + capacity - n_held, device=self.device)
+        later = torch.arange(self.n_budgeted, self.n_budgeted + capacity - n_held, device=held.device)
         positions = torch.cat([held, later.expand(kv_heads, -1)], dim=1)
-        weights = torch.zeros(kv_heads, capacity, device=self.device)
+        weights = torch.zeros(kv_heads, capacity, device=held.device)
         if index < len(self.weights):
             old = self.weights[index]
             weights[:, : old.shape[1]] = old
@@ -230,21 +234,22 @@ class _State:
             category = self.categories[index][:, :rows]
             self.weights[index][:, :rows].add_(weight)
         else:
-            new = torch.arange(start, start + count, device=self.device).expand(kv_heads, count)
+            new = torch.arange(start, start + count, device=key.device).expand(kv_heads, count)
             positions = torch.cat([self.evictor.positions[index], new], dim=1)  # [kv_heads, rows]
             category = self._category(index, positions)
             if start + count > self.n_positions:
                 self._grow(2 * (start + count))
             self.layer_position[index].index_add_(0, positions.reshape(-1), weight.reshape(-1))
-            self.cache_rows[index].append(torch.zeros(kv_heads, len(CATEGORIES), device=self.device).scatter_add_(
+            self.cache_rows[index].append(torch.zeros(kv_heads, len(CATEGORIES), device=key.device).scatter_add_(
                 1, category, torch.ones_like(weight)).sum(dim=0) / category.numel())
-        self.shares[index].append(torch.zeros(kv_heads, len(CATEGORIES), device=self.device)
+        self.shares[index].append(torch.zeros(kv_heads, len(CATEGORIES), device=key.device)
                                   .scatter_add_(1, category, weight))
         self.sizes[index].append(rows)
 
     def _grow(self, width: int) -> None:
         """Room for `width` positions in the per-position sums (an answer longer than planned)."""
-        self.layer_position = torch.nn.functional.pad(self.layer_position, (0, width - self.n_positions))
+        self.layer_position = [torch.nn.functional.pad(sums, (0, width - self.n_positions))
+                               for sums in self.layer_position]
         self.n_positions = width
 
     def _cache_shares(self, index: int, steps: int) -> torch.Tensor:
@@ -253,7 +258,7 @@ class _State:
             return torch.stack(self.cache_rows[index][:steps])
         category = self.categories[index]
         onehot = torch.nn.functional.one_hot(category, len(CATEGORIES)).sum(dim=0).cumsum(dim=0)  # [capacity, C]
-        sizes = torch.tensor(self.sizes[index][:steps], device=self.device)
+        sizes = torch.tensor(self.sizes[index][:steps], device=category.device)
         return onehot[sizes - 1].float() / (sizes[:, None] * category.shape[0])
 
     def finish(self, skipped_first: bool) -> AttentionUse | None:
@@ -261,8 +266,8 @@ class _State:
         if steps == 0:
             return None
         n_layers, used = len(self.shares), max(self.next_position)
-        shares = torch.stack([torch.stack(rows[:steps]).sum(dim=1) for rows in self.shares], dim=1) / self.n_heads
-        cache_shares = torch.stack([self._cache_shares(index, steps) for index in range(n_layers)], dim=1)
+        per_layer_shares = [torch.stack(rows[:steps]).sum(dim=1) for rows in self.shares]  # each `[steps, C]`
+        per_layer_cache = [self._cache_shares(index, steps) for index in range(n_layers)]
         if self.evictor is None:
             needed = max(self.n_budgeted + weights.shape[1] for weights in self.weights)  # past any row's position
             if needed > self.n_positions:
@@ -270,10 +275,13 @@ class _State:
             for index, (positions, weights) in enumerate(zip(self.positions, self.weights, strict=True)):
                 self.layer_position[index].index_add_(0, positions.reshape(-1), weights.reshape(-1))
         first = 1 if skipped_first else 0
-        return AttentionUse(
-            tokens=torch.arange(first, first + steps), shares=shares.cpu(), cache_shares=cache_shares.cpu(),
-            layer_position=(self.layer_position[:, :used] / (steps * self.n_heads)).cpu(),
-            n_budgeted=self.n_budgeted, n_appended=self.n_appended)
+        # One copy per device; the layers' results meet on the host.
+        moved = to_host(per_layer_shares + per_layer_cache + [sums[:used] for sums in self.layer_position])
+        shares = torch.stack(moved[:n_layers], dim=1) / self.n_heads
+        cache_shares = torch.stack(moved[n_layers : 2 * n_layers], dim=1)
+        layer_position = torch.stack(moved[2 * n_layers :]) / (steps * self.n_heads)
+        return AttentionUse(tokens=torch.arange(first, first + steps), shares=shares, cache_shares=cache_shares,
+                            layer_position=layer_position, n_budgeted=self.n_budgeted, n_appended=self.n_appended)
 
 
 def _categories(status: torch.Tensor) -> torch.Tensor:

@@ -117,7 +117,7 @@ def _random_bits(width: int, seed: int, device: torch.device) -> torch.Tensor:
     key = (width, seed, str(device))
     if key not in _RANDOM_ANCHORS:
         generator = torch.Generator().manual_seed(seed)
-        _RANDOM_ANCHORS[key] = torch.randint(0, 2, (width,), generator=generator).bool().to(device)
+        _RANDOM_ANCHORS[key] = torch.randint(0, 2, (width,), generator=generator, device="cpu").bool().to(device)
     return _RANDOM_ANCHORS[key]
 
 
@@ -290,9 +290,9 @@ def distinct_signatures(bits: torch.Tensor, valid: torch.Tensor) -> DistinctSign
 def kmeans_seeds(n_distinct: int, k: int, seed: int) -> torch.Tensor:
     """Which distinct signatures start the k-means (`kmeans_anchors`): `[k]` int64 ranks on the CPU."""
     if n_distinct == 0:
-        return torch.zeros(k, dtype=torch.int64)
-    order = torch.randperm(n_distinct, generator=torch.Generator().manual_seed(int(seed)))
-    return order[torch.arange(k) % n_distinct]
+        return torch.zeros(k, dtype=torch.int64, device="cpu")
+    order = torch.randperm(n_distinct, generator=torch.Generator().manual_seed(int(seed)), device="cpu")
+    return order[torch.arange(k, device="cpu") % n_distinct]
 
 
 def kmeans_from(bits: torch.Tensor, valid: torch.Tensor, distinct: DistinctSignatures, seeds: torch.Tensor,

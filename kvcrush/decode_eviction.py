@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from kvcrush.attention import LayerInputs, attention_modules
-from kvcrush.decoding import synchronize
+from kvcrush.devices import layer_devices, synchronize
 from kvcrush.host import to_device
 from kvcrush.kvcache import gather_rows, merge_values, set_layer_rows
 from kvcrush.policies import Policy
@@ -80,7 +80,7 @@ class DecodeEvictor:
         self.policy = policy
         self.cache = cache
         self.budgets = budgets
-        self.positions = [p.to(lm.device) for p in positions]
+        self.positions = [p.to(device) for p, device in zip(positions, layer_devices(lm.model), strict=True)]
         self.interval = int(policy.decode_interval)
         self.buffer_rows = max(MIN_BUFFER, policy.scoring_rows(1 << 30))
         self.recent: list[_Recent | None] = [None] * lm.n_layers
@@ -162,8 +162,7 @@ class DecodeEvictor:
         """
         layers = [layer for _, _, layer in due]
         devices = {layer.keys.device for layer in layers}
-        for device in devices:
-            synchronize(device)
+        synchronize(devices)
         start = time.perf_counter()
         storage = self.policy.storage()
         with torch.no_grad():
@@ -189,8 +188,7 @@ class DecodeEvictor:
                 # The buffered rows stay aligned with the last cache slots only as far as the recent window kept them.
                 recent = self.recent[layer_idx]
                 self.recent[layer_idx] = recent.last(trace.recent) if recent is not None else None
-        for device in devices:
-            synchronize(device)
+        synchronize(devices)
         seconds = time.perf_counter() - start
         self.seconds += seconds
         for ((layer_idx, n_slots, _), trace, held) in zip(due, traces, positions, strict=True):

@@ -24,6 +24,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.llama.modeling_llama import repeat_kv
 
+from kvcrush.devices import synchronize
 from kvcrush.errors import PromptError, RunCancelled
 from kvcrush.kvcache import cache_lengths, stack_caches
 from kvcrush.sliding import KeyPositions
@@ -43,12 +44,6 @@ def stop_ids(model, tokenizer=None) -> set[int]:
         elif isinstance(source, (list, tuple)):
             stops.update(int(s) for s in source)
     return stops
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued CUDA work so `perf_counter` timings cover it (no-op on CPU)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _ids(values: list[int], device: torch.device) -> torch.Tensor:
@@ -342,10 +337,10 @@ def _stacked_forward(model, caches: list, ids: list[int], position: int, keep: i
     caches.clear()
     device = model.device
     input_ids = torch.tensor([list(ids)] * batch, dtype=torch.long, device=device)
-    synchronize(device)
+    synchronize(model)
     start = time.perf_counter()
     output = _model_forward(model, cache, input_ids, position, keep)
-    synchronize(device)
+    synchronize(model)
     return cache, output.logits, time.perf_counter() - start
 
 
@@ -374,7 +369,6 @@ def greedy_decode_batch(model, caches: list, tail_ids: list[int], position: int,
     if not tail_ids or max_new_tokens < 1:
         raise PromptError("greedy_decode_batch needs tail ids and max_new_tokens >= 1.")
     batch = len(caches)
-    device = model.device
     cache, logits, tail_s = _stacked_forward(model, caches, tail_ids, position, 1)
     logits = logits[:, -1].float()
     start = time.perf_counter()
@@ -390,7 +384,7 @@ def greedy_decode_batch(model, caches: list, tail_ids: list[int], position: int,
         if all(done) or step == max_new_tokens - 1:
             break
         logits = _model_forward(model, cache, tokens[:, None], next_position + step, 1).logits[:, -1].float()
-    synchronize(device)
+    synchronize(model)
     return BatchDecode(new_ids, tail_s / batch, (time.perf_counter() - start) / batch)
 
 
@@ -415,8 +409,8 @@ _NEWLINE_IDS: dict[int, tuple[object, frozenset[int]]] = {}
 
 def timed_greedy_decode(model, cache, logits, position, max_new_tokens, stops, **kwargs) -> tuple[list[int], float]:
     """`greedy_decode` and the seconds it took (CUDA work included)."""
-    synchronize(model.device)
+    synchronize(model)
     start = time.perf_counter()
     ids = greedy_decode(model, cache, logits, position, max_new_tokens, stops, **kwargs)
-    synchronize(model.device)
+    synchronize(model)
     return ids, time.perf_counter() - start

@@ -25,5 +25,9 @@ class DataUnavailableError(KVCrushError):
     """A packaged dataset that is not installed."""
 
 
+class ResourceError(KVCrushError):
+    """A run ran out of memory on a device, or the device failed (a CUDA error): what happened, with numbers."""
+
+
 class RunCancelled(KVCrushError):
     """The caller's `should_stop` asked to abandon the run."""

@@ -35,7 +35,7 @@ from kvcrush.textio import MAX_TEXT_BYTES
 
 __all__ = [
     "MAX_TEXT_BYTES", "SAFETY_FACTOR", "MemoryEstimate", "available_memory", "estimate_run_memory",
-    "preflight", "max_tokens_that_fit", "weights_bytes", "allowed_model_dirs", "allowed_model_path",
+    "preflight", "max_tokens_that_fit", "device_needs", "weights_bytes", "allowed_model_dirs", "allowed_model_path",
     "check_app_model_name", "format_bytes",
 ]
 
@@ -100,16 +100,15 @@ def _cgroup_headroom() -> int | None:
 def available_memory(device: torch.device | str) -> int | None:
     """Bytes a run may still allocate on `device`, or None when it cannot be told (then no check).
 
-    CUDA: free memory from `torch.cuda.mem_get_info`. CPU: `MemAvailable` from /proc/meminfo
-    (Linux; capped by the cgroup limit inside containers). Elsewhere: None.
+    CUDA: the driver's free memory plus what this process's caching allocator holds unused
+    (`kvcrush.devices.free_bytes`: memory an earlier run freed counts as free). CPU: `MemAvailable` from
+    /proc/meminfo (Linux; capped by the cgroup limit inside containers). Elsewhere: None.
     """
+    from kvcrush.devices import free_bytes
+
     device = torch.device(device)
     if device.type == "cuda":
-        try:
-            free, _total = torch.cuda.mem_get_info(device)
-        except (RuntimeError, AssertionError):
-            return None
-        return int(free)
+        return free_bytes(device)
     if device.type == "cpu" and os.path.exists("/proc/meminfo"):
         return _linux_mem_available()
     return None
@@ -147,7 +146,7 @@ class MemoryEstimate:
 
 
 def _element_size(dtype: torch.dtype) -> int:
-    return torch.tensor([], dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 def estimate_run_memory(lm: Any, n_tokens: int, max_new_tokens: int, policy: Any = None, prepared: Any = None,
@@ -162,7 +161,9 @@ def estimate_run_memory(lm: Any, n_tokens: int, max_new_tokens: int, policy: Any
     - Kept hidden states: `hidden_rows` rows of every layer's attention input (see `kvcrush.prepared`).
     With `prepared` (its full cache, activations and hidden states already exist and are already out of
     the available memory): the compressed copy, the decoded tokens, and scoring when this policy's
-    scorer has not run on it yet.
+    scorer has not run on it yet; a scorer whose query rows were not kept (H2O on a long prompt,
+    `PreparedPrompt.needs_second_prefill`) prefills again, so a second full KV cache and one layer's
+    activations count too.
     - Attention matrices `[query_heads, N, N]` only with eager attention (SDPA does not keep them).
     - Scoring: H2O's query chunks `[query_heads, chunk, N]` and SnapKV's window `[query_heads, window, N]`
       in float32 (times `SCORE_COPIES`), the expanded float32 keys `[query_heads, N, head_dim]`, and
@@ -183,15 +184,19 @@ def estimate_run_memory(lm: Any, n_tokens: int, max_new_tokens: int, policy: Any
     per_token = int(lm.kv_bytes_per_token())
 
     logits = vocab * (element + 4)
+    qkv = n * (q_heads + 2 * kv_heads) * head_dim * element * 2
+    prefill_activations = n * (4 * hidden + 4 * intermediate) * element + qkv
+    eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
+    prefill_attention = q_heads * n * n * element * 2 if eager else 0
     if prepared is not None:
         kv_cache = per_token * total_tokens
         activations = attention = 0
+        if policy is not None and prepared.needs_second_prefill(policy):
+            kv_cache += per_token * n
+            activations, attention = prefill_activations, prefill_attention
     else:
         kv_cache = 2 * per_token * total_tokens
-        qkv = n * (q_heads + 2 * kv_heads) * head_dim * element * 2
-        activations = n * (4 * hidden + 4 * intermediate) * element + qkv
-        eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
-        attention = q_heads * n * n * element * 2 if eager else 0
+        activations, attention = prefill_activations, prefill_attention
     kept_hidden = int(hidden_rows) * hidden * element * int(lm.n_layers)
 
     scoring = 0
@@ -209,14 +214,56 @@ def estimate_run_memory(lm: Any, n_tokens: int, max_new_tokens: int, policy: Any
     return MemoryEstimate(n, kv_cache, logits, activations, attention, scoring, kept_hidden)
 
 
-def max_tokens_that_fit(lm: Any, max_new_tokens: int, policy: Any, available: int, prepared: Any = None) -> int:
-    """The longest prompt (tokens) whose estimate fits in `available` bytes (0 if none does)."""
+def device_needs(lm: Any, estimate: MemoryEstimate) -> dict[torch.device, int]:
+    """`estimate.total` split over the devices a model's layers live on (one entry for a model on one device).
+
+    What grows with the layers (KV cache, kept hidden states, scoring) splits by each device's share of the
+    layers; a device runs one of its layers at a time, so each needs one layer's activations and attention;
+    the logits and the fixed overhead land on the first device (where inputs go; the head's device may differ,
+    which the safety factor covers).
+    """
+    from kvcrush.devices import layer_devices
+
+    per_layer = layer_devices(lm.model) if len(lm.devices) > 1 else [torch.device(lm.device)]
+    counts: dict[torch.device, int] = {}
+    for device in per_layer:
+        counts[device] = counts.get(device, 0) + 1
+    layered = estimate.kv_cache + estimate.hidden + estimate.scoring
+    needs = {}
+    for n, (device, count) in enumerate(counts.items()):
+        raw = layered * count / len(per_layer) + estimate.activations + estimate.attention
+        if n == 0:
+            raw += estimate.logits + FIXED_OVERHEAD
+        needs[device] = int(raw * SAFETY_FACTOR)
+    return needs
+
+
+def _short_device(lm: Any, estimate: MemoryEstimate, reader: Callable[[torch.device], int | None]
+                  ) -> tuple[torch.device, int, int] | None:
+    """The first device whose share of `estimate` does not fit: (device, bytes needed, bytes free), else None."""
+    for device, need in device_needs(lm, estimate).items():
+        free = reader(device)
+        if free is not None and need > free:
+            return device, need, free
+    return None
+
+
+def max_tokens_that_fit(lm: Any, max_new_tokens: int, policy: Any, available: int | None = None,
+                        prepared: Any = None, reader: Callable[[torch.device], int | None] | None = None) -> int:
+    """The longest prompt (tokens) whose estimate fits (0 if none does): in `available` bytes on a model's one
+    device, or on every device as `reader(device)` tells."""
+    def free(device: torch.device) -> int | None:
+        return reader(device) if reader is not None else available
+
+    def fits(n: int) -> bool:
+        return _short_device(lm, estimate_run_memory(lm, n, max_new_tokens, policy, prepared), free) is None
+
     low, high = 0, max(1, int(lm.max_tokens))
-    if estimate_run_memory(lm, 1, max_new_tokens, policy, prepared).total > available:
+    if not fits(1):
         return 0
     while low < high:
         middle = (low + high + 1) // 2
-        if estimate_run_memory(lm, middle, max_new_tokens, policy, prepared).total <= available:
+        if fits(middle):
             low = middle
         else:
             high = middle - 1
@@ -236,14 +283,16 @@ def preflight(
 
     Raises `PromptError` with the estimate, the memory available and what to do. Returns the
     estimate when it fits (or when the available memory cannot be read on this platform).
-    `available(device) -> bytes | None` defaults to `available_memory`.
+    `available(device) -> bytes | None` defaults to `available_memory`. A model sharded over several GPUs is
+    checked on each of them (`device_needs`).
     """
     estimate = estimate_run_memory(lm, n_tokens, max_new_tokens, policy, prepared, hidden_rows)
     reader = available or available_memory  # looked up at call time, so tests can replace it
-    free = reader(lm.device)
-    if free is None or estimate.total <= free:
+    short = _short_device(lm, estimate, reader)
+    if short is None:
         return estimate
-    fits = max_tokens_that_fit(lm, max_new_tokens, policy, free, prepared)
+    device, need, free = short
+    fits = max_tokens_that_fit(lm, max_new_tokens, policy, prepared=prepared, reader=reader)
     advice = (
         f"Shorten the prompt to about {fits:,} tokens or fewer"
         if fits > 0
@@ -251,8 +300,9 @@ def preflight(
     )
     raise PromptError(
         f"Not enough memory for this run: {n_tokens:,} prompt tokens + {max_new_tokens:,} new tokens need "
-        f"about {format_bytes(estimate.total)} ({estimate.parts()}, plus {SAFETY_FACTOR:g}x headroom) but only "
-        f"{format_bytes(free)} is available on {lm.device}. {advice}, lower max_new_tokens, close other "
+        f"about {format_bytes(estimate.total)} ({estimate.parts()}, plus {SAFETY_FACTOR:g}x headroom)"
+        f"{'' if need == estimate.total else f', {format_bytes(need)} of it on {device},'} but only "
+        f"{format_bytes(free)} is available on {device}. {advice}, lower max_new_tokens, close other "
         f"programs or use a smaller model."
     )
 
@@ -302,7 +352,7 @@ def weights_bytes(config: Any, dtype: torch.dtype = torch.float32) -> int:
 
 
 def check_app_model_name(
-    name: str | None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    name: str | None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> str | None:
     """Validate a model name typed into the shared web app; returns it stripped, or raises `ModelError`.
 
@@ -328,9 +378,11 @@ def check_app_model_name(
         shape = key[len(RANDOM_PREFIX):]
         if shape not in SHAPES:
             raise ModelError(f"Unknown random shape {shape!r}; choose one of {', '.join(SHAPES)}.")
+        from kvcrush.models.loading import resolve_dtype
         from kvcrush.models.shapes import shape_config
 
-        needed = weights_bytes(shape_config(shape), dtype)
+        # The dtype the run will load in (bf16 on a GPU): fp32 bytes would refuse shapes that fit.
+        needed = weights_bytes(shape_config(shape), resolve_dtype(dtype, torch.device(device)))
         free = available_memory(device)
         if free is not None and needed * SAFETY_FACTOR > free:
             raise ModelError(

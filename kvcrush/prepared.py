@@ -49,9 +49,9 @@ from kvcrush.decoding import (
     score_reference,
     score_reference_batch,
     stop_ids,
-    synchronize,
     timed_greedy_decode,
 )
+from kvcrush.devices import releases_memory_on_error, synchronize
 from kvcrush.errors import PromptError, RunCancelled
 from kvcrush.kvcache import cache_bytes, cache_lengths, compressed_copy, layer_bytes, prompt_cache
 from kvcrush.models.loading import LoadedModel
@@ -96,11 +96,11 @@ def as_policy(policy: Policy | str) -> Policy:
 
 def _hidden_rows_to_keep(lm: LoadedModel, n_tokens: int, protected: int, hidden_limit: int | None) -> int:
     """All rows when every layer's hidden states fit the limit, else the last `TAIL_ROWS` (or the question)."""
-    row_bytes = int(lm.config.hidden_size) * torch.tensor([], dtype=lm.dtype).element_size() * lm.n_layers
+    row_bytes = int(lm.config.hidden_size) * lm.dtype.itemsize * lm.n_layers
     limit = HIDDEN_LIMIT if hidden_limit is None else int(hidden_limit)
-    free = limits.available_memory(lm.device)
-    if free is not None and hidden_limit is None:
-        limit = min(limit, free // 4)
+    free = [f for f in (limits.available_memory(device) for device in lm.devices) if f is not None]
+    if free and hidden_limit is None:
+        limit = min(limit, min(free) // 4)
     if n_tokens * row_bytes <= limit:
         return n_tokens
     return min(n_tokens, max(TAIL_ROWS, protected))
@@ -185,6 +185,12 @@ class PreparedPrompt:
     def _needs_scores(self, policy: Policy) -> bool:
         return policy.evicts and any(not policy.plan(layer.held()).no_op for layer in self.layers)
 
+    def needs_second_prefill(self, policy: Policy) -> bool:
+        """Whether scoring `policy` runs the model over the prompt again: its scorer has not run here and needs
+        query rows whose hidden states were not kept (H2O on a prompt too long to keep every row)."""
+        return (self._needs_scores(policy) and policy.scorer_key() not in self._scores
+                and any(layer.hidden_offset > policy.query_rows(layer)[0] for layer in self.layers))
+
     def scores(self, policy: Policy, should_stop: ShouldStop | None = None) -> tuple[list[torch.Tensor], bool]:
         """Per layer `[heads, n_budgeted]` float32 scores of `policy`'s scorer; and whether they were cached."""
         key = policy.scorer_key()
@@ -193,14 +199,14 @@ class PreparedPrompt:
             return entry.per_layer, True
         with self.lm.lock, torch.no_grad():
             if all(layer.hidden_offset <= policy.query_rows(layer)[0] for layer in self.layers):
-                synchronize(self.lm.device)
+                synchronize(self.lm.model)
                 start = time.perf_counter()
                 per_layer = []
                 for layer in self.layers:
                     if should_stop is not None and should_stop():
                         raise RunCancelled("The run was cancelled.")
                     per_layer.append(policy.score(layer).float())
-                synchronize(self.lm.device)
+                synchronize(self.lm.model)
                 seconds = time.perf_counter() - start
             else:
                 per_layer, seconds = self._score_in_prefill(policy, should_stop)
@@ -215,13 +221,13 @@ class PreparedPrompt:
         def hook(module, args, kwargs, output):
             if should_stop is not None and should_stop():
                 raise RunCancelled("The run was cancelled.")
-            synchronize(self.lm.device)  # the layer's own attention is not scoring time
+            synchronize(self.lm.model)  # the layer's own attention is not scoring time
             start = time.perf_counter()
             kept = self.layers[module.layer_idx]
             layer = _layer_inputs(module, kwargs, kept.n_layers, kept.n_context, kept.window_start, kept.query_aware, 0,
                                   kept.sliding_window)
             per_layer.append(policy.score(layer).float())
-            synchronize(self.lm.device)
+            synchronize(self.lm.model)
             seconds[0] += time.perf_counter() - start
             return output
 
@@ -236,6 +242,7 @@ class PreparedPrompt:
         return per_layer, seconds[0]
 
     # --- selection ---------------------------------------------------------------------------------
+    @releases_memory_on_error("selecting the kept tokens")
     def select(self, policy: Policy | str, should_stop: ShouldStop | None = None) -> RunTrace:
         """Which tokens each KV head of each layer keeps under `policy`, and why (no decoding).
 
@@ -247,7 +254,7 @@ class PreparedPrompt:
         if self._needs_scores(policy):
             per_layer, timings.score_reused = self.scores(policy, should_stop)  # type: ignore[assignment]
             timings.score_s = self._scores[policy.scorer_key()].seconds
-        synchronize(self.lm.device)
+        synchronize(self.lm.model)
         start = time.perf_counter()
         with torch.no_grad():
             # A sliding layer chooses among the rows it holds (`LayerInputs.held`), then speaks in prompt positions.
@@ -260,7 +267,7 @@ class PreparedPrompt:
             traces_to_host(traces)  # every layer's trace reaches the CPU in one copy per device
             traces = [trace.shifted(view.held_offset, layer.n_context) if view.held_offset else trace
                       for trace, view, layer in zip(traces, views, self.layers, strict=True)]
-        synchronize(self.lm.device)
+        synchronize(self.lm.model)
         timings.select_s = time.perf_counter() - start
         timings.crush_s = sum(trace.crush_s for trace in traces)
         self.runs += 1
@@ -284,6 +291,7 @@ class PreparedPrompt:
         )
 
     # --- generation --------------------------------------------------------------------------------
+    @releases_memory_on_error("generating the answer")
     def generate(
         self,
         policy: Policy | str,
@@ -314,7 +322,7 @@ class PreparedPrompt:
         reference = list(reference_ids or [])
         trace = self._checked_selection(policy, len(reference), max_new_tokens, selection, should_stop)
         timings = trace.timings
-        model, device = self.lm.model, self.lm.device
+        model = self.lm.model
         with self.lm.lock, torch.no_grad(), contextlib.ExitStack() as watching:
             cache = self._gather(trace, policy)
             bytes_before = self.held_bytes
@@ -332,7 +340,7 @@ class PreparedPrompt:
                     logits = extend(model, cache, self.appended_ids, self.n_budgeted, last_only=True)[-1]
                 if evictor:
                     evictor.append_positions(self.n_budgeted, len(self.appended_ids))
-            synchronize(device)
+            synchronize(model)
             timings.prefill_s += time.perf_counter() - start
             position = len(self.encoded.all_ids)
 
@@ -384,10 +392,11 @@ class PreparedPrompt:
         merges = [None if layer.no_op else layer.merge_rows() for layer in trace.layers]  # merge="values"
         cache = compressed_copy(self.cache, kept, self.lm.model.config, merges, policy.storage(),
                                 [layer.row_bits for layer in trace.layers])
-        synchronize(self.lm.device)
+        synchronize(self.lm.model)
         trace.timings.select_s += time.perf_counter() - start
         return cache
 
+    @releases_memory_on_error("scoring the reference")
     def score_many(self, policies: list[Policy | str], reference_ids: list[int], batch_size: int = 16,
                    should_stop: ShouldStop | None = None) -> list[GenerationResult]:
         """`generate(policy, 0, reference_ids)` for every policy, batched: what the benchmark's scoring tasks run.
@@ -419,6 +428,7 @@ class PreparedPrompt:
         self._in_batches([as_policy(p) for p in policies], None, len(reference), 0, batch_size, should_stop, flush)
         return results  # type: ignore[return-value]
 
+    @releases_memory_on_error("generating the answers")
     def generate_many(self, policies: list[Policy | str], max_new_tokens: int, reference_ids: list[int] | None = None,
                       stop_at_newline: bool = False, batch_size: int = 16,
                       should_stop: ShouldStop | None = None) -> list[GenerationResult]:
@@ -525,6 +535,7 @@ def _layer_inputs(module, kwargs: dict, n_layers: int, n_context: int, window_st
                        n_context, window_start, query_aware, hidden_offset, sliding_window)
 
 
+@releases_memory_on_error("prefilling the prompt")
 def prepare_encoded(
     lm: LoadedModel,
     encoded: EncodedPrompt,
@@ -566,11 +577,11 @@ def prepare_encoded(
     with lm.lock, torch.no_grad():
         handles = [m.register_forward_hook(capture, with_kwargs=True) for m in attention_modules(model)]
         try:
-            synchronize(lm.device)
+            synchronize(lm.model)
             start = time.perf_counter()
             output = model(input_ids=torch.tensor([budgeted], device=lm.device), past_key_values=cache,
                            use_cache=True, logits_to_keep=1)
-            synchronize(lm.device)
+            synchronize(lm.model)
             prefill_s = time.perf_counter() - start
         finally:
             for handle in handles:

@@ -106,7 +106,7 @@ class LayerTrace:
     def unit_tokens(self, units: torch.Tensor | None) -> torch.Tensor:
         """Token positions covered by candidate/representative units (identity at token level)."""
         if units is None or units.numel() == 0:
-            return torch.zeros(0, dtype=torch.long)
+            return torch.zeros(0, dtype=torch.long, device=self.kept.device)
         if self.granularity == "token" or self.blocks is None:
             return units.long()
         starts = self.blocks[units.long(), 0]  # every block holds block_size tokens
@@ -125,7 +125,8 @@ class LayerTrace:
             return None
         sizes = [int(b.numel()) for b in self.buckets]  # shapes: no device read
         members = torch.cat(self.buckets).long()
-        slot = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.int64),
+        slot = torch.repeat_interleave(torch.arange(len(sizes), device="cpu"),
+                                       torch.tensor(sizes, dtype=torch.int64, device="cpu"),
                                        output_size=len(members))
         if slot.device != members.device:  # a trace still on its layer's device
             slot = slot.to(members.device)
@@ -171,7 +172,7 @@ class MergeRows:
 @dataclass
 class Timings:
     """Seconds measured with `time.perf_counter` around the real work, waiting for the device before and after
-    (`kvcrush.decoding.synchronize`) so queued GPU work counts where it was launched.
+    (`kvcrush.devices.synchronize`) so queued GPU work counts where it was launched.
 
     prefill_s: the model's forward over the prompt (done once per prepared prompt; `prefill_reused`
         says this run reused it) plus appending the uncompressed tail on the compressed cache.

@@ -11,9 +11,9 @@ import gc
 import os
 
 import streamlit as st
-import torch
 
 import kvcrush
+from kvcrush.devices import device_choices
 from kvcrush.errors import KVCrushError
 from kvcrush.models.loading import resolve_device
 from ui.state import ModelChoice
@@ -64,8 +64,16 @@ def default_max_new_tokens() -> int:
         return 32
 
 
+SHARDED = "all-gpus"  # the device choice that shards the model over every GPU (`device_map="auto"`)
+
+
 def device_options() -> list[str]:
-    return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return device_choices()
+
+
+def _placement(device: str) -> str:
+    """The device a choice means here ("auto" resolved), so "auto" and "cuda" share one loaded copy."""
+    return SHARDED if device == SHARDED else str(resolve_device(None if device == "auto" else device))
 
 
 def _check_name(name: str | None, device: str) -> None:
@@ -74,22 +82,24 @@ def _check_name(name: str | None, device: str) -> None:
 
     if (name or "") == default_model_name():
         return
-    check_app_model_name(name, resolve_device(None if device == "auto" else device))
+    check_app_model_name(name, resolve_device(None if device in ("auto", SHARDED) else device))
 
 
 _LOADED: set[tuple[str | None, str]] = set()  # keys loaded before in this process: no spinner needed
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _load(name: str | None, device: str) -> kvcrush.LoadedModel:
-    return kvcrush.load_model(name, device=None if device == "auto" else device)
+def _load(name: str | None, placement: str) -> kvcrush.LoadedModel:
+    if placement == SHARDED:
+        return kvcrush.load_model(name, device_map="auto")
+    return kvcrush.load_model(name, device=placement)
 
 
 def get_model(choice: ModelChoice) -> kvcrush.LoadedModel:
     """Load (first time in this process) or reuse the model; raises `KVCrushError` with a message."""
     _check_name(choice.load_name, choice.device)
     label = choice.load_name or "the packaged SmolLM2-135M-Instruct"
-    key = (choice.load_name, choice.device)
+    key = (choice.load_name, _placement(choice.device))
     try:
         if key in _LOADED:
             return _load(*key)
@@ -159,8 +169,14 @@ def count_tokens(lm: kvcrush.LoadedModel, context: str, question: str | None) ->
     return _count_tokens(lm.name, lm.tokenizer, context, question)
 
 
+def device_label(lm: kvcrush.LoadedModel) -> str:
+    """'CPU', 'CUDA', or 'CUDA x4' for a model sharded over four GPUs."""
+    kind = "CUDA" if lm.device.type == "cuda" else lm.device.type.upper()
+    return f"{kind} x{len(lm.devices)}" if len(lm.devices) > 1 else kind
+
+
 def describe(lm: kvcrush.LoadedModel) -> str:
-    device = "CUDA" if lm.device.type == "cuda" else lm.device.type.upper()
+    device = device_label(lm)
     dtype = str(lm.dtype).replace("torch.", "")
     return (f"**{lm.name}** on **{device}** ({dtype}): {lm.n_layers} layers, {lm.query_heads} query heads, "
             f"{lm.kv_heads} KV heads, head dim {lm.head_dim}")
@@ -168,4 +184,4 @@ def describe(lm: kvcrush.LoadedModel) -> str:
 
 def loaded(choice: ModelChoice) -> kvcrush.LoadedModel:
     """The model app.py already loaded for this rerun (a cache hit, no spinner)."""
-    return _load(choice.load_name, choice.device)
+    return _load(choice.load_name, _placement(choice.device))

@@ -65,6 +65,14 @@ def _start() -> ShouldStop:
     return lambda: control.current != run_id
 
 
+def _show_failure(target, request: RunRequest, error: KVCrushError) -> None:
+    """Show why a run failed in `target` (the page or a slot). Out of memory (or a failed GPU): the session's
+    prepared prompt, the largest thing it holds on the device, is released so the next run finds the memory."""
+    if isinstance(error, kvcrush.ResourceError):
+        session_prompt.release()
+    target.error(f"{request.policy.label} at {request.policy.budget_text}: {error}")
+
+
 def _prepare(lm: kvcrush.LoadedModel, request: RunRequest, bar, prefix: str, span: float,
              should_stop: ShouldStop) -> kvcrush.PreparedPrompt:
     """The session's prepared prompt for `request`, prefilling (progress in `bar`) only when it has none."""
@@ -136,7 +144,7 @@ def run_all(lm: kvcrush.LoadedModel, requests: list[RunRequest], force: bool = F
             _superseded(bar)
         except KVCrushError as error:
             bar.empty()
-            st.error(f"{request.policy.label} at {request.policy.budget_text}: {error}")
+            _show_failure(st, request, error)
             return None
         bar.empty()
     return [done[r.key] for r in requests]  # type: ignore[misc]
@@ -188,7 +196,7 @@ def _start_run(lm: kvcrush.LoadedModel, request: RunRequest, force: bool) -> Liv
     except KVCrushError as error:
         if bar is not None:
             bar.empty()
-        st.error(f"{request.policy.label} at {request.policy.budget_text}: {error}")
+        _show_failure(st, request, error)
         return None
     if bar is not None:
         bar.empty()
@@ -278,7 +286,7 @@ def finish(lm: kvcrush.LoadedModel, live: LiveRun, slots: page.RunSlots,
         slots.answer.info("This run was superseded by a newer one.")
         return None
     except KVCrushError as error:
-        slots.answer.error(f"{request.policy.label} at {request.policy.budget_text}: {error}")
+        _show_failure(slots.answer, request, error)
         return None
     record = job.record
     live.record = record

@@ -10,14 +10,13 @@ sidebar's prompt, query mode or model changes, even when nothing runs.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import streamlit as st
-import torch
 
 import kvcrush
+from kvcrush.devices import release_memory
 from ui.state import PromptKey, RunRequest
 
 SLOT = "_prepared"
@@ -48,11 +47,9 @@ def release() -> None:
     entry = st.session_state.pop(SLOT, None)
     if entry is None:
         return
-    cuda = entry.prepared.lm.device.type == "cuda"
+    devices = entry.prepared.lm.devices
     del entry
-    gc.collect()  # free it now, not at some later collection, so the next prefill finds the memory
-    if cuda:
-        torch.cuda.empty_cache()
+    release_memory(devices)  # free it now, not at some later collection, so the next prefill finds the memory
 
 
 def release_stale(key: PromptKey | None) -> None:

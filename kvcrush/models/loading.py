@@ -49,6 +49,9 @@ RANDOM_PREFIX = "random:"
 class LoadedModel:
     """A model, its tokenizer, and a lock so one process can share it between users safely.
 
+    `device` is where inputs go (the embedding's device); a model sharded over several GPUs has its layers on
+    `devices` (`kvcrush.devices.layer_devices` gives each layer's).
+
     `lock` serialises generations: the policies hook the model's attention layers, so two
     generations on one model object at the same time would see each other's hooks.
     """
@@ -82,12 +85,19 @@ class LoadedModel:
         return getattr(self.config, "head_dim", None) or self.config.hidden_size // self.query_heads
 
     @property
+    def devices(self) -> tuple[torch.device, ...]:
+        """Every device the model has weights on (one, or several GPUs for a sharded model)."""
+        from kvcrush.devices import model_devices
+
+        return model_devices(self.model)
+
+    @property
     def max_tokens(self) -> int:
         return int(self.config.max_position_embeddings)
 
     def kv_bytes_per_token(self) -> int:
         """Bytes one token costs in the KV cache across all layers (K and V)."""
-        element = torch.tensor([], dtype=self.dtype).element_size()
+        element = self.dtype.itemsize
         return 2 * self.n_layers * self.kv_heads * self.head_dim * element
 
 
@@ -331,10 +341,38 @@ def _local_or_hub_config(name: str) -> tuple[Any, bool]:
         ) from None
 
 
+def _resolve_device_map(device_map: str | dict | None, device: torch.device) -> str | dict:
+    """What `from_pretrained(device_map=...)` gets: the user's map, or the one device, so weights load straight
+    onto it (no full copy in host memory first). "auto" shards over every visible GPU (accelerate)."""
+    if device_map is None:
+        return str(device)
+    if isinstance(device_map, dict):
+        return device_map
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        if not torch.cuda.is_available():
+            return "cpu"  # accelerate's "auto" without a GPU would plan for disk offload of what RAM cannot hold
+        return device_map
+    raise ModelError(f"Unknown device_map {device_map!r}; use 'auto', 'balanced', 'sequential' or a dict "
+                     "of module name -> device.")
+
+
+def _dispatch(model: Any, device_map: str | dict, dtype: torch.dtype) -> Any:
+    """A model built in memory (random weights) placed as `device_map` says, the way `from_pretrained` places a
+    checkpoint: accelerate plans the split (whole decoder layers per device) and moves each part there."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if not isinstance(device_map, dict):
+        if device_map == "cpu" or str(device_map).startswith("cuda"):
+            return model.to(device_map)
+        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules, dtype=dtype)
+    return dispatch_model(model, device_map=device_map)
+
+
 def load_model(
     name: str | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None,
     **shape_overrides: Any,
 ) -> LoadedModel:
     """Load a model and tokenizer into one `LoadedModel`.
@@ -342,13 +380,19 @@ def load_model(
     name: None for the packaged SmolLM2-135M-Instruct; `random:SHAPE` (see `kvcrush.models.shapes`)
     for random weights in a real shape, with `shape_overrides` such as `num_hidden_layers=4`; or a
     Hugging Face id or local folder (safetensors only, no remote code).
+    device: where the weights load (straight there, through `from_pretrained(device_map=device)`).
+    device_map: instead, "auto" to shard the model over every visible GPU (transformers and accelerate place
+    whole decoder layers per GPU; `kvcrush.devices.layer_devices` tells which), or an explicit
+    `{module name: device}` map. `LoadedModel.device` is then the embedding's device, where inputs go.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _silence_transformers()
     start = time.perf_counter()
-    resolved_device = resolve_device(device)
+    resolved_device = resolve_device("cuda" if device_map is not None and device is None
+                                     and torch.cuda.is_available() else device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
+    placement = _resolve_device_map(device_map, resolved_device)
     key = name.strip() if isinstance(name, str) else name
     if key is not None and not isinstance(key, str):
         raise ModelError(f"Model name must be a string, got {type(name).__name__}.")
@@ -358,7 +402,7 @@ def load_model(
         label = PACKAGED_NAME
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=resolved_dtype, use_safetensors=True, trust_remote_code=False,
-            attn_implementation="sdpa",
+            attn_implementation="sdpa", device_map=placement,
         )
         tokenizer = AutoTokenizer.from_pretrained(source)
     elif key.startswith(RANDOM_PREFIX):
@@ -369,8 +413,12 @@ def load_model(
         config = shape_config(shape, **shape_overrides)
         config._attn_implementation = attention_implementation(config)
         torch.manual_seed(seed)
-        with torch.device(resolved_device):
-            model = AutoModelForCausalLM.from_config(config, dtype=resolved_dtype)
+        if device_map is None:
+            with torch.device(resolved_device):
+                model = AutoModelForCausalLM.from_config(config, dtype=resolved_dtype)
+        else:  # built on the host, then placed: random weights have no checkpoint to load layer by layer
+            model = _dispatch(AutoModelForCausalLM.from_config(config, dtype=resolved_dtype), placement,
+                              resolved_dtype)
         tokenizer = packaged_tokenizer()
         label = key
     else:
@@ -381,6 +429,7 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=resolved_dtype, use_safetensors=True, trust_remote_code=False,
                 attn_implementation=attention_implementation(config), local_files_only=local_only,
+                device_map=placement,
             )
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
         except (OSError, ValueError) as error:
@@ -388,7 +437,8 @@ def load_model(
         label = key
 
     _check_config(model.config, label)
-    model.to(resolved_device)
     model.eval()
     model.requires_grad_(False)
-    return LoadedModel(model, tokenizer, label, resolved_device, resolved_dtype, time.perf_counter() - start)
+    # Where inputs go: the embedding's device (the first of a sharded model's GPUs).
+    return LoadedModel(model, tokenizer, label, model.get_input_embeddings().weight.device, resolved_dtype,
+                       time.perf_counter() - start)

@@ -22,7 +22,7 @@ import torch
 from kvcrush.attention import LayerInputs
 from kvcrush.budget import BudgetPlan, plan_budget, plan_budget_bytes, resolve_budget, validate_budget
 from kvcrush.crush import stable_top_indices
-from kvcrush.decoding import synchronize
+from kvcrush.devices import synchronize
 from kvcrush.errors import BudgetError, PolicyError
 from kvcrush.policies.options import option
 from kvcrush.quant import KV_BITS, KVStorage, check_bits
@@ -270,7 +270,7 @@ class Policy:
         n_context = layer.n_context
         plan = self.plan(layer, budget_tokens, crush_fraction)
         if plan.no_op or not self.evicts:
-            everything = torch.arange(n_context).expand(layer.kv_heads, n_context).clone()
+            everything = torch.arange(n_context, device=layer.keys.device).expand(layer.kv_heads, n_context).clone()
             return LayerTrace(layer.layer_idx, n_context, n_context, plan.sink, n_context - plan.sink, 0, 0, 0,
                               True, everything, protected=layer.protected_tail)
         start = time.perf_counter()

@@ -36,7 +36,7 @@ import torch
 from kvcrush import crush
 from kvcrush.attention import LayerInputs
 from kvcrush.budget import BudgetPlan, round_half_up
-from kvcrush.decoding import synchronize
+from kvcrush.devices import synchronize
 from kvcrush.errors import BudgetError, PolicyError
 from kvcrush.host import host_ints, to_device
 from kvcrush.policies.base import MiddleSelection, Policy
@@ -273,7 +273,7 @@ class KVCrush(Policy):
         n_layers, heads, m = kv_middle.shape
         order = torch.argsort(kv_middle, dim=-1, descending=True, stable=True)  # step 2, every head's ranking
         devices = {layers[0].keys.device}
-        _synchronize(devices)  # crush_s covers KVCrush's own device work
+        synchronize(devices)  # crush_s covers KVCrush's own device work
         crush_start = time.perf_counter()
         bits = crush.batched_signatures(signature_scores)  # [L, M, Q]
         kept_any = torch.zeros(n_layers, m, dtype=torch.bool, device=bits.device)
@@ -295,7 +295,7 @@ class KVCrush(Policy):
         kept = torch.cat([order[:, :, : plan.importance], picks[:, None, :].expand(n_layers, heads, -1)], dim=2)
         ascending = torch.sort(torch.where(candidate, index, m), dim=-1).values + lo  # every layer's F, sorted
         in_order = ordered + lo
-        _synchronize(devices)
+        synchronize(devices)
         crush_s = time.perf_counter() - crush_start
         unit_anchor = torch.zeros(m, dtype=torch.int64, device=bits.device)
         bucket_anchor = torch.zeros(plan.crush, dtype=torch.int64, device=bits.device)
@@ -342,7 +342,7 @@ class KVCrush(Policy):
         if not units:
             return traces  # type: ignore[return-value]
         devices = {u.layer.keys.device for u in units}
-        _synchronize(devices)
+        synchronize(devices)
         crush_start = time.perf_counter()
         for u in units:
             u.policy._find_candidates(u)
@@ -363,7 +363,7 @@ class KVCrush(Policy):
             sizes = [[count] for count in counts]
         for u, count, group_sizes in zip(units, counts, sizes, strict=True):
             traces[u.index] = u.policy._finish(u, count, group_sizes)
-        _synchronize(devices)
+        synchronize(devices)
         crush_s = time.perf_counter() - crush_start
         host_total = sum(u.crush_s for u in units)
         for u in units:
@@ -453,7 +453,7 @@ class KVCrush(Policy):
         candidates = torch.sort(torch.where(u.candidate, torch.arange(n_units, device=ordered.device), n_units)
                                 ).values[:n_candidates]
         grouping = _Grouping(u.bits, u.anchors, u.unit_anchor, u.distances, candidates, picks, buckets,
-                             torch.tensor(owners, dtype=torch.int64), merge)
+                             torch.tensor(owners, dtype=torch.int64, device="cpu"), merge)
         blocks = None
         crush_used = int(picks.numel())
         if self.granularity == "block":

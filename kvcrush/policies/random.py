@@ -22,7 +22,9 @@ class RandomEviction(Policy):
     def score(self, layer: LayerInputs) -> torch.Tensor:
         """`[kv_heads, n_context]` uniform in [0, 1), seeded per layer so runs repeat exactly."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + layer.layer_idx)
-        return torch.rand(layer.kv_heads, layer.n_context, generator=generator)
+        # Drawn on the CPU so every device keeps the same tokens; the copy need not wait for the GPU's queue.
+        scores = torch.rand(layer.kv_heads, layer.n_context, generator=generator, device="cpu")
+        return scores.to(layer.keys.device, non_blocking=True)
 
     def query_rows(self, layer: LayerInputs) -> tuple[int, int]:
         return layer.n_context, layer.n_context  # keys only

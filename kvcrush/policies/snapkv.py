@@ -82,6 +82,7 @@ class SnapKV(Policy):
         attention = window_attention(layer, start, end)[:, : layer.n_context]
         prefix = min(start, layer.n_context)
         pooled = self.pool(attention[:, :prefix])
-        top = pooled.max() + 1 if pooled.numel() else torch.tensor(1.0)
+        # On the layer's device either way: a prompt no longer than the window has no prefix to take a max of.
+        top = pooled.max() + 1 if pooled.numel() else attention.new_ones(())
         return torch.cat([pooled, top.expand(attention.shape[0], layer.n_context - prefix)], dim=1)
 

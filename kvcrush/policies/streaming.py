@@ -27,7 +27,7 @@ class StreamingLLM(Policy):
 
     def score(self, layer: LayerInputs) -> torch.Tensor:
         """`[kv_heads, n_context]`: the position itself, so later tokens rank higher."""
-        positions = torch.arange(layer.n_context, dtype=torch.float32)
+        positions = torch.arange(layer.n_context, dtype=torch.float32, device=layer.keys.device)
         return positions.expand(layer.kv_heads, -1).clone()
 
     def query_rows(self, layer: LayerInputs) -> tuple[int, int]:

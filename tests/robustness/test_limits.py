@@ -103,6 +103,30 @@ def test_a_prepared_prompt_counts_only_what_a_selection_adds(tiny_lm, essay_prom
     assert after.scoring < before.scoring  # the scores are cached: no query chunks any more
 
 
+def test_h2o_on_a_long_prompt_counts_its_second_prefill(tiny_lm, essay_prompt):
+    """Hidden states kept for the last rows only (a long prompt): H2O needs every query, so scoring it prefills
+    again, and the preflight counts that prefill's KV cache and activations; a cached or a windowed scorer not."""
+    from kvcrush.prepared import prepare_encoded
+
+    encoded = kvcrush.encode_prompt(tiny_lm.tokenizer, essay_prompt)
+    prepared = prepare_encoded(tiny_lm, encoded, hidden_limit=1)  # keeps only the last TAIL_ROWS rows
+    n = prepared.n_budgeted
+    h2o, snapkv = kvcrush.make_policy("h2o", budget=0.5), kvcrush.make_policy("snapkv", budget=0.5)
+    assert prepared.needs_second_prefill(h2o) and not prepared.needs_second_prefill(snapkv)
+    again = limits.estimate_run_memory(tiny_lm, n, 8, h2o, prepared=prepared)
+    windowed = limits.estimate_run_memory(tiny_lm, n, 8, snapkv, prepared=prepared)
+    assert again.kv_cache == windowed.kv_cache + tiny_lm.kv_bytes_per_token() * n and again.activations > 0
+    assert windowed.activations == 0
+    prepared.select(h2o)
+    assert prepared.prefills == 2 and not prepared.needs_second_prefill(h2o)
+    assert limits.estimate_run_memory(tiny_lm, n, 8, h2o, prepared=prepared).activations == 0
+
+
+def test_a_model_on_one_device_needs_the_whole_estimate_there(tiny_lm):
+    estimate = limits.estimate_run_memory(tiny_lm, 500, 8, kvcrush.make_policy("snapkv"))
+    assert limits.device_needs(tiny_lm, estimate) == {tiny_lm.device: estimate.total}
+
+
 def test_format_bytes():
     assert limits.format_bytes(512) == "512 bytes"
     assert limits.format_bytes(1536) == "1.5 KiB"
