@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.grid import QA_SUFFIX
+from benchmarks.markdown import interval_text, markdown_table
 
 FRONT_COLUMNS = ("task", "dataset", "policy", "engine", "budget", "kv_bits", "representative_bits", "equal_bytes",
                  "kv_fraction", "kv_bytes_after", "kept_tokens", "score", "score_low", "score_high", "score_name",
@@ -105,8 +106,6 @@ def storage_text(row: dict[str, Any]) -> str:
 
 def front_markdown(rows: list[dict[str, Any]]) -> str:
     """One table per task and dataset: the front from the fewest bytes up."""
-    from benchmarks.report import interval_text, markdown_table
-
     if not rows:
         return "(no results)"
     parts = []

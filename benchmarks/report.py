@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from benchmarks.grid import PARITY_PAIRS, base_label, paper_label
+from benchmarks.markdown import interval_text, is_nan, markdown_table, mean_interval_text
 from benchmarks.pareto import front_markdown, front_rows, storage_text
 from benchmarks.stats import bootstrap_mean, mcnemar_exact, paired_bootstrap
+from benchmarks.verdicts import headline_markdown, replace_headline, verdicts_markdown
 from kvcrush import POLICIES
 
 RESULT_COLUMNS = [
@@ -53,13 +55,11 @@ PAPER_OVERHEAD_PCT = 0.5  # the paper: < 0.5% latency overhead
 # Aggregation
 
 
-def _nanmean(values: Iterable[float]) -> float:
-    clean = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(clean) / len(clean) if clean else math.nan
-
-
 # A record's storage (older runs, before quantized caches, have none: the model's dtype, token budgets).
 STORAGE_DEFAULTS = {"kv_bits": 16, "representative_bits": math.nan, "equal_bytes": False}
+# Taken from each group's first record: they describe the system, the same on every sample.
+FIRST_FIELDS = ("engine", "method", "base", "anchor", "kv_bits", "representative_bits", "equal_bytes", "score_name",
+                "higher_is_better")
 
 
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -71,45 +71,75 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def _first(values: pd.Series) -> Any:
+    """A group's first value, NaN included (`GroupBy.first` would skip to the first non-null one)."""
+    return values.iloc[0]
+
+
+def _mean(values: pd.Series) -> float:
+    """`Series.mean` of a group (NaN skipped). Not agg's "mean": its Cython kernel sums with Kahan compensation,
+    which moves the last digit of 607 numbers of the committed summary.json (measured; no printed one)."""
+    return float(values.mean())
+
+
+def _std(values: pd.Series) -> float:
+    """Population standard deviation (ddof 0) of a group's scores (agg's "std" takes no ddof)."""
+    return float(values.std(ddof=0))
+
+
+def _dense_values(frame: pd.DataFrame) -> pd.Series:
+    """Each record's dense companion of its primary score (`DENSE_METRIC`); NaN where the run lacks that column."""
+    dense = pd.Series(math.nan, index=frame.index)
+    names = frame["score_name"].astype(str).map(DENSE_METRIC)
+    for name in names.dropna().unique():
+        if name in frame:
+            rows = names == name
+            dense[rows] = pd.to_numeric(frame.loc[rows, name], errors="coerce")
+    return dense
+
+
 def aggregate(records: list[dict[str, Any]], keys: tuple[str, ...], seed: int) -> pd.DataFrame:
-    """Mean over samples of every metric, with the full cache's score on the same samples."""
+    """Mean over samples of every metric, with the full cache's score on the same samples.
+
+    One `groupby(keys).agg`: the system's fields from its first record, the score and its dense companion as
+    `stats.bootstrap_mean` intervals (split into mean, low and high after), the rest as means over samples.
+    """
     frame = records_frame(records)
     if frame.empty:
         return pd.DataFrame(columns=list(keys) + RESULT_COLUMNS)
     full = frame[frame["policy"] == "full"].set_index(["task", "dataset", "sample"])["score"]
-    rows = []
-    for group_key, group in frame.groupby(list(keys), sort=False, dropna=False):
-        first = group.iloc[0]
-        row = dict(zip(keys, group_key, strict=True))
-        full_scores = [full.get((first["task"], first["dataset"], s), math.nan) for s in group["sample"]]
-        interval = bootstrap_mean(pd.to_numeric(group["score"], errors="coerce").tolist())
-        score = interval.mean
-        full_score = _nanmean(full_scores)
-        delta = score - full_score
-        dense_name = DENSE_METRIC.get(str(first["score_name"]), "")
-        dense = bootstrap_mean(pd.to_numeric(group[dense_name], errors="coerce").tolist()) \
-            if dense_name in group else bootstrap_mean([])
-        row.update(
-            engine=first["engine"], method=first["method"], base=first["base"], anchor=first["anchor"],
-            kv_bits=int(first["kv_bits"]), representative_bits=first["representative_bits"],
-            equal_bytes=bool(first["equal_bytes"]),
-            compression_ratio=round(1.0 - float(first["budget"]), 6), score=score, score_low=interval.low,
-            score_high=interval.high, score_name=first["score_name"],
-            higher_is_better=bool(first["higher_is_better"]),
-            score_std=float(group["score"].std(ddof=0)), n=int(len(group)), dense_name=dense_name,
-            dense=dense.mean, dense_low=dense.low, dense_high=dense.high, full_score=full_score,
-            delta_vs_full=delta, change_vs_full_pct=100.0 * delta / abs(full_score) if full_score else math.nan,
-            seed=seed,
-        )
-        for name in EXTRA_METRICS:
-            row[name] = float(group[name].mean()) if name in group else math.nan
-        for name in MEAN_FIELDS:
-            row[name] = float(pd.to_numeric(group[name], errors="coerce").mean()) if name in group else math.nan
-        row["context_tokens"] = row.pop("n_context")
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    columns = [c for c in BREAKDOWN_COLUMNS if c in out.columns or c in keys]
-    return out.reindex(columns=[c for c in columns if c in out.columns])
+    if full.index.has_duplicates:
+        twice = full.index[full.index.duplicated()].unique().tolist()
+        raise ValueError(f"{len(twice)} (task, dataset, sample) have more than one full-cache record, e.g. {twice[0]}:"
+                         " each sample's full score must be one number.")
+    samples = pd.MultiIndex.from_frame(frame[["task", "dataset", "sample"]])
+    metrics = [name for name in EXTRA_METRICS + MEAN_FIELDS if name in frame]
+    frame = frame.assign(
+        _budget=frame["budget"], _score=pd.to_numeric(frame["score"], errors="coerce"), _dense=_dense_values(frame),
+        _full=full.reindex(samples).to_numpy(),  # the full cache's score on the record's sample
+        **{name: pd.to_numeric(frame[name], errors="coerce") for name in MEAN_FIELDS if name in frame},
+    )
+    # Every output named `_<column>`: `agg` reads a keyword named `engine` as its numba switch, not a column.
+    out = frame.groupby(list(keys), sort=False, dropna=False).agg(
+        **{f"_{name}": (name, _first) for name in FIRST_FIELDS}, budget_first=("_budget", _first),
+        score=("_score", bootstrap_mean), dense=("_dense", bootstrap_mean), score_std=("score", _std),
+        n=("score", "size"), full_score=("_full", _mean), **{name: (name, _mean) for name in metrics},
+    ).rename(columns={f"_{name}": name for name in FIRST_FIELDS}).reset_index()
+    for name in ("score", "dense"):  # Interval objects to mean, low, high columns
+        intervals = out[name].tolist()
+        out[name], out[f"{name}_low"], out[f"{name}_high"] = ([getattr(i, part) for i in intervals]
+                                                               for part in ("mean", "low", "high"))
+    out = out.astype({"kv_bits": int, "equal_bytes": bool, "higher_is_better": bool, "n": int}).assign(
+        compression_ratio=[round(1.0 - float(b), 6) for b in out["budget_first"]],
+        dense_name=[DENSE_METRIC.get(str(name), "") for name in out["score_name"]],
+        delta_vs_full=out["score"] - out["full_score"], seed=seed,
+    ).drop(columns="budget_first").rename(columns={"n_context": "context_tokens"})
+    out["change_vs_full_pct"] = (100.0 * out["delta_vs_full"] / out["full_score"].abs()).where(out["full_score"] != 0)
+    for name in EXTRA_METRICS + MEAN_FIELDS:  # metrics this run did not record
+        column = "context_tokens" if name == "n_context" else name
+        if column not in out:
+            out[column] = math.nan
+    return out.reindex(columns=[c for c in BREAKDOWN_COLUMNS if c in out.columns])
 
 
 def results_table(records: list[dict[str, Any]], seed: int) -> pd.DataFrame:
@@ -169,7 +199,8 @@ def _paired(records: pd.DataFrame, a: str, b: str, task: str, dataset: str, budg
                                                                                      higher_is_better=higher)
     row = {
         "task": task, "dataset": dataset, "budget": budget, "policy": a, "versus": b, "score_name": name,
-        "score": _nanmean(left), "versus_score": _nanmean(right), "delta": test.difference.mean,
+        "score": _mean(pd.Series(left, dtype=float)), "versus_score": _mean(pd.Series(right, dtype=float)),
+        "delta": test.difference.mean,
         "delta_low": test.difference.low, "delta_high": test.difference.high, "p_value": test.p_value,
         "test": test.test, "wins": wins, "ties": ties, "losses": losses, "n": len(left),
         "verdict": _verdict(test, higher),
@@ -208,8 +239,6 @@ def comparisons(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     KVCrush with the same base, anchor and suffixes (``kvcrush:B:A``; `grid.paper_label`), so a ``repN``
     variant meets the paper's KVCrush at the same storage.
     """
-    from benchmarks.grid import PARITY_PAIRS, base_label, paper_label
-
     frame = pd.DataFrame(records)
     out: dict[str, list[dict[str, Any]]] = {"kvcrush_vs_base": [], "kvcrush_vs_kvpress": [], "parity": [],
                                             "variants_vs_paper": []}
@@ -352,38 +381,6 @@ def memory_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # Text
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        return str(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(number):
-        return "–"
-    return f"{number:.{digits}f}"
-
-
-def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
-    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def interval_text(row: Any, prefix: str = "score") -> str:
-    """``0.533 [0.367, 0.700]`` from a results row's ``score``, ``score_low``, ``score_high`` (or `prefix`)."""
-    mean, low, high = row.get(prefix, math.nan), row.get(f"{prefix}_low", math.nan), row.get(f"{prefix}_high", math.nan)
-    if _isnan(mean):
-        return "–"
-    if _isnan(low) or _isnan(high):
-        return f"{float(mean):.3f}"
-    return f"{float(mean):.3f} [{float(low):.3f}, {float(high):.3f}]"
-
-
 def score_tables(results: pd.DataFrame) -> str:
     """One table per task/dataset: policies as rows, budgets as columns, full cache as the first row."""
     parts = []
@@ -417,8 +414,7 @@ def _best_cell(row: dict[str, Any], prefix: str) -> str:
     """``mean [low, high]`` of the best / best-of-ours / best-of-kvpress entry of a `best_systems` row."""
     if not row.get(prefix):
         return ""
-    return interval_text({"score": row.get(f"{prefix}_score"), "score_low": row.get(f"{prefix}_low"),
-                          "score_high": row.get(f"{prefix}_high")})
+    return mean_interval_text(row.get(f"{prefix}_score"), row.get(f"{prefix}_low"), row.get(f"{prefix}_high"))
 
 
 def best_table(best: list[dict[str, Any]]) -> str:
@@ -428,7 +424,7 @@ def best_table(best: list[dict[str, Any]]) -> str:
     rows = []
     for r in best:
         diff = ""
-        if r.get("ours_minus_kvpress") is not None and not _isnan(r.get("ours_minus_kvpress")):
+        if r.get("ours_minus_kvpress") is not None and not is_nan(r.get("ours_minus_kvpress")):
             diff = (f"{VERDICT_MARK.get(r['verdict'], '')} {r['ours_minus_kvpress']:+.3f} [{r['diff_low']:+.3f}, "
                     f"{r['diff_high']:+.3f}] p={r['p_value']:.2g}")
         rows.append([f"{r['task']}/{r['dataset']}", r["score_name"], r["setting"], f"{r['budget']:.0%}", r["best"],
@@ -444,17 +440,10 @@ def comparison_cell(r: dict[str, Any]) -> str:
     named = f" vs {r['versus']}" if r.get("role") == "best kvpress" else ""
     text = (f"{VERDICT_MARK.get(r['verdict'], r['verdict'])} {r['delta']:+.3f} [{r['delta_low']:+.3f}, "
             f"{r['delta_high']:+.3f}] p={r['p_value']:.2g}")
-    if r.get("dense_name") and r.get("dense_delta") is not None and not _isnan(r.get("dense_delta")):
+    if r.get("dense_name") and r.get("dense_delta") is not None and not is_nan(r.get("dense_delta")):
         text += (f"; {r['dense_name']} {VERDICT_MARK.get(r['dense_verdict'], '')} {r['dense_delta']:+.3f} "
                  f"[{r['dense_low']:+.3f}, {r['dense_high']:+.3f}] p={r['dense_p']:.2g}")
     return f"{text}{named} ({r['wins']}/{r['ties']}/{r['losses']})"
-
-
-def _isnan(value: Any) -> bool:
-    try:
-        return math.isnan(float(value))
-    except (TypeError, ValueError):
-        return True
 
 
 def comparison_pivot(rows: list[dict[str, Any]]) -> str:
@@ -524,8 +513,6 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
     ]
     if summary.get("dropped"):
         lines += ["**Reduced run.** " + " ".join(summary["dropped"]), ""]
-    from benchmarks.verdicts import verdicts_markdown
-
     lines += [
         "Setting: query-agnostic for both engines (the context is compressed before the question is appended,"
         " as kvpress does); `+qa` rows are query-aware (ours: the question is the observation window and is"
@@ -619,7 +606,7 @@ def render_markdown(summary: dict[str, Any], results: pd.DataFrame) -> str:
 def _overhead_cells(row: dict[str, Any]) -> list[Any]:
     """KVCrush's overhead columns of an overhead or scale row (older files lack them: empty cells)."""
     pct = row.get("overhead_pct", math.nan)
-    if row.get("overhead_pct_min") is not None and not _isnan(pct):
+    if row.get("overhead_pct_min") is not None and not is_nan(pct):
         pct = f"{pct:.3f} ({row['overhead_pct_min']:.3f} to {row['overhead_pct_max']:.3f})"
     return [row.get("base_policy_s", math.nan), row.get("overhead_s", math.nan), pct]
 
@@ -835,10 +822,18 @@ def write_csv(path: Path, rows: list[dict[str, Any]] | pd.DataFrame, columns: li
 
 def update_readme(summary: dict[str, Any], readme: Path | None = None) -> None:
     """Write the headline of `summary` into README.md between its markers (`benchmarks.verdicts`)."""
-    from benchmarks.verdicts import headline_markdown, replace_headline
-
     readme = readme or Path(__file__).resolve().parent.parent / "README.md"
     readme.write_text(replace_headline(readme.read_text(), headline_markdown(summary)))
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """The records of a samples.csv, as a run holds them: its text columns as strings ('' where empty)."""
+    records = pd.read_csv(path, keep_default_na=False, na_values=[""]).to_dict(orient="records")
+    for record in records:
+        for key in ("base", "anchor", "text"):
+            if not isinstance(record.get(key), str):
+                record[key] = "" if record.get(key) is None or record.get(key) != record.get(key) else str(record[key])
+    return records
 
 
 def rerender(folder: Path, embed_js: bool = True) -> str:
@@ -848,11 +843,7 @@ def rerender(folder: Path, embed_js: bool = True) -> str:
     """
     folder = Path(folder)
     summary = json.loads((folder / "summary.json").read_text())
-    records = pd.read_csv(folder / "samples.csv", keep_default_na=False, na_values=[""]).to_dict(orient="records")
-    for record in records:
-        for key in ("base", "anchor", "text"):
-            if not isinstance(record.get(key), str):
-                record[key] = "" if record.get(key) is None or record.get(key) != record.get(key) else str(record[key])
+    records = read_samples(folder / "samples.csv")
     seed = int(summary.get("settings", {}).get("seed", 0))
     results = results_table(records, seed)
     summary.update(comparisons=comparisons(records), paper_target=paper_target(results),

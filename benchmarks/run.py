@@ -1,11 +1,14 @@
 """One command for the whole benchmark: quality, overhead and memory against the full cache, our
-baselines and NVIDIA kvpress, on the packaged model and data, in one process.
+baselines and NVIDIA kvpress, on the packaged model and data, in one process (or on Ray workers, --ray).
 
     python -m benchmarks.run --quick --publish      # < 10 min on 2 CPU cores; results/latest/
     python -m benchmarks.run --full                  # the whole grid (hours on CPU)
     python -m benchmarks.run --random-weights --shape llama-3-8b --layers 2 --lengths 2048 4096   # CPU
     python -m benchmarks.run --random-weights --shape llama-3-8b --device cuda                     # GPU
+    python -m benchmarks.run --full --ray auto --out DIR   # the grid's items on a Ray cluster, resumable
 
+The quality grid writes each finished item to OUT/items/ at once: a rerun with the same --out resumes,
+in this process or on Ray (`benchmarks.distributed`), and both give the same samples.csv.
 See benchmarks/README.md for every option, output file and column.
 """
 
@@ -220,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="chart.html loads plotly.js from its CDN (default: embedded, works offline)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, the core count)")
     parser.add_argument("--no-progress", action="store_true")
+    ray = parser.add_argument_group("on a Ray cluster (optional: pip install ray; see benchmarks/README.md)")
+    ray.add_argument("--ray", metavar="ADDRESS|local",
+                     help="run the grid's items on Ray workers: 'local' starts a cluster on this machine, else "
+                          "auto, HOST:PORT or ray://HOST:PORT; a rerun with the same --out resumes")
+    ray.add_argument("--workers", type=int, help="Ray workers, each loading the model once (default: one per GPU; "
+                                                 "on CPUs the cluster's CPUs / --worker-cpus)")
+    ray.add_argument("--worker-cpus", type=int, help="CPUs (and torch threads) per CPU worker (default: the "
+                                                     "cluster's CPUs / --workers, else 1)")
     return parser
 
 
@@ -252,11 +263,62 @@ QUALITY_FILES = ["results.csv", "breakdown.csv", "samples.csv", "parity.csv", "o
 SCALE_FILES = ["scale.csv", "scale.json", "scale.md"]
 
 
-def run_quality(args: argparse.Namespace) -> Path:
-    from benchmarks.overhead import measure_overhead
-    from benchmarks.quality import build_items, run_grid, warm_up
-    from kvcrush import load_model
+class InProcess:
+    """The serial backend: the model in this process, items one after the other (`quality.run_grid`).
+    `benchmarks.distributed.RayGrid` has the same methods and runs the same items on Ray workers."""
 
+    def __init__(self, args: argparse.Namespace, seed: int) -> None:
+        from kvcrush import load_model
+
+        _seed_everything(seed)
+        started = time.perf_counter()
+        self.lm = load_model(args.model, device=args.device, dtype=args.dtype)
+        self.load_s = time.perf_counter() - started
+
+    def info(self) -> tuple[dict[str, Any], float]:
+        return environment(self.lm), self.load_s
+
+    def build_items(self, tasks: tuple[str, ...], task_settings: dict[str, Any]) -> list:
+        from benchmarks.quality import build_items
+
+        return build_items(self.lm.tokenizer, tasks, task_settings)
+
+    def run_grid(self, items: list, specs: list, budgets: list[float], seed: int, query_aware: bool, parity: bool,
+                 store, show_progress: bool = True):
+        from benchmarks.quality import run_grid, warm_up
+
+        if store.pending(items):
+            warm_up(self.lm, items, specs, budgets[0], seed)
+        return run_grid(self.lm, items, specs, budgets, seed, query_aware, show_progress=show_progress,
+                        parity=parity, store=store)
+
+    def overhead(self, lengths: list[int], specs: list, budget: float, repeats: int, seed: int,
+                 show_progress: bool = True) -> list[dict[str, Any]]:
+        from benchmarks.overhead import measure_overhead
+
+        return measure_overhead(self.lm, lengths, specs, budget, repeats, seed, show_progress=show_progress)
+
+    def reset_peak(self) -> None:
+        reset_peak_rss()
+
+    def peak_mib(self) -> float:
+        return peak_rss_bytes() / MIB
+
+    def close(self) -> None:
+        pass
+
+
+def _backend(args: argparse.Namespace, seed: int):
+    """This process (`InProcess`), or Ray workers with ``--ray`` (`benchmarks.distributed.RayGrid`)."""
+    if not args.ray:
+        return InProcess(args, seed)
+    from benchmarks.distributed import RayGrid
+
+    return RayGrid(args.ray, args.model, args.device, args.dtype, seed, workers=args.workers,
+                   worker_cpus=args.worker_cpus, threads=args.threads)
+
+
+def run_quality(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
     if args.full:
         settings = RunSettings(mode="full")
@@ -272,7 +334,6 @@ def run_quality(args: argparse.Namespace) -> Path:
     specs = parse_policies(settings.policies, settings.window, settings.crush_fraction)
     out = _out_dir(args, settings.mode)
     out.mkdir(parents=True, exist_ok=True)
-    _seed_everything(settings.seed)
     print(f"KVCrush benchmark, {settings.mode} mode -> {out}")
     for note in settings.dropped:
         print(note)
@@ -283,41 +344,12 @@ def run_quality(args: argparse.Namespace) -> Path:
           f"{', '.join(s.label for s in specs)}; tasks: {', '.join(settings.tasks)}; "
           f"{'query-aware (ours only)' if settings.query_aware else 'query-agnostic'}.")
 
-    load_start = time.perf_counter()
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    load_s = time.perf_counter() - load_start
-    env = environment(lm)
-    print(f"Model {lm.name} on {lm.device} ({lm.dtype}), loaded in {load_s:.1f} s; {env['cpu']}, "
-          f"{env['torch_threads']} threads; GPU: {env['gpu'] or 'none'}.")
-
-    task_settings = {**{name: settings.retrieval for name in RETRIEVAL_TASKS}, "likelihood": settings.likelihood,
-                     "agreement": settings.agreement}
-    items = build_items(lm.tokenizer, settings.tasks, task_settings)
-    print(f"{len(items)} prompts x (1 full + {len(specs)} policies x {len(settings.budgets)} budgets) = "
-          f"{len(items) * (1 + len(specs) * len(settings.budgets))} runs.")
-    durations: dict[str, float] = {"load": load_s}
-    peaks: dict[str, float] = {"after load": peak_rss_bytes() / MIB}
-
-    phase = time.perf_counter()
-    reset_peak_rss()
-    warm_up(lm, items, specs, settings.budgets[0], settings.seed)
-    grid = run_grid(lm, items, specs, settings.budgets, settings.seed, settings.query_aware,
-                    show_progress=not args.no_progress, parity=settings.parity)
-    durations["grid"] = time.perf_counter() - phase
-    peaks["quality grid"] = peak_rss_bytes() / MIB
-
-    overhead_rows: list[dict[str, Any]] = []
-    if settings.overhead:
-        phase = time.perf_counter()
-        reset_peak_rss()
-        overhead_specs = parse_policies(settings.overhead_policies, settings.window, settings.crush_fraction)
-        print(f"Overhead at {', '.join(map(str, settings.overhead_lengths))} tokens, "
-              f"{settings.overhead_repeats} repeat(s): {', '.join(s.label for s in overhead_specs)} vs full.")
-        overhead_rows = measure_overhead(lm, list(settings.overhead_lengths), overhead_specs,
-                                         settings.overhead_budget, settings.overhead_repeats, settings.seed,
-                                         show_progress=not args.no_progress)
-        durations["overhead"] = time.perf_counter() - phase
-        peaks["overhead"] = peak_rss_bytes() / MIB
+    backend = _backend(args, settings.seed)
+    try:
+        measured = _measure(backend, args, settings, specs, out)
+    finally:
+        backend.close()
+    grid, overhead_rows, env, durations = measured.grid, measured.overhead, measured.env, measured.durations
 
     results = report.results_table(grid.records, settings.seed)
     breakdown = report.breakdown_table(grid.records, settings.seed)
@@ -328,7 +360,8 @@ def run_quality(args: argparse.Namespace) -> Path:
         "dropped": settings.dropped,
         "environment": env,
         "durations_s": durations,
-        "peak_rss_mib": peaks,
+        "peak_rss_mib": measured.peaks,
+        "items": measured.items,
         "comparisons": report.comparisons(grid.records),
         "best": report.best_systems(grid.records, results),
         "paper_target": report.paper_target(results),
@@ -348,7 +381,7 @@ def run_quality(args: argparse.Namespace) -> Path:
     report.write_json(out / "environment.json", env)
     markdown = report.render_markdown(summary, results)
     (out / "report.md").write_text(markdown + "\n")
-    report.chart_html(results, out / "chart.html", f"KVCrush benchmark ({settings.mode}, {lm.name})",
+    report.chart_html(results, out / "chart.html", f"KVCrush benchmark ({settings.mode}, {env['model']['name']})",
                       embed_js=not args.cdn_plotly)
     print()
     print(markdown)
@@ -359,6 +392,64 @@ def run_quality(args: argparse.Namespace) -> Path:
             report.update_readme(summary)
             print("README.md benchmark headline updated from this run's summary.json.")
     return out
+
+
+@dataclass
+class Measured:
+    """What the model-dependent phases of a quality run produce (`_measure`)."""
+
+    grid: Any
+    overhead: list[dict[str, Any]]
+    env: dict[str, Any]
+    durations: dict[str, float]
+    peaks: dict[str, float]
+    items: dict[str, int]  # total, resumed (read from OUT/items), ran (this time)
+
+
+def _measure(backend, args: argparse.Namespace, settings: RunSettings, specs: list, out: Path) -> Measured:
+    """Items, the quality grid (resumed from ``OUT/items/``) and the overhead, on either backend."""
+    from benchmarks.quality import GridMismatch, ItemStore, grid_fingerprint
+
+    env, load_s = backend.info()
+    print(f"Model {env['model']['name']} on {env['model']['device']} ({env['model']['dtype']}), loaded in "
+          f"{load_s:.1f} s; {env['cpu']}, {env['torch_threads']} threads; GPU: {env['gpu'] or 'none'}.")
+    task_settings = {**{name: settings.retrieval for name in RETRIEVAL_TASKS}, "likelihood": settings.likelihood,
+                     "agreement": settings.agreement}
+    items = backend.build_items(settings.tasks, task_settings)
+    print(f"{len(items)} prompts x (1 full + {len(specs)} policies x {len(settings.budgets)} budgets) = "
+          f"{len(items) * (1 + len(specs) * len(settings.budgets))} runs.")
+    try:
+        store = ItemStore(out, grid_fingerprint(args.model, args.device, args.dtype, items, specs, settings.budgets,
+                                                settings.seed, settings.query_aware, settings.parity))
+    except GridMismatch as error:
+        raise SystemExit(str(error)) from None
+    resumed = len(store.finished(items))
+    if resumed:
+        print(f"Resuming: {resumed} of {len(items)} items are already in {store.folder}; running the other "
+              f"{len(items) - resumed}.")
+    durations: dict[str, float] = {"load": load_s}
+    peaks: dict[str, float] = {"after load": backend.peak_mib()}
+
+    phase = time.perf_counter()
+    backend.reset_peak()
+    grid = backend.run_grid(items, specs, list(settings.budgets), settings.seed, settings.query_aware,
+                            settings.parity, store, show_progress=not args.no_progress)
+    durations["grid"] = time.perf_counter() - phase
+    peaks["quality grid"] = backend.peak_mib()
+
+    overhead_rows: list[dict[str, Any]] = []
+    if settings.overhead:
+        phase = time.perf_counter()
+        backend.reset_peak()
+        overhead_specs = parse_policies(settings.overhead_policies, settings.window, settings.crush_fraction)
+        print(f"Overhead at {', '.join(map(str, settings.overhead_lengths))} tokens, "
+              f"{settings.overhead_repeats} repeat(s): {', '.join(s.label for s in overhead_specs)} vs full.")
+        overhead_rows = backend.overhead(list(settings.overhead_lengths), overhead_specs, settings.overhead_budget,
+                                         settings.overhead_repeats, settings.seed, show_progress=not args.no_progress)
+        durations["overhead"] = time.perf_counter() - phase
+        peaks["overhead"] = backend.peak_mib()
+    items_done = {"total": len(items), "resumed": resumed, "ran": len(items) - resumed}
+    return Measured(grid, overhead_rows, env, durations, peaks, items_done)
 
 
 def _settings_dict(settings: RunSettings, specs) -> dict[str, Any]:
@@ -421,7 +512,19 @@ def run_scale(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.ray:
+        if args.random_weights:
+            parser.error("--ray runs the quality grid; --random-weights measures one model in this process.")
+        for name in ("workers", "worker_cpus"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                parser.error(f"--{name.replace('_', '-')} must be at least 1.")
+        from benchmarks.distributed import require_ray
+
+        require_ray()  # before anything loads: without Ray, say how to install it and exit
+    elif args.workers or args.worker_cpus:
+        parser.error("--workers and --worker-cpus need --ray ADDRESS|local.")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.random_weights:

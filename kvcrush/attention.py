@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,17 @@ from kvcrush.sliding import held_from
 def attention_modules(model) -> list[nn.Module]:
     """The attention module of every decoder layer of a Llama-like causal LM, in layer order."""
     return [layer.self_attn for layer in model.model.layers]
+
+
+@contextmanager
+def forward_hooks(modules: list[nn.Module], hook) -> Iterator[None]:
+    """`hook(module, args, kwargs, output)` on every module's forward (with its keyword arguments) for the block."""
+    handles = [module.register_forward_hook(hook, with_kwargs=True) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass

@@ -21,13 +21,12 @@ the true positions each head keeps, so the explorer can show the cache after eve
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 
 import torch
 
-from kvcrush.attention import LayerInputs, attention_modules
-from kvcrush.devices import layer_devices, synchronize
+from kvcrush.attention import LayerInputs, attention_modules, forward_hooks
+from kvcrush.devices import Stopwatch, layer_devices
 from kvcrush.host import to_device
 from kvcrush.kvcache import gather_rows, merge_values, set_layer_rows
 from kvcrush.policies import Policy
@@ -98,12 +97,8 @@ class DecodeEvictor:
             self._remember(module.layer_idx, kwargs["hidden_states"], cos, sin)
             return output
 
-        handles = [module.register_forward_hook(hook, with_kwargs=True) for module in self.modules]
-        try:
+        with forward_hooks(self.modules, hook):
             yield self
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _remember(self, layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
         kept = self.recent[layer]
@@ -161,11 +156,9 @@ class DecodeEvictor:
         one copy (`to_device`). The time, synchronised, is shared equally by the layers' records.
         """
         layers = [layer for _, _, layer in due]
-        devices = {layer.keys.device for layer in layers}
-        synchronize(devices)
-        start = time.perf_counter()
-        storage = self.policy.storage()
-        with torch.no_grad():
+        watch = Stopwatch({layer.keys.device for layer in layers})
+        with watch.timing(), torch.no_grad():
+            storage = self.policy.storage()
             scores = [self.policy.score(layer).float() for layer in layers]
             traces = self.policy.select_layers(scores, layers, None, [self.budgets[i] for i, _, _ in due])
             kept = [trace.kept for trace in traces]
@@ -188,8 +181,7 @@ class DecodeEvictor:
                 # The buffered rows stay aligned with the last cache slots only as far as the recent window kept them.
                 recent = self.recent[layer_idx]
                 self.recent[layer_idx] = recent.last(trace.recent) if recent is not None else None
-        synchronize(devices)
-        seconds = time.perf_counter() - start
+        seconds = watch.seconds
         self.seconds += seconds
         for ((layer_idx, n_slots, _), trace, held) in zip(due, traces, positions, strict=True):
             self.evictions.append(DecodeEviction(step, layer_idx, n_slots, held, trace, seconds / len(due)))

@@ -14,7 +14,6 @@ cache that carries its rows' true positions (models with sliding-window layers, 
 from __future__ import annotations
 
 import contextvars
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from kvcrush.devices import synchronize
+from kvcrush.compat import cache_kwargs
+from kvcrush.devices import Stopwatch
 from kvcrush.errors import PromptError, RunCancelled
 from kvcrush.kvcache import cache_lengths, stack_caches
 from kvcrush.sliding import KeyPositions
@@ -162,7 +162,7 @@ def _model_forward(model, cache, input_ids: torch.Tensor, start: int, keep: int 
     batch, count = input_ids.shape
     positions = _positions(start, count, input_ids.device).expand(batch, -1)
     with _masking(model, cache, start, count):
-        return model(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True,
+        return model(input_ids=input_ids, **cache_kwargs(model, cache), position_ids=positions, use_cache=True,
                      logits_to_keep=keep)
 
 
@@ -337,11 +337,10 @@ def _stacked_forward(model, caches: list, ids: list[int], position: int, keep: i
     caches.clear()
     device = model.device
     input_ids = torch.tensor([list(ids)] * batch, dtype=torch.long, device=device)
-    synchronize(model)
-    start = time.perf_counter()
-    output = _model_forward(model, cache, input_ids, position, keep)
-    synchronize(model)
-    return cache, output.logits, time.perf_counter() - start
+    watch = Stopwatch(model)
+    with watch.timing():
+        output = _model_forward(model, cache, input_ids, position, keep)
+    return cache, output.logits, watch.seconds
 
 
 @dataclass(frozen=True)
@@ -371,21 +370,21 @@ def greedy_decode_batch(model, caches: list, tail_ids: list[int], position: int,
     batch = len(caches)
     cache, logits, tail_s = _stacked_forward(model, caches, tail_ids, position, 1)
     logits = logits[:, -1].float()
-    start = time.perf_counter()
     new_ids: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
     next_position = position + len(tail_ids)
-    for step in range(max_new_tokens):
-        tokens = logits.argmax(dim=-1)
-        for row, token in enumerate(tokens.tolist()):  # one host sync per step for the whole batch
-            if not done[row]:
-                new_ids[row].append(token)
-                done[row] = token in stops
-        if all(done) or step == max_new_tokens - 1:
-            break
-        logits = _model_forward(model, cache, tokens[:, None], next_position + step, 1).logits[:, -1].float()
-    synchronize(model)
-    return BatchDecode(new_ids, tail_s / batch, (time.perf_counter() - start) / batch)
+    watch = Stopwatch(model)
+    with watch.timing():
+        for step in range(max_new_tokens):
+            tokens = logits.argmax(dim=-1)
+            for row, token in enumerate(tokens.tolist()):  # one host sync per step for the whole batch
+                if not done[row]:
+                    new_ids[row].append(token)
+                    done[row] = token in stops
+            if all(done) or step == max_new_tokens - 1:
+                break
+            logits = _model_forward(model, cache, tokens[:, None], next_position + step, 1).logits[:, -1].float()
+    return BatchDecode(new_ids, tail_s / batch, watch.seconds / batch)
 
 
 def continuation_nll(model, cache, logits: torch.Tensor, position: int, reference_ids: list[int]) -> float:
@@ -409,8 +408,7 @@ _NEWLINE_IDS: dict[int, tuple[object, frozenset[int]]] = {}
 
 def timed_greedy_decode(model, cache, logits, position, max_new_tokens, stops, **kwargs) -> tuple[list[int], float]:
     """`greedy_decode` and the seconds it took (CUDA work included)."""
-    synchronize(model)
-    start = time.perf_counter()
-    ids = greedy_decode(model, cache, logits, position, max_new_tokens, stops, **kwargs)
-    synchronize(model)
-    return ids, time.perf_counter() - start
+    watch = Stopwatch(model)
+    with watch.timing():
+        ids = greedy_decode(model, cache, logits, position, max_new_tokens, stops, **kwargs)
+    return ids, watch.seconds

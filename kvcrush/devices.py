@@ -15,14 +15,17 @@ from __future__ import annotations
 import functools
 import gc
 import re
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 
 from kvcrush.errors import ResourceError
 
-__all__ = ["ResourceError", "model_devices", "layer_devices", "synchronize", "free_bytes", "release_memory",
+__all__ = ["ResourceError", "model_devices", "layer_devices", "synchronize", "Stopwatch", "free_bytes",
+           "release_memory",
            "device_choices", "memory_report", "out_of_memory_message", "releases_memory_on_error"]
 
 Function = TypeVar("Function", bound=Callable[..., Any])
@@ -85,6 +88,27 @@ def synchronize(*targets: Any) -> None:
     for device in _devices_of(targets):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+
+
+class Stopwatch:
+    """Seconds of work on some devices, summed over timed blocks: `with watch.timing(): ...`.
+
+    Each block waits for the devices' queued work before it starts the clock (earlier work is not its time) and
+    before it reads it (its own work is), so on a GPU the seconds cover the kernels the block launched, not only
+    the Python that launched them. `targets` as for `synchronize`: devices, models, or iterables of them.
+    """
+
+    def __init__(self, *targets: Any) -> None:
+        self.targets = targets
+        self.seconds = 0.0
+
+    @contextmanager
+    def timing(self) -> Iterator[Stopwatch]:
+        synchronize(*self.targets)
+        start = time.perf_counter()
+        yield self
+        synchronize(*self.targets)  # not on an error: a failed device would only raise again
+        self.seconds += time.perf_counter() - start
 
 
 def free_bytes(device: torch.device | str) -> int | None:

@@ -6,10 +6,13 @@ from the tensors themselves: `numel * element_size` of every layer's keys and va
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from kvcrush.host import to_device
 from kvcrush.quant import KVStorage
 from kvcrush.quantized_cache import QuantizedKVLayer
 from kvcrush.sliding import KeyPositions, has_sliding_layers, layer_windows
@@ -48,11 +51,13 @@ def cache_lengths(cache: DynamicCache) -> list[int]:
 
 
 def set_layer_rows(cache: DynamicCache, index: int, keys: torch.Tensor, values: torch.Tensor,
-                   storage: KVStorage | None = None, row_bits: torch.Tensor | None = None) -> None:
+                   storage: KVStorage | None = None, row_bits: torch.Tensor | None = None,
+                   host_bits: torch.Tensor | None = None) -> None:
     """Make layer `index` hold `keys` / `values` `[1, kv_heads, T, d]`: as they are, or quantized.
 
     With a quantizing `storage`, row `t` of head `h` is stored at `row_bits[h, t]` bits (`KVStorage.row_bits`)
-    in a `QuantizedKVLayer`, which replaces the plain layer.
+    in a `QuantizedKVLayer`, which replaces the plain layer; `host_bits` is a CPU copy of `row_bits` when the
+    caller has one (`QuantizedKVLayer.set_rows`).
     """
     if storage is None or not storage.quantized:
         layer = cache.layers[index]
@@ -65,7 +70,7 @@ def set_layer_rows(cache: DynamicCache, index: int, keys: torch.Tensor, values: 
     layer = cache.layers[index]
     if not isinstance(layer, QuantizedKVLayer):
         layer = cache.layers[index] = QuantizedKVLayer(storage)
-    layer.set_rows(keys, values, row_bits)
+    layer.set_rows(keys, values, row_bits, host_bits)
 
 
 def gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -125,24 +130,60 @@ def compressed_copy(full: DynamicCache, kept: list[torch.Tensor | None], config,
     """
     cache = prompt_cache(config)
     merges = merges if merges is not None else [None] * len(kept)
-    row_bits = row_bits if row_bits is not None else [None] * len(kept)
-    for layer_index, (source, index, rows, bits) in enumerate(zip(full.layers, kept, merges, row_bits, strict=True)):
+    host_bits = row_bits if row_bits is not None else [None] * len(kept)
+    devices = [source.keys.device for source in full.layers]
+    kept, merges, bits_on_device = _on_layer_devices(devices, kept, merges, host_bits)
+    for layer_index, (source, index, rows, bits, host) in enumerate(
+            zip(full.layers, kept, merges, bits_on_device, host_bits, strict=True)):
         if index is None:
             keys, values = source.keys, source.values
         else:
-            index = index.to(source.keys.device)
             keys = gather_rows(source.keys, index)
             values = gather_rows(source.values, index)
             merge_values(values, source.values, index, rows)
-        set_layer_rows(cache, layer_index, keys, values, storage, bits)
+        set_layer_rows(cache, layer_index, keys, values, storage, bits, host)
     if has_sliding_layers(config):
         positions = []
         for source, index in zip(full.layers, kept, strict=True):
             device = source.keys.device
             rows = torch.arange(source.keys.shape[-2], device=device).expand(source.keys.shape[1], -1)
-            positions.append((rows if index is None else index.to(device))[None].contiguous())
+            positions.append((rows if index is None else index)[None].contiguous())
         cache.key_positions = KeyPositions(positions, layer_windows(config))
     return cache
+
+
+def _on_layer_devices(devices: list[torch.device], kept: list[torch.Tensor | None],
+                      merges: list[MergeRows | None], row_bits: list[torch.Tensor | None],
+                      ) -> tuple[list[torch.Tensor | None], list[MergeRows | None], list[torch.Tensor | None]]:
+    """A selection's host tensors (kept rows, merge rows, storage bits of every layer) on their layers' devices,
+    sent with one copy per device (`host.to_device`): a blocking copy per layer would make a GPU wait once per
+    layer. The tensors come from a trace, which lives on the host (`trace.traces_to_host`); on a CPU-only run the
+    copy is a cheap repack, and the code path is the one a GPU run takes."""
+    moving: list[torch.Tensor] = []
+    targets: list[torch.device] = []
+
+    def plan(tensor: torch.Tensor | None, device: torch.device) -> None:
+        if tensor is not None:
+            moving.append(tensor)
+            targets.append(device)
+
+    for device, index, rows, bits in zip(devices, kept, merges, row_bits, strict=True):
+        plan(index, device)
+        plan(bits, device)
+        for tensor in _merge_tensors(rows):
+            plan(tensor, device)
+    moved = dict(zip(map(id, moving), to_device(moving, targets), strict=True)) if moving else {}
+
+    def placed(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else moved.get(id(tensor), tensor)
+
+    merged = [None if rows is None else MergeRows(*map(placed, _merge_tensors(rows))) for rows in merges]
+    return [placed(t) for t in kept], merged, [placed(t) for t in row_bits]
+
+
+def _merge_tensors(rows: MergeRows | None) -> list[torch.Tensor]:
+    """The tensors of `rows` in field order (`dataclasses.astuple` would deep-copy them)."""
+    return [] if rows is None else [getattr(rows, field.name) for field in dataclasses.fields(rows)]
 
 
 def stack_caches(caches: list[DynamicCache], config) -> DynamicCache:

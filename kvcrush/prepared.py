@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,7 +38,8 @@ import torch
 from transformers import DynamicCache
 
 from kvcrush import limits
-from kvcrush.attention import LayerInputs, attention_modules
+from kvcrush.attention import LayerInputs, attention_modules, forward_hooks
+from kvcrush.compat import cache_kwargs, hook_cache
 from kvcrush.decode_eviction import DecodeEvictor
 from kvcrush.decoding import (
     Progress,
@@ -51,7 +51,7 @@ from kvcrush.decoding import (
     stop_ids,
     timed_greedy_decode,
 )
-from kvcrush.devices import releases_memory_on_error, synchronize
+from kvcrush.devices import Stopwatch, releases_memory_on_error
 from kvcrush.errors import PromptError, RunCancelled
 from kvcrush.kvcache import cache_bytes, cache_lengths, compressed_copy, layer_bytes, prompt_cache
 from kvcrush.models.loading import LoadedModel
@@ -199,15 +199,14 @@ class PreparedPrompt:
             return entry.per_layer, True
         with self.lm.lock, torch.no_grad():
             if all(layer.hidden_offset <= policy.query_rows(layer)[0] for layer in self.layers):
-                synchronize(self.lm.model)
-                start = time.perf_counter()
+                watch = Stopwatch(self.lm.model)
                 per_layer = []
-                for layer in self.layers:
-                    if should_stop is not None and should_stop():
-                        raise RunCancelled("The run was cancelled.")
-                    per_layer.append(policy.score(layer).float())
-                synchronize(self.lm.model)
-                seconds = time.perf_counter() - start
+                with watch.timing():
+                    for layer in self.layers:
+                        if should_stop is not None and should_stop():
+                            raise RunCancelled("The run was cancelled.")
+                        per_layer.append(policy.score(layer).float())
+                seconds = watch.seconds
             else:
                 per_layer, seconds = self._score_in_prefill(policy, should_stop)
         self._scores[key] = _Scores(per_layer, seconds)
@@ -216,30 +215,24 @@ class PreparedPrompt:
     def _score_in_prefill(self, policy: Policy, should_stop: ShouldStop | None) -> tuple[list[torch.Tensor], float]:
         """Prefill again, scoring each layer inside the forward (for scorers whose query rows were not kept)."""
         per_layer: list[torch.Tensor] = []
-        seconds = [0.0]
+        watch = Stopwatch(self.lm.model)  # the layers' own attention is not scoring time
 
         def hook(module, args, kwargs, output):
             if should_stop is not None and should_stop():
                 raise RunCancelled("The run was cancelled.")
-            synchronize(self.lm.model)  # the layer's own attention is not scoring time
-            start = time.perf_counter()
-            kept = self.layers[module.layer_idx]
-            layer = _layer_inputs(module, kwargs, kept.n_layers, kept.n_context, kept.window_start, kept.query_aware, 0,
-                                  kept.sliding_window)
-            per_layer.append(policy.score(layer).float())
-            synchronize(self.lm.model)
-            seconds[0] += time.perf_counter() - start
+            with watch.timing():
+                kept = self.layers[module.layer_idx]
+                layer = _layer_inputs(module, kwargs, kept.n_layers, kept.n_context, kept.window_start,
+                                      kept.query_aware, 0, kept.sliding_window)
+                per_layer.append(policy.score(layer).float())
             return output
 
-        handles = [m.register_forward_hook(hook, with_kwargs=True) for m in attention_modules(self.lm.model)]
-        try:
+        with forward_hooks(attention_modules(self.lm.model), hook):
             self.lm.model(input_ids=torch.tensor([self.budgeted_ids], device=self.lm.device),
-                          past_key_values=prompt_cache(self.lm.model.config), use_cache=True, logits_to_keep=1)
-        finally:
-            for handle in handles:
-                handle.remove()
+                          **cache_kwargs(self.lm.model, prompt_cache(self.lm.model.config)), use_cache=True,
+                          logits_to_keep=1)
         self.prefills += 1
-        return per_layer, seconds[0]
+        return per_layer, watch.seconds
 
     # --- selection ---------------------------------------------------------------------------------
     @releases_memory_on_error("selecting the kept tokens")
@@ -254,9 +247,8 @@ class PreparedPrompt:
         if self._needs_scores(policy):
             per_layer, timings.score_reused = self.scores(policy, should_stop)  # type: ignore[assignment]
             timings.score_s = self._scores[policy.scorer_key()].seconds
-        synchronize(self.lm.model)
-        start = time.perf_counter()
-        with torch.no_grad():
+        watch = Stopwatch(self.lm.model)
+        with watch.timing(), torch.no_grad():
             # A sliding layer chooses among the rows it holds (`LayerInputs.held`), then speaks in prompt positions.
             views = [layer.held() for layer in self.layers]
             held = [None if scores is None else scores[:, view.held_offset:]
@@ -267,8 +259,7 @@ class PreparedPrompt:
             traces_to_host(traces)  # every layer's trace reaches the CPU in one copy per device
             traces = [trace.shifted(view.held_offset, layer.n_context) if view.held_offset else trace
                       for trace, view, layer in zip(traces, views, self.layers, strict=True)]
-        synchronize(self.lm.model)
-        timings.select_s = time.perf_counter() - start
+        timings.select_s = watch.seconds
         timings.crush_s = sum(trace.crush_s for trace in traces)
         self.runs += 1
         return self._run_trace(policy, traces, timings)
@@ -331,17 +322,17 @@ class PreparedPrompt:
             evictor = self._evictor(policy, cache, trace) if policy.decode_interval and max_new_tokens else None
             if observer is not None and max_new_tokens:
                 watching.enter_context(observer.watch(self, trace, cache, evictor))
-            start = time.perf_counter()
             logits = self.last_logits
             # Scoring only: the tail and the reference go through the model in one forward.
             lead = self.appended_ids if reference and not max_new_tokens else []
-            if self.appended_ids and not lead:
-                with evictor.capturing() if evictor else contextlib.nullcontext():  # its window may need the tail
-                    logits = extend(model, cache, self.appended_ids, self.n_budgeted, last_only=True)[-1]
-                if evictor:
-                    evictor.append_positions(self.n_budgeted, len(self.appended_ids))
-            synchronize(model)
-            timings.prefill_s += time.perf_counter() - start
+            tail = Stopwatch(model)
+            with tail.timing():
+                if self.appended_ids and not lead:
+                    with evictor.capturing() if evictor else contextlib.nullcontext():  # its window may need the tail
+                        logits = extend(model, cache, self.appended_ids, self.n_budgeted, last_only=True)[-1]
+                    if evictor:
+                        evictor.append_positions(self.n_budgeted, len(self.appended_ids))
+            timings.prefill_s += tail.seconds
             position = len(self.encoded.all_ids)
 
             scores = None
@@ -387,13 +378,13 @@ class PreparedPrompt:
     def _gather(self, trace: RunTrace, policy: Policy) -> DynamicCache:
         """The compressed cache of a selection (merged values applied, rows stored at the policy's precision);
         its time goes to `select_s`."""
-        start = time.perf_counter()
-        kept = [None if layer.no_op and not layer.held_from else layer.kept for layer in trace.layers]
-        merges = [None if layer.no_op else layer.merge_rows() for layer in trace.layers]  # merge="values"
-        cache = compressed_copy(self.cache, kept, self.lm.model.config, merges, policy.storage(),
-                                [layer.row_bits for layer in trace.layers])
-        synchronize(self.lm.model)
-        trace.timings.select_s += time.perf_counter() - start
+        watch = Stopwatch(self.lm.model)
+        with watch.timing():
+            kept = [None if layer.no_op and not layer.held_from else layer.kept for layer in trace.layers]
+            merges = [None if layer.no_op else layer.merge_rows() for layer in trace.layers]  # merge="values"
+            cache = compressed_copy(self.cache, kept, self.lm.model.config, merges, policy.storage(),
+                                    [layer.row_bits for layer in trace.layers])
+        trace.timings.select_s += watch.seconds
         return cache
 
     @releases_memory_on_error("scoring the reference")
@@ -526,7 +517,7 @@ class PreparedPrompt:
 def _layer_inputs(module, kwargs: dict, n_layers: int, n_context: int, window_start: int, query_aware: bool,
                   hidden_offset: int, sliding_window: int | None) -> LayerInputs:
     """What a scorer may read about one layer, from its attention module's forward kwargs (inside the forward)."""
-    layer_cache = kwargs["past_key_values"].layers[module.layer_idx]
+    layer_cache = hook_cache(kwargs).layers[module.layer_idx]
     cos, sin = kwargs["position_embeddings"]
     hidden = kwargs["hidden_states"]
     if hidden_offset:
@@ -574,19 +565,11 @@ def prepare_encoded(
     model = lm.model
     windows = layer_windows(model.config)
     cache = prompt_cache(model.config)
-    with lm.lock, torch.no_grad():
-        handles = [m.register_forward_hook(capture, with_kwargs=True) for m in attention_modules(model)]
-        try:
-            synchronize(lm.model)
-            start = time.perf_counter()
-            output = model(input_ids=torch.tensor([budgeted], device=lm.device), past_key_values=cache,
-                           use_cache=True, logits_to_keep=1)
-            synchronize(lm.model)
-            prefill_s = time.perf_counter() - start
-        finally:
-            for handle in handles:
-                handle.remove()
-    return PreparedPrompt(lm, encoded, query_aware, cache, output.logits[0, -1].float(), layers, prefill_s)
+    watch = Stopwatch(model)
+    with lm.lock, torch.no_grad(), forward_hooks(attention_modules(model), capture), watch.timing():
+        output = model(input_ids=torch.tensor([budgeted], device=lm.device), **cache_kwargs(model, cache),
+                       use_cache=True, logits_to_keep=1)
+    return PreparedPrompt(lm, encoded, query_aware, cache, output.logits[0, -1].float(), layers, watch.seconds)
 
 
 def prepare(

@@ -94,7 +94,7 @@ def _unpacking(bits: int, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     key = (bits, str(device))
     if key not in _UNPACKING:
         _UNPACKING[key] = (torch.arange(0, 8, bits, dtype=torch.uint8, device=device),
-                           torch.tensor(2**bits - 1, dtype=torch.uint8, device=device))
+                           torch.full((), 2**bits - 1, dtype=torch.uint8, device=device))
     return _UNPACKING[key]
 
 

@@ -158,6 +158,8 @@ def _repeat_interleave(args: tuple, kwargs: dict) -> str | None:
 def _tensor_from_data(args: tuple, kwargs: dict) -> str | None:
     """`torch.tensor(data, device=...)`: host data copied to the device, blocking."""
     data = args[0] if args else kwargs.get("data")
+    if isinstance(data, (list, tuple)) and not data:  # nothing to copy: PyTorch's copy returns before any transfer
+        return None
     if _device_named(kwargs.get("device")) == "device" and not _is_tensor(data):
         return "torch.tensor(data, device=...)"
     return None

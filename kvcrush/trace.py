@@ -134,7 +134,9 @@ class LayerTrace:
         weights = torch.cat(self.merge_weights, dim=1).float()
         if self.granularity == "block" and self.blocks is not None:
             size = self.block_size
-            within = torch.arange(size, device=members.device)
+            within = torch.arange(size, device="cpu")  # as `slot`: made where the trace lives
+            if within.device != members.device:
+                within = within.to(members.device)
             targets = (self.blocks[targets, 0][:, None] + within).reshape(-1)
             members = (self.blocks[members, 0][:, None] + within).reshape(-1)
             slot = (slot[:, None] * size + within).reshape(-1)

@@ -97,7 +97,10 @@ if not files:
     st.caption("No benchmark CSV under benchmarks/ yet; the benchmark script writes them there.")
 else:
     root = benchmarks.folder()
-    chosen = st.selectbox("Benchmark CSV", files, format_func=lambda p: str(p.relative_to(root)), key="bench_file")
+    chosen = st.selectbox("Benchmark CSV", files, index=files.index(benchmarks.default_csv(files, root)),
+                          format_func=lambda p: str(p.relative_to(root)), key="bench_file",
+                          help="Opens on the committed standard run (results/latest/results.csv); the list is "
+                               "newest first.")
     try:
         frame = benchmarks.load(chosen)
     except (OSError, ValueError, pd.errors.ParserError) as error:

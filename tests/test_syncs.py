@@ -167,6 +167,21 @@ def test_a_generated_token_syncs_at_most_twice(prepared_by_depth, label):
         assert _per_token(prepared, _policy(label)) <= TOKEN_LIMIT, layers
 
 
+@pytest.mark.parametrize("label", ["full", "snapkv", "kvcrush merge", "kvcrush kv_bits=4 representative_bits=2",
+                                   "kvcrush(h2o) block best merge"])
+def test_a_generate_gathers_its_compressed_cache_without_a_sync_per_layer(prepared_by_depth, label):
+    """Selection, the compressed copy (kept rows, merges and storage bits sent once per device) and one token."""
+    counts = {}
+    for layers, prepared in prepared_by_depth.items():
+        policy = _policy(label)
+        prepared.select(policy)  # its scores are cached from here on
+        with HostSyncCounter() as syncs:
+            prepared.generate(policy, max_new_tokens=1)
+        assert syncs.count <= SELECT_LIMIT + TOKEN_LIMIT, (layers, dict(syncs.by_site))
+        counts[layers] = syncs.count
+    assert counts[4] == counts[32], counts
+
+
 @pytest.mark.parametrize("name,options", [("tova", {}), ("kvcrush", {"base": "tova", "merge": "values"}),
                                           ("kvcrush", {"base": "knorm", "kv_bits": 4, "representative_bits": 2,
                                                        "anchors": 2, "anchor_mode": "kmeans"})])

@@ -1,4 +1,5 @@
-"""Benchmark CSVs written under `benchmarks/` (by the benchmark scripts), newest first."""
+"""Benchmark CSVs written under `benchmarks/` (by the benchmark scripts), newest first; the Sweep page opens on
+the committed standard run's ``results/latest/results.csv`` (`default_csv`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def find_csvs(root: Path | None = None) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(root.rglob("*.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+# The committed standard run's aggregate table (benchmarks/results/latest, `python -m benchmarks.run --standard
+# --publish`): every task, policy and budget with intervals. Newest-first alone opened on whatever CSV was
+# touched last (a checkout's results/quantized/quantized.csv, one point per system).
+STANDARD_CSV = Path("results") / "latest" / "results.csv"
+
+
+def default_csv(files: list[Path], root: Path | None = None) -> Path | None:
+    """The CSV the Sweep page opens on: `STANDARD_CSV` under `root` (default `folder()`) when it is among
+    `files`, else the newest of them (None without any)."""
+    if not files:
+        return None
+    standard = ((folder() if root is None else root) / STANDARD_CSV).resolve()
+    return next((path for path in files if path.resolve() == standard), files[0])
 
 
 def slug(path: Path) -> str:

@@ -21,9 +21,24 @@ def key(owner: str, name: str) -> str:
     return f"opt_{owner}_{name}"
 
 
+# Words of option names that people write otherwise than lower case (`kv_bits` -> "KV bits").
+ACRONYMS = {"kv": "KV", "qa": "QA", "nll": "NLL", "gqa": "GQA", "rope": "RoPE", "id": "ID", "ids": "IDs"}
+# Options whose name alone says less than the usual words for them.
+LABELS = {"sink": "Sink tokens", "recent": "Recent tokens", "budget_bytes": "Budget in bytes"}
+
+
 def label(name: str) -> str:
-    """`crush_fraction` -> 'Crush fraction'."""
-    return name.replace("_", " ").capitalize()
+    """An option's widget label in the words people use: `crush_fraction` -> 'Crush fraction', `kv_bits` ->
+    'KV bits' (`ACRONYMS`), `sink` -> 'Sink tokens' (`LABELS`). The declarations (`kvcrush.policies.options`)
+    carry no label field, so it is derived here from the name."""
+    if name in LABELS:
+        return LABELS[name]
+    words = [ACRONYMS.get(word, word) for word in name.split("_") if word]
+    if not words:
+        return name
+    first = words[0]
+    words[0] = first if first in ACRONYMS.values() else first.capitalize()
+    return " ".join(words)
 
 
 def _number(spec: OptionSpec, widget_key: str) -> Any:

@@ -22,7 +22,7 @@ import torch
 from kvcrush.attention import LayerInputs
 from kvcrush.budget import BudgetPlan, plan_budget, plan_budget_bytes, resolve_budget, validate_budget
 from kvcrush.crush import stable_top_indices
-from kvcrush.devices import synchronize
+from kvcrush.devices import Stopwatch
 from kvcrush.errors import BudgetError, PolicyError
 from kvcrush.policies.options import option
 from kvcrush.quant import KV_BITS, KVStorage, check_bits
@@ -217,15 +217,12 @@ class Policy:
                               "hooks): use kvcrush.prepare(...).select/generate, or the fixed split.")
         if not self.evicts or self.plan(layer).no_op:
             return self.select(None, layer)
-        device = layer.keys.device
-        synchronize(device)  # the time covers the scorer's queued GPU work
-        start = time.perf_counter()
-        head_scores = self.score(layer).float()
-        synchronize(device)
-        score_s = time.perf_counter() - start
+        watch = Stopwatch(layer.keys.device)  # the time covers the scorer's queued GPU work
+        with watch.timing():
+            head_scores = self.score(layer).float()
         trace = self.select(head_scores, layer)
         traces_to_host([trace])
-        trace.score_s = score_s
+        trace.score_s = watch.seconds
         return trace
 
     def supports_decode_eviction(self) -> bool:

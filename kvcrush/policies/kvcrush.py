@@ -36,7 +36,7 @@ import torch
 from kvcrush import crush
 from kvcrush.attention import LayerInputs
 from kvcrush.budget import BudgetPlan, round_half_up
-from kvcrush.devices import synchronize
+from kvcrush.devices import Stopwatch
 from kvcrush.errors import BudgetError, PolicyError
 from kvcrush.host import host_ints, to_device
 from kvcrush.policies.base import MiddleSelection, Policy
@@ -272,31 +272,29 @@ class KVCrush(Policy):
                                         for k, s in zip(kv, per_layer_scores, strict=True)]).float()  # [L, Q, M]
         n_layers, heads, m = kv_middle.shape
         order = torch.argsort(kv_middle, dim=-1, descending=True, stable=True)  # step 2, every head's ranking
-        devices = {layers[0].keys.device}
-        synchronize(devices)  # crush_s covers KVCrush's own device work
-        crush_start = time.perf_counter()
-        bits = crush.batched_signatures(signature_scores)  # [L, M, Q]
-        kept_any = torch.zeros(n_layers, m, dtype=torch.bool, device=bits.device)
-        kept_any.scatter_(1, order[:, :, : plan.importance].reshape(n_layers, -1), True)
-        candidate = ~kept_any  # step 3
-        n_candidates = candidate.sum(dim=-1)
-        counts = host_ints([n_candidates])[0]  # the one host sync: bucket sizes are Python ints
-        if min(counts) < plan.crush:
-            return None
-        anchors = crush.batched_anchor(bits, self.anchor, self.seed)  # [L, Q], step 5
-        distances = (bits ^ anchors[:, None, :]).sum(dim=-1, dtype=torch.int64)  # [L, M], step 6
-        index = torch.arange(m, device=bits.device)
-        # Step 7's (distance, index) order of each layer's candidates, the other units after them.
-        last = torch.full_like(distances, torch.iinfo(torch.int64).max)
-        keys = torch.where(candidate, distances * (m + 1) + index, last)
-        ordered = torch.argsort(keys, dim=-1)
-        steps = n_candidates // plan.crush
-        picks = ordered.gather(1, torch.arange(plan.crush, device=bits.device)[None, :] * steps[:, None])
-        kept = torch.cat([order[:, :, : plan.importance], picks[:, None, :].expand(n_layers, heads, -1)], dim=2)
-        ascending = torch.sort(torch.where(candidate, index, m), dim=-1).values + lo  # every layer's F, sorted
-        in_order = ordered + lo
-        synchronize(devices)
-        crush_s = time.perf_counter() - crush_start
+        watch = Stopwatch(layers[0].keys.device)  # crush_s covers KVCrush's own device work
+        with watch.timing():
+            bits = crush.batched_signatures(signature_scores)  # [L, M, Q]
+            kept_any = torch.zeros(n_layers, m, dtype=torch.bool, device=bits.device)
+            kept_any.scatter_(1, order[:, :, : plan.importance].reshape(n_layers, -1), True)
+            candidate = ~kept_any  # step 3
+            n_candidates = candidate.sum(dim=-1)
+            counts = host_ints([n_candidates])[0]  # the one host sync: bucket sizes are Python ints
+            if min(counts) < plan.crush:
+                return None
+            anchors = crush.batched_anchor(bits, self.anchor, self.seed)  # [L, Q], step 5
+            distances = (bits ^ anchors[:, None, :]).sum(dim=-1, dtype=torch.int64)  # [L, M], step 6
+            index = torch.arange(m, device=bits.device)
+            # Step 7's (distance, index) order of each layer's candidates, the other units after them.
+            last = torch.full_like(distances, torch.iinfo(torch.int64).max)
+            keys = torch.where(candidate, distances * (m + 1) + index, last)
+            ordered = torch.argsort(keys, dim=-1)
+            steps = n_candidates // plan.crush
+            picks = ordered.gather(1, torch.arange(plan.crush, device=bits.device)[None, :] * steps[:, None])
+            kept = torch.cat([order[:, :, : plan.importance], picks[:, None, :].expand(n_layers, heads, -1)], dim=2)
+            ascending = torch.sort(torch.where(candidate, index, m), dim=-1).values + lo  # every layer's F, sorted
+            in_order = ordered + lo
+        crush_s = watch.seconds
         unit_anchor = torch.zeros(m, dtype=torch.int64, device=bits.device)
         bucket_anchor = torch.zeros(plan.crush, dtype=torch.int64, device=bits.device)
         share = (time.perf_counter() - start) / n_layers
@@ -341,30 +339,28 @@ class KVCrush(Policy):
                 units.append(policy._ranked_units(i, layer, plan, scores))
         if not units:
             return traces  # type: ignore[return-value]
-        devices = {u.layer.keys.device for u in units}
-        synchronize(devices)
-        crush_start = time.perf_counter()
-        for u in units:
-            u.policy._find_candidates(u)
-        kmeans = self.anchor_mode == "kmeans" and self.anchors > 1
-        read = [u.n_candidates for u in units]
-        read += [u.distinct.count for u in units] if kmeans else [u.sizes for u in units if self.anchors > 1]
-        values = host_ints(read)
-        counts = [v[0] for v in values[: len(units)]]
-        if kmeans:
-            seeds = to_device([crush.kmeans_seeds(v[0], self.anchors, self.seed) for v in values[len(units):]],
-                              [u.bits.device for u in units])
-            for u, seed in zip(units, seeds, strict=True):
-                u.policy._kmeans(u, seed)
-            sizes = host_ints([u.sizes for u in units])
-        elif self.anchors > 1:
-            sizes = values[len(units):]
-        else:
-            sizes = [[count] for count in counts]
-        for u, count, group_sizes in zip(units, counts, sizes, strict=True):
-            traces[u.index] = u.policy._finish(u, count, group_sizes)
-        synchronize(devices)
-        crush_s = time.perf_counter() - crush_start
+        watch = Stopwatch({u.layer.keys.device for u in units})
+        with watch.timing():
+            for u in units:
+                u.policy._find_candidates(u)
+            kmeans = self.anchor_mode == "kmeans" and self.anchors > 1
+            read = [u.n_candidates for u in units]
+            read += [u.distinct.count for u in units] if kmeans else [u.sizes for u in units if self.anchors > 1]
+            values = host_ints(read)
+            counts = [v[0] for v in values[: len(units)]]
+            if kmeans:
+                seeds = to_device([crush.kmeans_seeds(v[0], self.anchors, self.seed) for v in values[len(units):]],
+                                  [u.bits.device for u in units])
+                for u, seed in zip(units, seeds, strict=True):
+                    u.policy._kmeans(u, seed)
+                sizes = host_ints([u.sizes for u in units])
+            elif self.anchors > 1:
+                sizes = values[len(units):]
+            else:
+                sizes = [[count] for count in counts]
+            for u, count, group_sizes in zip(units, counts, sizes, strict=True):
+                traces[u.index] = u.policy._finish(u, count, group_sizes)
+        crush_s = watch.seconds
         host_total = sum(u.crush_s for u in units)
         for u in units:
             trace = traces[u.index]
@@ -521,12 +517,6 @@ class _Units:
     sizes: torch.Tensor | None = None
     distinct: crush.DistinctSignatures | None = None
     crush_s: float = 0.0
-
-
-def _synchronize(devices: set[torch.device]) -> None:
-    """Wait for every device the layers live on, so a time covers their queued work."""
-    for device in devices:
-        synchronize(device)
 
 
 def _refund(plan: BudgetPlan, unused: int) -> int:

@@ -24,9 +24,9 @@ PREFILL_MIN = 200  # input ids: more than any tail, reference or decode step, fa
 @pytest.fixture
 def forwards():
     """Lengths of the input ids of every forward of the app's model (loaded once per process, shared)."""
-    from ui.model import _load
+    from ui.model import _load, _placement
 
-    lm = _load("random:tiny", "auto")
+    lm = _load("random:tiny", _placement("auto"))  # the key the app's own lookup resolves "auto" to
     lengths: list[int] = []
 
     def hook(module, args, kwargs):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import pandas as pd
 
 from benchmarks import report
+from benchmarks.markdown import interval_text, markdown_table
 from benchmarks.pareto import Point, front_markdown, front_rows, pareto_front, storage_text
 
 
@@ -87,3 +90,22 @@ def test_report_and_chart_show_the_front(tmp_path):
     report.chart_html(results, chart, "test", embed_js=False)
     html = chart.read_text()
     assert "Pareto front" in html and '"snapkv~4b at 25%, 4-bit, same bytes"' in html
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, at the top or inside a function (an import there hides a cycle)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+    return names
+
+
+def test_the_front_and_the_headline_do_not_import_the_report_back():
+    """report imports pareto and verdicts; their tables come from `benchmarks.markdown`, so no cycle."""
+    folder = Path(report.__file__).parent
+    for module in ("pareto", "verdicts", "markdown"):
+        assert "benchmarks.report" not in _imported_modules(folder / f"{module}.py"), module
+    assert report.markdown_table is markdown_table and report.interval_text is interval_text  # callers unchanged
