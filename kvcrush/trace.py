@@ -75,6 +75,14 @@ class LayerTrace:
     # A sliding-window layer (`kvcrush.sliding`) holds only the prompt rows from this position on: the budget
     # applies to those rows, positions before it are outside the layer's window (evicted by the model itself).
     held_from: int = 0
+    # KVCrush's cut-offs as its selection used them, in units (tokens, or blocks at block level): candidates are
+    # the units outside every head's top `importance_units` (T_imp); `crush_units` representatives were wanted
+    # (T_crush); each head kept its top `importance_kept` units other than the representatives, which is
+    # T_imp plus what the representatives left unused paid for (at `BudgetPlan.representative_cost` under a
+    # budget in bytes). None for policies without representatives (their cut-off is `importance`).
+    importance_units: int | None = None
+    crush_units: int | None = None
+    importance_kept: int | None = None
 
     @property
     def middle_start(self) -> int:

@@ -5,8 +5,12 @@ selection itself computed from those values: each KV head's stable descending or
 scores (ties: lower index, `kvcrush.crush.stable_top_indices`), and at block level the block scores
 as sums of their tokens' scores (spec section 4). Nothing is scored again and no model is needed.
 
-How many units a head keeps by importance (`cutoff`), spec section 3 steps 1-2 and 8:
-- token level: `T_imp + T_crush - crush_used` (budget the representatives did not use goes back);
+How many units a head keeps by importance (`cutoff`), spec section 3 steps 1-2 and 8, is what KVCrush's
+selection recorded (`LayerTrace.importance_kept`, with `importance_units` and `crush_units`): `T_imp` plus the
+importance units that the budget the representatives left unused paid for (one each, or fewer under a budget
+in bytes when representatives are stored at fewer bits). Traces without that record (other policies, or
+traces saved before it existed) derive it from the budget split:
+- token level: `T_imp + T_crush - crush_used`;
 - block level: `n_keep - picks`, with `n_keep = (T - sink - recent) // B` whole blocks (the tokens that do
   not fill a block are already part of the trace's `recent`).
 Candidates are the units outside every head's top `T_imp` (`candidate_cutoff`). When there are fewer
@@ -126,7 +130,10 @@ def _fill_ranks(rank: torch.Tensor, is_representative: torch.Tensor) -> torch.Te
 
 
 def _cutoffs(layer: LayerTrace, n_representatives: int) -> tuple[int, int, int]:
-    """(units kept by importance per head, `T_imp` and `T_crush` in units); see the module docstring."""
+    """(units kept by importance per head, `T_imp` and `T_crush` in units): as the selection recorded them
+    (KVCrush, `LayerTrace.importance_kept`), else from the layer's budget split (see the module docstring)."""
+    if layer.importance_kept is not None:
+        return layer.importance_kept, layer.importance_units, layer.crush_units
     if layer.granularity == "block":
         n_keep = (layer.budget - layer.sink - layer.recent) // layer.block_size
         n_crush = round_half_up((layer.crush_fraction or 0.0) * n_keep)

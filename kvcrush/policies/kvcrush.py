@@ -306,7 +306,8 @@ class KVCrush(Policy):
                 buckets=list(torch.split(in_order[i, : counts[i]], crush.bucket_sizes(counts[i], plan.crush))),
                 crush_s=crush_s / n_layers, absolute=True,
                 trace_fields={"anchors": anchors[i][None], "unit_anchor": unit_anchor,
-                              "bucket_anchor": bucket_anchor, "crush_fraction": fraction})
+                              "bucket_anchor": bucket_anchor, "crush_fraction": fraction,
+                              **_cutoffs(plan.importance, plan.crush, plan.importance)})
             traces.append(self.layer_trace(layer, plan, kv[i], selection, time.perf_counter() - share))
         return traces
 
@@ -462,7 +463,8 @@ class KVCrush(Policy):
         selection = MiddleSelection(
             kept=kept, crush_used=crush_used, signatures=u.token_bits, anchor=u.anchors[0], distances=u.distances,
             candidates=candidates, representatives=picks, buckets=buckets, blocks=blocks, extra_recent=u.leftover,
-            crush_s=u.crush_s, trace_fields=grouping.trace_fields(self.crush_fraction),
+            crush_s=u.crush_s,
+            trace_fields={**grouping.trace_fields(self.crush_fraction), **_cutoffs(u.n_importance, u.n_crush, count)},
         )
         return self.layer_trace(u.layer, plan, u.kv_scores, selection, u.start)
 
@@ -517,6 +519,12 @@ class _Units:
     sizes: torch.Tensor | None = None
     distinct: crush.DistinctSignatures | None = None
     crush_s: float = 0.0
+
+
+def _cutoffs(importance_units: int, crush_units: int, importance_kept: int) -> dict[str, int]:
+    """The cut-offs a selection used, as `LayerTrace` fields (the explainer reads them, never re-derives them)."""
+    return {"importance_units": int(importance_units), "crush_units": int(crush_units),
+            "importance_kept": int(importance_kept)}
 
 
 def _refund(plan: BudgetPlan, unused: int) -> int:

@@ -25,6 +25,12 @@ CASES = [
     ("kvcrush", 0.9, {"crush_fraction": 0.8, "granularity": "block", "block_size": 4}),
     ("kvcrush", 0.3, {"base": "h2o", "head_reduction": "all"}),
     ("kvcrush", 0.3, {"base": "tova", "split": "adaptive"}),
+    # Quantized storage under a budget in bytes: representatives at 2 bits leave bytes that buy importance rows
+    # back at their own rate (the cut-off the explainer reads is the one the selection used).
+    ("kvcrush", 0.3, {"kv_bits": 8, "representative_bits": 2, "budget_bytes": 20000}),
+    ("kvcrush", 0.3, {"kv_bits": 8, "representative_bits": 2, "budget_bytes": 20000, "granularity": "block",
+                      "block_size": 4}),
+    ("kvcrush", 0.3, {"kv_bits": 4, "representative_bits": 2, "merge": "values"}),
     ("snapkv", 0.3, {}),
     ("pyramidkv", 0.3, {}),
     ("streaming", 0.3, {}),
