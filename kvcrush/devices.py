@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import torch
 
 from kvcrush.errors import ResourceError
+from kvcrush.sizes import format_bytes
 
 __all__ = ["ResourceError", "model_devices", "layer_devices", "synchronize", "Stopwatch", "free_bytes",
            "release_memory",
@@ -147,8 +148,6 @@ def device_choices() -> list[str]:
 
 def memory_report(devices: Iterable[torch.device]) -> str:
     """One line per CUDA device: free of total, and what this process holds (allocated / reserved)."""
-    from kvcrush.limits import format_bytes
-
     lines = []
     for device in devices:
         if torch.device(device).type != "cuda":
@@ -175,8 +174,6 @@ def out_of_memory_message(error: BaseException, what: str, devices: Iterable[tor
     MemoryError. Other CUDA errors (a device-side assert, an illegal address) leave the device's context
     unusable, which the message says.
     """
-    from kvcrush.limits import format_bytes
-
     text = str(error)
     devices = list(devices)
     report = memory_report(devices)

@@ -31,12 +31,13 @@ from typing import Any
 import torch
 
 from kvcrush.errors import ModelError, PromptError
+from kvcrush.sizes import format_bytes
 from kvcrush.textio import MAX_TEXT_BYTES
 
 __all__ = [
     "MAX_TEXT_BYTES", "SAFETY_FACTOR", "MemoryEstimate", "available_memory", "estimate_run_memory",
     "preflight", "max_tokens_that_fit", "device_needs", "weights_bytes", "allowed_model_dirs", "allowed_model_path",
-    "check_app_model_name", "format_bytes",
+    "check_app_model_name",
 ]
 
 SAFETY_FACTOR = 1.3  # the estimate leaves out allocator slack, temporaries and Python objects
@@ -46,16 +47,6 @@ SCORE_COPIES = 3  # attention logits, masked logits and softmax exist together f
 # on CPU the allocator keeps part of that resident. Measured on random:smollm2-135m at 2k tokens:
 # peak RSS grew by about half a chunk's working set per layer, which this factor accounts for.
 CHUNK_RESIDUE_PER_LAYER = 0.5
-
-
-def format_bytes(n: float) -> str:
-    """`1536 -> '1.5 KiB'`: binary units, one decimal."""
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:,.0f} bytes" if unit == "bytes" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{value:,.1f} GiB"  # pragma: no cover
 
 
 # --- available memory ------------------------------------------------------------------------------

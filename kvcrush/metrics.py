@@ -6,9 +6,10 @@ import re
 import string
 from collections import Counter
 
+import numpy as np
 import torch
 
-from kvcrush.trace import LayerTrace
+from kvcrush.trace import LayerTrace, RunTrace
 
 
 def normalize_answer(text: str) -> str:
@@ -63,3 +64,21 @@ def kept_mask(trace: LayerTrace) -> torch.Tensor:
     mask = torch.zeros(trace.kept.shape[0], trace.n_tokens, dtype=torch.bool)
     mask.scatter_(1, trace.kept.long(), True)
     return mask
+
+
+def head_agreement(trace: RunTrace) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer and KV head (`[layers, kv_heads]` each): the share of context tokens the head keeps, and the mean
+    Jaccard similarity |A ∩ B| / |A ∪ B| of its kept set with every other head's (1 with a single head, and
+    for two empty sets)."""
+    kept, agreement = [], []
+    for layer in trace.layers:
+        mask = kept_mask(layer).float()
+        heads = mask.shape[0]
+        kept.append((mask.sum(dim=1) / max(layer.n_tokens, 1)).numpy())
+        inter = mask @ mask.T
+        sizes = mask.sum(dim=1)
+        union = sizes[:, None] + sizes[None, :] - inter
+        jaccard = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+        agreement.append(((jaccard.sum(dim=1) - 1) / (heads - 1)).numpy() if heads > 1 else np.ones(1))
+    return np.stack(kept), np.stack(agreement)
+

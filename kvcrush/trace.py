@@ -287,13 +287,8 @@ class GenerationResult:
         return json.dumps(self.to_dict(), **kwargs)
 
 
-def traces_to_host(traces: list[LayerTrace], extra: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
-    """Move every tensor of every trace to the CPU in one copy per device (in place), with `extra` tensors.
-
-    Per-layer selection leaves its results on the layer's device; a selection calls this once after its
-    last layer, so it waits for the accelerator once instead of once per tensor and layer. Returns `extra`'s
-    CPU copies, in order.
-    """
+def _tensor_slots(traces: Sequence[LayerTrace]) -> tuple[list[tuple[LayerTrace, str, int | None]], list[torch.Tensor]]:
+    """Every tensor of every trace (fields holding a tensor or a list of tensors) and where it sits."""
     slots: list[tuple[LayerTrace, str, int | None]] = []
     tensors: list[torch.Tensor] = []
     for trace in traces:
@@ -303,16 +298,38 @@ def traces_to_host(traces: list[LayerTrace], extra: Sequence[torch.Tensor] = ())
                 slots.append((trace, f.name, None))
                 tensors.append(value)
             elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-                setattr(trace, f.name, list(value))  # a list of our own, filled in below
                 slots.extend((trace, f.name, i) for i in range(len(value)))
                 tensors.extend(value)
+    return slots, tensors
+
+
+def traces_to_host(traces: list[LayerTrace], extra: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+    """Move every tensor of every trace to the CPU in one copy per device (in place), with `extra` tensors.
+
+    Per-layer selection leaves its results on the layer's device; a selection calls this once after its
+    last layer, so it waits for the accelerator once instead of once per tensor and layer. Returns `extra`'s
+    CPU copies, in order.
+    """
+    slots, tensors = _tensor_slots(traces)
     moved = to_host([*tensors, *extra])
     for (trace, name, index), tensor in zip(slots, moved, strict=False):
         if index is None:
             setattr(trace, name, tensor)
         else:
+            if index == 0:
+                setattr(trace, name, list(getattr(trace, name)))  # a list of our own, filled in here
             getattr(trace, name)[index] = tensor
     return moved[len(tensors):]
+
+
+def trace_on_host(trace: RunTrace) -> RunTrace:
+    """`trace` with every layer's tensors on the CPU, in place, so views can use numpy and a session holds no
+    accelerator memory. The engine's selections arrive there already (`PreparedPrompt.select`); this moves what
+    another path left on a device (`traces_to_host`, one copy per device) and copies nothing otherwise."""
+    _, tensors = _tensor_slots(trace.layers)
+    if any(tensor.device.type != "cpu" for tensor in tensors):
+        traces_to_host(trace.layers)
+    return trace
 
 
 def to_jsonable(value: Any) -> Any:
@@ -331,4 +348,5 @@ def to_jsonable(value: Any) -> Any:
 __all__ = [
     "EVICTED", "SINK", "RECENT", "IMPORTANT", "REPRESENTATIVE", "PROTECTED", "STATUS_NAMES",
     "LayerTrace", "MergeRows", "RunTrace", "Timings", "GenerationResult", "to_jsonable", "asdict", "traces_to_host",
+    "trace_on_host",
 ]

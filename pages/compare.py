@@ -13,10 +13,11 @@ import streamlit as st
 
 import kvcrush
 from kvcrush.metrics import contains_answer, kept_jaccard, token_agreement
-from ui import export, memory_panel, page, plots, runs, textdiff
+from kvcrush.sizes import format_bytes
+from ui import export, memory_panel, page, plots, run_view, runs, textdiff
 from ui import model as model_ui
 from ui.colors import policy_color
-from ui.fmt import bytes_text, ratio, seconds
+from ui.fmt import ratio, seconds
 from ui.state import RunRequest, results
 
 DEFAULT = ["kvcrush", "snapkv"]
@@ -54,8 +55,8 @@ else:
 
 if records is not None:
     answers = config.prompt.answers
-    st.markdown(f"**Full cache** ({bytes_text(full.result.kv_bytes_before)} of KV):")
-    page.generated(full, answers)
+    st.markdown(f"**Full cache** ({format_bytes(full.result.kv_bytes_before)} of KV):")
+    run_view.generated(full, answers)
     st.caption("Below, each policy's text against the full cache's: underlined blue words are new, "
                "struck-through vermillion words are missing.")
     columns = st.columns(len(records))
@@ -69,8 +70,8 @@ if records is not None:
                     f"{html.escape(record.label)} · {html.escape(record.request.policy.budget_text)}</div>")
             st.html(textdiff.diff_html(result.text, full.result.text))
             sub = st.columns(2)
-            sub[0].metric("KV after", bytes_text(result.kv_bytes_after),
-                          help=f"before: {bytes_text(result.kv_bytes_before)}")
+            sub[0].metric("KV after", format_bytes(result.kv_bytes_after),
+                          help=f"before: {format_bytes(result.kv_bytes_before)}")
             sub[1].metric("Reduction", ratio(result.kv_bytes_before, result.kv_bytes_after))
             sub = st.columns(2)
             sub[0].metric("Agreement", f"{agreement:.0%}", help="Share of generated tokens equal to the full cache's.")
@@ -79,7 +80,7 @@ if records is not None:
                                f"{seconds(result.timings.select_s)}; the prefill is shared by every column.")
             interval = int(result.trace.policy.get("decode_interval") or 0)
             sub = st.columns(2)
-            sub[0].metric("KV after answer", bytes_text(result.kv_bytes_final) if result.kv_bytes_final else "n/a",
+            sub[0].metric("KV after answer", format_bytes(result.kv_bytes_final) if result.kv_bytes_final else "n/a",
                           help="The whole cache after the answer (question, template and generated tokens "
                                "included), measured from its tensors"
                                + (f"; decode-time eviction every {interval} tokens kept it at the budget."

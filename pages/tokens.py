@@ -14,10 +14,13 @@ import dataclasses
 import streamlit as st
 
 from kvcrush import explain
+from kvcrush.explain import decode_cache
+from kvcrush.metrics import head_agreement
+from kvcrush.sizes import format_bytes
 from kvcrush.trace import EVICTED
-from ui import decode_view, export, page, pick, plots, policy_options, runs, span_view, token_click, why_view
+from ui import export, page, pick, plots, policy_options, runs, span_view, token_click, why_view
 from ui import tokens as tok
-from ui.fmt import bytes_text, seconds
+from ui.fmt import seconds
 
 WINDOWS = (200, 400, 600)
 GRID_KEY = "tok_grid"
@@ -64,13 +67,14 @@ def _window(token_strings: list[str], n_tokens: int) -> tuple[int, int]:
     return start, min(n_tokens, start + size)
 
 
-def _decode_eviction(record, layer_index: int, head_index: int, table, start: int, end: int, legend_slot,
-                     view_slot, slider_slot, memory_slot) -> None:
+def _decode_eviction(record, tokenizer, followed, layer_index: int, head_index: int, table, start: int, end: int,
+                     legend_slot, view_slot, slider_slot, memory_slot) -> None:
     """A run with decode-time eviction: the step slider, the prompt and generated tokens held after token n,
-    and the cache's size over the answer (`ui.decode_view` rebuilds what is held from the eviction records)."""
+    and the cache's size over the answer (`kvcrush.explain.decode_cache` rebuilds what is held from the eviction
+    records). `tokenizer` and `followed` (the followed span, or None) come from the page."""
     result = record.result
     interval = int(result.trace.policy.get("decode_interval") or 0)
-    line = decode_view.timeline(result, layer_index, interval)
+    line = decode_cache.timeline(result, layer_index, interval)
     n_generated = line.n_generated
     if st.session_state.get(STEP_KEY, 0) > n_generated:
         st.session_state[STEP_KEY] = n_generated
@@ -80,7 +84,7 @@ def _decode_eviction(record, layer_index: int, head_index: int, table, start: in
                          help=f"Decode-time eviction (k = {interval}): whenever this layer's cache holds "
                               f"T + k = {line.budget + interval} tokens per head, the policy evicts it back to "
                               f"T = {line.budget}.")
-        view = decode_view.step_view(line, head_index, step)
+        view = decode_cache.step_view(line, head_index, step)
         shown = tok.mark_decode_evicted(table, view.prompt) if step else table
         evictions = sum(1 for s in line.steps if s <= line.in_cache(step))
         st.caption(f"After generated token {step}: KV head {head_index} of layer {layer_index} holds "
@@ -88,7 +92,7 @@ def _decode_eviction(record, layer_index: int, head_index: int, table, start: in
                    f"{int(view.appended.sum())} of {line.n_appended} question/template tokens, "
                    f"{int(view.generated.sum())} of {len(view.generated)} generated ones fed back) · "
                    f"{evictions} decode-time eviction(s) in this layer so far")
-        strings = [lm.tokenizer.decode([i]) for i in result.new_token_ids[: len(view.generated)]]
+        strings = [tokenizer.decode([i]) for i in result.new_token_ids[: len(view.generated)]]
         st.html(tok.generated_html(strings, view.generated, line.first_generated))
         if step == n_generated and n_generated:
             st.caption("The last generated token is never fed back into the cache (decoding stops after "
@@ -97,17 +101,17 @@ def _decode_eviction(record, layer_index: int, head_index: int, table, start: in
     view_slot.html(tok.tokens_html(shown, start, end, (followed.start, followed.end) if followed else None))
     with memory_slot.container(key="decode_memory", border=True):
         st.markdown("**Cache size while decoding**")
-        held = decode_view.held_counts(line, head_index)
-        without = decode_view.counts_without_eviction(line)
+        held = decode_cache.held_counts(line, head_index)
+        without = decode_cache.counts_without_eviction(line)
         st.plotly_chart(plots.decode_cache_curve(held, without, line.budget + interval, step,
                                                  f"Layer {layer_index}, KV head {head_index}: tokens held per head"),
                         key="tok_decode_curve", config={"displayModeBar": False})
         cols = st.columns(4)
-        computed = decode_view.bytes_without_eviction(result)
+        computed = decode_cache.bytes_without_eviction(result)
         final = result.kv_bytes_final
-        cols[0].metric("KV after answer", bytes_text(final) if final is not None else "n/a",
+        cols[0].metric("KV after answer", format_bytes(final) if final is not None else "n/a",
                        help="Bytes of the whole cache after the answer (every layer), measured from its tensors.")
-        cols[1].metric("Without decode-time eviction", bytes_text(computed) if computed is not None else "n/a",
+        cols[1].metric("Without decode-time eviction", format_bytes(computed) if computed is not None else "n/a",
                        help="Computed, not measured: every layer's T + the appended question/template tokens + "
                             "the generated tokens fed back, at the bytes per token of the compressed cache.")
         cols[2].metric("Peak tokens per head", f"{result.peak_cache_tokens:,}" if result.peak_cache_tokens else "n/a",
@@ -165,7 +169,7 @@ with left:
 
 with right:
     color_label = st.radio("Grid colour", list(COLOR_BY), key="tok_grid_color", horizontal=False)
-    kept_share, agreement = tok.head_grid_values(trace)
+    kept_share, agreement = head_agreement(trace)
     values = agreement if COLOR_BY[color_label] == "agreement" else kept_share
     figure = plots.head_grid(values, kept_share, agreement, (layer_index, head_index),
                              "agreement" if COLOR_BY[color_label] == "agreement" else "kept")
@@ -205,5 +209,5 @@ with st.expander("Token table and downloads"):
 
 record = opened.finish()  # stream the rest of the answer into its box at the top
 if record is not None and record.result.decode_evictions:
-    _decode_eviction(record, layer_index, head_index, table, start, end, legend_slot, view_slot, slider_slot,
-                     memory_slot)
+    _decode_eviction(record, lm.tokenizer, followed, layer_index, head_index, table, start, end, legend_slot,
+                     view_slot, slider_slot, memory_slot)

@@ -43,3 +43,24 @@ def test_block_tokens_and_merge_rows_need_no_host_read():
     assert tokens.tolist() == [8, 9, 12, 13]  # token i of a representative block takes token i of each member
     assert rows.targets.tolist() == [8, 9, 12, 13] and rows.members.tolist() == [8, 9, 10, 11, 12, 13]
     assert rows.slot.tolist() == [0, 1, 0, 1, 2, 3]
+
+
+def test_trace_on_host_copies_nothing_when_every_tensor_is_on_the_cpu():
+    from kvcrush.trace import RunTrace, trace_on_host
+
+    layers = [_trace(i) for i in range(3)]
+    objects = [(t.kept, t.scores, t.buckets, *t.buckets) for t in layers]
+    trace = RunTrace({"name": "kvcrush"}, "random:tiny", ["a"] * 10, 10, 0, False, layers)
+    with HostSyncCounter() as syncs:
+        assert trace_on_host(trace) is trace
+    assert syncs.count == 0
+    assert all(a is b for t, before in zip(layers, objects, strict=True)
+               for a, b in zip((t.kept, t.scores, t.buckets, *t.buckets), before, strict=True))
+
+
+def test_traces_to_host_gives_each_trace_its_own_list():
+    shared = [torch.tensor([4, 5]), torch.tensor([6])]
+    trace = _trace(0)
+    trace.buckets = shared
+    traces_to_host([trace])
+    assert trace.buckets is not shared and [b.tolist() for b in trace.buckets] == [[4, 5], [6]]

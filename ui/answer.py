@@ -17,26 +17,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import fields
-
-import torch
 
 import kvcrush
 from kvcrush.attention_use import AttentionRecorder
+from kvcrush.trace import trace_on_host
 from ui.state import ResultStore, RunRecord, RunRequest, SelectionStore
-
-
-def trace_on_cpu(trace: kvcrush.RunTrace) -> kvcrush.RunTrace:
-    """Move every tensor of the trace to the CPU (a CUDA run leaves some there), so pages can use numpy and
-    session state holds no GPU memory."""
-    for layer in trace.layers:
-        for item in fields(layer):
-            value = getattr(layer, item.name)
-            if isinstance(value, torch.Tensor):
-                setattr(layer, item.name, value.detach().cpu())
-            elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-                setattr(layer, item.name, [v.detach().cpu() for v in value])
-    return trace
 
 
 def generate(prepared: kvcrush.PreparedPrompt, request: RunRequest, should_stop: Callable[[], bool], began: float,
@@ -52,7 +37,7 @@ def generate(prepared: kvcrush.PreparedPrompt, request: RunRequest, should_stop:
     result = prepared.generate(request.policy.build(), request.max_new_tokens,
                                reference_ids=list(request.reference_ids) or None, progress=progress,
                                should_stop=should_stop, on_token=on_token, selection=selection, observer=recorder)
-    trace_on_cpu(result.trace)
+    trace_on_host(result.trace)
     record = RunRecord(request, result, time.perf_counter() - began,
                        attention=recorder.result if recorder is not None else None)
     results.put(record)

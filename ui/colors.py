@@ -29,7 +29,7 @@ STATUS_COLORS: dict[int, str] = {
     PROTECTED: OKABE_ITO["yellow"],
 }
 # A display-only status (never in a trace): a prompt token kept at compression and evicted later, while
-# the answer was decoded (decode-time eviction, `ui.decode_view`).
+# the answer was decoded (decode-time eviction, `kvcrush.explain.decode_cache`).
 DECODE_EVICTED = 99
 STATUS_COLORS[DECODE_EVICTED] = "#F5CDB6"  # light vermillion: evicted, but later than the grey ones
 STATUS_TEXT_COLORS: dict[int, str] = {EVICTED: "#6b6b6b", DECODE_EVICTED: "#8a3d00"}

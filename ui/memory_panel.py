@@ -6,8 +6,8 @@ import streamlit as st
 
 from kvcrush.memory import DTYPE_BYTES, PRESET_SHAPES, KVShape, project
 from kvcrush.quant import KV_BITS
+from kvcrush.sizes import format_bytes
 from ui import plots
-from ui.fmt import bytes_text
 
 CUSTOM = "Custom"
 DEFAULT_PRESET = "Llama-3-8B"
@@ -57,15 +57,15 @@ def render(fraction: float, budget_label: str, kv_bits: int = 16) -> None:
         shape = KVShape(layers, kv_heads, head_dim, dtype)
         projection = project(shape, tokens, fraction, batch, bits)
         cols = st.columns(4)
-        cols[0].metric("Full KV cache", bytes_text(projection.full_bytes))
-        cols[1].metric("Compressed", bytes_text(projection.compressed_bytes))
-        cols[2].metric("Saved", bytes_text(projection.saved_bytes))
+        cols[0].metric("Full KV cache", format_bytes(projection.full_bytes))
+        cols[1].metric("Compressed", format_bytes(projection.compressed_bytes))
+        cols[2].metric("Saved", format_bytes(projection.saved_bytes))
         cols[3].metric("Projected reduction", f"{projection.ratio:.2f}x")
-        st.caption(f"{bytes_text(shape.bytes_per_token() * batch)} per token "
+        st.caption(f"{format_bytes(shape.bytes_per_token() * batch)} per token "
                    f"(2 × {layers} layers × {kv_heads} KV heads × {head_dim} × {DTYPE_BYTES[dtype]} bytes"
                    f"{f' × batch {batch}' if batch > 1 else ''}); "
                    f"{projection.kept_tokens:,} of {tokens:,} tokens kept"
-                   + (f", stored at {bits} bits ({bytes_text(shape.stored_bytes_per_token(bits) * batch)} per token)."
+                   + (f", stored at {bits} bits ({format_bytes(shape.stored_bytes_per_token(bits) * batch)} per token)."
                       if bits < 16 else "."))
         grid = sorted({2**k for k in range(10, 18)} | {tokens})
         full = [project(shape, t, fraction, batch, bits).full_bytes for t in grid]

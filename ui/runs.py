@@ -28,9 +28,10 @@ import streamlit as st
 
 import kvcrush
 from kvcrush.errors import KVCrushError
-from ui import answer, page, session_prompt
+from kvcrush.trace import trace_on_host
+from ui import answer, run_view, session_prompt
 from ui import model as model_ui
-from ui.answer import AnswerJob, trace_on_cpu
+from ui.answer import AnswerJob
 from ui.state import AppConfig, PolicyConfig, RunRecord, RunRequest, results, run_control, selections
 
 PREFILL_SHARE = 0.75  # share of a progress bar the prefill takes when a run needs one
@@ -92,7 +93,7 @@ def select(lm: kvcrush.LoadedModel, prepared: kvcrush.PreparedPrompt, request: R
     if trace is None:
         policy = request.policy.build()
         model_ui.preflight(lm, len(prepared.encoded.all_ids), request.max_new_tokens, policy, prepared)
-        trace = trace_on_cpu(prepared.select(policy, should_stop))
+        trace = trace_on_host(prepared.select(policy, should_stop))
         store.set(request.selection_key, trace)
     return trace
 
@@ -250,7 +251,7 @@ def begin_answer(live: LiveRun, head_start_s: float = 0.0) -> None:
         live.job.wait(0, timeout=head_start_s)
 
 
-def finish(lm: kvcrush.LoadedModel, live: LiveRun, slots: page.RunSlots,
+def finish(lm: kvcrush.LoadedModel, live: LiveRun, slots: run_view.RunSlots,
            answers: tuple[str, ...] = ()) -> RunRecord | None:
     """Stream the live run's answer into `slots` as it decodes, then show the finished run's summary.
 
@@ -273,7 +274,7 @@ def finish(lm: kvcrush.LoadedModel, live: LiveRun, slots: page.RunSlots,
             while True:
                 ids, done = job.wait(shown, timeout=0.25)
                 if len(ids) != shown:
-                    page.streaming(slots, request, decode(ids, skip_special_tokens=True), len(ids))
+                    run_view.streaming(slots, request, decode(ids, skip_special_tokens=True), len(ids))
                     shown = len(ids)
                 if done:
                     break
@@ -291,7 +292,7 @@ def finish(lm: kvcrush.LoadedModel, live: LiveRun, slots: page.RunSlots,
     record = job.record
     live.record = record
     st.session_state[LAST_PRIMARY] = request.key
-    page.fill(slots, record, answers)
+    run_view.fill(slots, record, answers)
     return record
 
 

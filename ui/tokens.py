@@ -10,7 +10,6 @@ import html
 
 import numpy as np
 import pandas as pd
-import torch
 
 from kvcrush.explain import span as explain_span
 from kvcrush.explain import text_spans
@@ -34,7 +33,8 @@ def status_matrix(trace: RunTrace, head: int) -> np.ndarray:
     return np.stack([layer_status(layer, head) for layer in trace.layers])
 
 
-def _middle(values: torch.Tensor | None, layer: LayerTrace, fill: float = np.nan) -> np.ndarray:
+def _middle(values, layer: LayerTrace, fill: float = np.nan) -> np.ndarray:
+    """`values` (a `[M]` tensor over the layer's middle, or None) spread over every context token."""
     full = np.full(layer.n_tokens, fill, dtype=np.float64)
     if values is not None and values.numel():
         data = values.float().numpy()
@@ -59,7 +59,7 @@ def token_signatures(layer: LayerTrace) -> list[str]:
     out = [""] * layer.n_tokens
     if layer.signatures is None:
         return out
-    bits = layer.signatures.to(torch.uint8).numpy()
+    bits = layer.signatures.numpy().astype(np.uint8)
     chars = np.where(bits > 0, "1", "0")
     for offset, row in enumerate(chars):
         out[layer.middle_start + offset] = "".join(row)
@@ -200,24 +200,6 @@ def legend_html(status_counts: dict[int, int] | None = None, precision_counts: d
         items.append(f'<span class="kv-legend-item kv-legend-bits-{bits}" style="display:inline-block;margin:2px 10px '
                      f'2px 0;"><span style="border-bottom:{style};padding:0 6px;">{name}</span> ({count:,})</span>')
     return '<div class="kv-legend" style="font-size:0.85rem;">' + "".join(items) + "</div>"
-
-
-def head_grid_values(trace: RunTrace) -> tuple[np.ndarray, np.ndarray]:
-    """(`[layers, kv_heads]` share of tokens kept, `[layers, kv_heads]` mean Jaccard with the other heads)."""
-    kept, agreement = [], []
-    for layer in trace.layers:
-        mask = kept_mask(layer).float()
-        heads = mask.shape[0]
-        kept.append((mask.sum(dim=1) / max(layer.n_tokens, 1)).numpy())
-        inter = mask @ mask.T
-        sizes = mask.sum(dim=1)
-        union = sizes[:, None] + sizes[None, :] - inter
-        jaccard = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
-        if heads > 1:
-            agreement.append(((jaccard.sum(dim=1) - 1) / (heads - 1)).numpy())
-        else:
-            agreement.append(np.ones(1))
-    return np.stack(kept), np.stack(agreement)
 
 
 def find_token(token_strings: list[str], needle: str) -> int | None:

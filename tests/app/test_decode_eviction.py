@@ -1,5 +1,5 @@
 """Decode-time eviction in the app: the sidebar's decode_interval, the Tokens page's step slider and memory
-panel, the Compare page's KV after the answer, and `ui.decode_view` against the engine's final cache."""
+panel, the Compare page's KV after the answer, and `kvcrush.explain.decode_cache` against the engine's final cache."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_compare_page_shows_kv_after_the_answer(app):
 @pytest.mark.parametrize(("name", "query_aware"), [("kvcrush", False), ("snapkv", True), ("pyramidkv", False)])
 def test_held_positions_match_the_final_cache(name, query_aware):
     import kvcrush
-    from ui import decode_view
+    from kvcrush.explain import decode_cache
 
     lm = kvcrush.load_model("random:tiny")
     context = " ".join(f"Line {i}: the code word is w{i * 7 % 97}." for i in range(60))
@@ -108,15 +108,15 @@ def test_held_positions_match_the_final_cache(name, query_aware):
     assert result.n_appended == len(prepared.appended_ids)
     last = len(result.new_token_ids)
     for layer_index, final in enumerate(result.cache_positions):
-        line = decode_view.timeline(result, layer_index, 8)
+        line = decode_cache.timeline(result, layer_index, 8)
         for head in range(final.shape[0]):
             expected = np.sort(final[head].numpy())
-            assert np.array_equal(decode_view.held_positions(line, head, last), expected), (layer_index, head)
-            view = decode_view.step_view(line, head, last)
+            assert np.array_equal(decode_cache.held_positions(line, head, last), expected), (layer_index, head)
+            view = decode_cache.step_view(line, head, last)
             assert view.tokens == len(expected)
-        counts = decode_view.held_counts(line, 0)
+        counts = decode_cache.held_counts(line, 0)
         assert counts[0] == line.budget + line.n_appended
         assert counts.max() <= max(counts[0], line.budget + 8 + 32)  # T + k, plus SnapKV's window at most
     plain = prepared.generate(kvcrush.make_policy(name, budget=0.25), max_new_tokens=48)
     if len(plain.new_token_ids) == last:
-        assert decode_view.bytes_without_eviction(result) == plain.kv_bytes_final
+        assert decode_cache.bytes_without_eviction(result) == plain.kv_bytes_final

@@ -54,7 +54,7 @@ def _superseded_while_decoding_script():
 
     import streamlit as st
 
-    from ui import page, runs, state
+    from ui import run_view, runs, state
     from ui.model import _load
 
     lm = _load("random:tiny", "cpu")
@@ -62,11 +62,11 @@ def _superseded_while_decoding_script():
     config = state.AppConfig(state.ModelChoice("random:tiny", "cpu"), state.PolicyConfig(name="snapkv"), prompt,
                              state.RunOptions(max_new_tokens=4))
     first = runs.current_run(config, lm)
-    runs.finish(lm, first, page.RunSlots(st.empty(), st.empty()))  # finished: the prefill and scores exist
+    runs.finish(lm, first, run_view.RunSlots(st.empty(), st.empty()))  # finished: the prefill and scores exist
     config = dataclasses.replace(config, policy=config.policy.with_budget(0.5))
     with lm.lock:  # the new answer's job starts but waits for the model until the newer run has begun
         live = runs.current_run(config, lm)
-        slots = page.run_header(live)
+        slots = run_view.run_header(live)
         st.write(f"selection shown: {live.trace.layers[0].kept.shape[1]} tokens kept")
         state.run_control().current = "a newer run"  # a widget changed while the page rendered the selection
     runs.finish(lm, live, slots)

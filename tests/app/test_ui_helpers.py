@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 import kvcrush
 from kvcrush.trace import EVICTED, IMPORTANT, REPRESENTATIVE, STATUS_NAMES
@@ -51,15 +50,6 @@ def test_no_op_layers_show_everything_kept(run):
     trace = kvcrush.prepare(lm, "short text " * 20).select(kvcrush.make_policy("snapkv", 1.0))
     status = tok.layer_status(trace.layers[0], 0)
     assert (status == IMPORTANT).all()
-
-
-def test_head_grid_values(run):
-    kept, agreement = tok.head_grid_values(run.trace)
-    assert kept.shape == agreement.shape == (2, 2)
-    expected = [[len(set(layer.kept[head].tolist())) / layer.n_tokens for head in range(layer.kept.shape[0])]
-                for layer in run.trace.layers]
-    assert np.allclose(kept, expected)
-    assert ((agreement > 0) & (agreement <= 1)).all()
 
 
 def test_find_token():
@@ -179,22 +169,3 @@ def test_memory_budget_fraction():
     assert memory_panel.budget_fraction(5000, 1000) == 1.0
 
 
-def test_traces_on_cpu_moves_every_tensor_and_tensor_list():
-    """A CUDA run leaves some trace tensors on the GPU; the app moves them all with `.cpu()` (spied here)."""
-    from ui.answer import trace_on_cpu
-
-    moved: list[str] = []
-
-    class Spy(torch.Tensor):
-        def cpu(self, *args, **kwargs):
-            moved.append("cpu")
-            return torch.Tensor.cpu(self, *args, **kwargs).as_subclass(torch.Tensor)
-
-    lm = kvcrush.load_model("random:tiny", device="cpu")
-    trace = kvcrush.prepare(lm, "Words and more words. " * 30).select(kvcrush.make_policy("kvcrush", 0.3))
-    layer = trace.layers[0]
-    layer.signatures = layer.signatures.as_subclass(Spy)
-    layer.buckets = [bucket.as_subclass(Spy) for bucket in layer.buckets]
-    trace_on_cpu(trace)
-    assert len(moved) == 1 + len(layer.buckets)
-    assert type(layer.signatures) is torch.Tensor and all(type(b) is torch.Tensor for b in layer.buckets)

@@ -11,6 +11,7 @@ import torch
 import kvcrush
 from kvcrush import limits
 from kvcrush.errors import ModelError, PromptError
+from kvcrush.sizes import format_bytes
 
 # --- available memory and the estimate -------------------------------------------------------------------
 
@@ -78,7 +79,7 @@ def test_preflight_refuses_with_the_numbers(tiny_lm):
         limits.preflight(tiny_lm, 4000, 16, policy, available=lambda d: room)
     message = str(error.value)
     assert "4,000 prompt tokens + 16 new tokens need about" in message
-    assert f"only {limits.format_bytes(room)} is available on cpu" in message
+    assert f"only {format_bytes(room)} is available on cpu" in message
     assert "Shorten the prompt to about 300 tokens or fewer" in message
     assert limits.max_tokens_that_fit(tiny_lm, 16, policy, room) == 300
 
@@ -125,12 +126,6 @@ def test_h2o_on_a_long_prompt_counts_its_second_prefill(tiny_lm, essay_prompt):
 def test_a_model_on_one_device_needs_the_whole_estimate_there(tiny_lm):
     estimate = limits.estimate_run_memory(tiny_lm, 500, 8, kvcrush.make_policy("snapkv"))
     assert limits.device_needs(tiny_lm, estimate) == {tiny_lm.device: estimate.total}
-
-
-def test_format_bytes():
-    assert limits.format_bytes(512) == "512 bytes"
-    assert limits.format_bytes(1536) == "1.5 KiB"
-    assert limits.format_bytes(3 * 1024**3) == "3.0 GiB"
 
 
 def test_weights_estimate_is_close_to_the_real_parameter_count(tiny_lm):
@@ -191,7 +186,7 @@ def test_app_accepts_small_random_shapes_and_refuses_ones_that_do_not_fit(model_
     with pytest.raises(ModelError, match="Unknown random shape 'huge'"):
         limits.check_app_model_name("random:huge")
     monkeypatch.setattr(limits, "available_memory", lambda device: 1 << 30)
-    with pytest.raises(ModelError, match=r"random:llama-3-8b needs about .* of weights but only 1.0 GiB"):
+    with pytest.raises(ModelError, match=r"random:llama-3-8b needs about .* of weights but only 1.00 GiB"):
         limits.check_app_model_name("random:llama-3-8b")
 
 

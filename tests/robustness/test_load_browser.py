@@ -60,22 +60,22 @@ def _app_policy() -> kvcrush.Policy:
 
 
 def _shown_text(text: str) -> str:
-    """What the app's answer box shows for `text` (ui.page.generated), whitespace folded."""
+    """What the app's answer box shows for `text` (ui.run_view.generated), whitespace folded."""
     if not text.strip():
         return f"(only whitespace: {len(text)} characters)" if text else "(no text)"
     return " ".join(text.split())
 
 
 def _expected(lm, prompt: str, new_tokens: int) -> dict:
-    from ui.fmt import bytes_text
+    from kvcrush.sizes import format_bytes
 
     result = kvcrush.generate(lm, prompt, _app_policy(), max_new_tokens=new_tokens)
     n = result.trace.n_context
     kept = [p for p in result.trace.layers[0].kept[0].tolist() if p < WINDOW]
     return {
         "caption": f"{n:,} context tokens (under the budget)",
-        "before": bytes_text(result.kv_bytes_before),
-        "after": bytes_text(result.kv_bytes_after),
+        "before": format_bytes(result.kv_bytes_before),
+        "after": format_bytes(result.kv_bytes_after),
         "kept": kept,
         "text": _shown_text(result.text),
         "decode_per_token_s": result.timings.decode_per_token_s,

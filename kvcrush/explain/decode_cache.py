@@ -11,8 +11,8 @@ template tokens; generated token `i` (0-based) is at `n_context + n_appended + i
 token is never fed back (decoding stops after choosing it), so at most `n_generated - 1` generated
 tokens are ever in the cache.
 
-Pure functions of the result, no Streamlit: the Tokens page renders them and the tests check them
-against the cache the engine ended with (`GenerationResult.cache_positions`).
+Pure functions of the result: the Tokens page renders them and the tests check them against the cache the
+engine ended with (`GenerationResult.cache_positions`).
 """
 
 from __future__ import annotations
