@@ -89,6 +89,11 @@ class LayerTrace:
         return self.held_from + self.sink
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of every tensor this layer's trace holds (`numel * element_size`, lists of tensors included)."""
+        return sum(tensor.numel() * tensor.element_size() for tensor in _tensor_slots([self])[1])
+
+    @property
     def n_held(self) -> int:
         """Prompt rows this layer held before the policy chose (all but a sliding layer's out-of-window ones)."""
         return self.n_tokens - self.held_from
@@ -237,6 +242,11 @@ class RunTrace:
     query_aware: bool
     layers: list[LayerTrace] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every tensor the trace holds, over all layers (`LayerTrace.nbytes`; token strings aside)."""
+        return sum(layer.nbytes for layer in self.layers)
 
 
 @dataclass

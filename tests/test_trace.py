@@ -64,3 +64,15 @@ def test_traces_to_host_gives_each_trace_its_own_list():
     trace.buckets = shared
     traces_to_host([trace])
     assert trace.buckets is not shared and [b.tolist() for b in trace.buckets] == [[4, 5], [6]]
+
+
+def test_nbytes_counts_every_tensor_and_tensor_list_of_a_trace():
+    from kvcrush.trace import RunTrace
+
+    layers = [_trace(i) for i in range(3)]
+    layer = layers[0]
+    expected = (6 * 8 + 16 * 4 + 32 * 1 + 2 * 8 + (2 + 1) * 8 + (4 + 2) * 4)  # kept, scores, signatures, reps,
+    assert layer.nbytes == expected                                        # buckets, merge weights
+    assert RunTrace({"name": "kvcrush"}, "random:tiny", ["a"] * 10, 10, 0, False, layers).nbytes == 3 * expected
+    layer.signatures = None
+    assert layer.nbytes == expected - 32
