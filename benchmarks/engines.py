@@ -286,9 +286,11 @@ def run_kvpress_all(lm: LoadedModel, specs: list[PolicySpec], budgets: list[floa
     then each cache gets the tail appended and is decoded and/or scored like ours. Each outcome's
     ``prefill_s`` is what a prefill under that press alone costs (the shared forward plus its own hook).
     """
+    outcomes: dict[tuple[str, float], Outcome] = {}
+    if not any(spec.engine == ENGINE_KVPRESS for spec in specs):
+        return outcomes  # a grid without kvpress specs runs where kvpress is not installed
     from benchmarks.kvpress_runner import run_presses
 
-    outcomes: dict[tuple[str, float], Outcome] = {}
     for query_aware in (False, True):
         mode = [spec for spec in specs if spec.engine == ENGINE_KVPRESS and spec.query_aware == query_aware]
         if not mode:

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import argparse
 
-from kvpress import SnapKVPress
 from transformers import DynamicCache, pipeline
 
 import kvcrush
 from kvcrush.data import needle_example
-from kvcrush.integrations.kvpress import KVCrushPress
+from kvcrush.integrations import require_kvpress
 from kvcrush.kvcache import cache_bytes, cache_lengths
+
+# Before importing kvpress: says what is wrong and what to install when it is missing or rejects this transformers.
+require_kvpress()
+
+from kvpress import SnapKVPress  # noqa: E402
+
+from kvcrush.integrations.kvpress import KVCrushPress  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,23 +56,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from kvpress import (
-    ExpectedAttentionPress,
-    KeyDiffPress,
-    KnormPress,
-    ObservedAttentionPress,
-    PyramidKVPress,
-    ScorerPress,
-    SnapKVPress,
-    StreamingLLMPress,
-    TOVAPress,
-)
-from kvpress.presses.base_press import BasePress, is_prefilling
-from kvpress.utils import extract_keys_and_values
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from kvcrush.attention import attention_modules
+from kvcrush.attention import attention_modules, forward_hooks
 from kvcrush.decoding import (
     ReferenceScores,
     extend,
@@ -83,8 +70,27 @@ from kvcrush.decoding import (
     stop_ids,
     timed_greedy_decode,
 )
-from kvcrush.devices import synchronize
+from kvcrush.devices import Stopwatch, synchronize
+from kvcrush.integrations import require_kvpress
 from kvcrush.kvcache import cache_bytes, cache_lengths
+
+# Before importing kvpress: a clear message (what is wrong, what to install) when kvpress is missing or does not
+# accept the installed transformers (kvpress 0.5.5 requires transformers<5.3).
+require_kvpress()
+
+from kvpress import (  # noqa: E402
+    ExpectedAttentionPress,
+    KeyDiffPress,
+    KnormPress,
+    ObservedAttentionPress,
+    PyramidKVPress,
+    ScorerPress,
+    SnapKVPress,
+    StreamingLLMPress,
+    TOVAPress,
+)
+from kvpress.presses.base_press import BasePress, is_prefilling  # noqa: E402
+from kvpress.utils import extract_keys_and_values  # noqa: E402
 
 PressFactory = Callable[..., BasePress]
 
@@ -188,26 +194,8 @@ def _ids_tensor(ids: Sequence[int] | torch.Tensor, device: torch.device) -> torc
     return tensor.reshape(1, -1)
 
 
-class _Stopwatch:
-    """Accumulates synchronized seconds over several timed blocks."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds = 0.0
-
-    @contextmanager
-    def timing(self) -> Iterator[None]:
-        synchronize(self.device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            synchronize(self.device)
-            self.seconds += time.perf_counter() - start
-
-
 @contextmanager
-def _timed_compress(press: BasePress, watch: _Stopwatch) -> Iterator[None]:
+def _timed_compress(press: BasePress, watch: Stopwatch) -> Iterator[None]:
     """Time every ``press.compress`` call kvpress's hook makes (an instance attribute shadows the method)."""
     original = press.compress
 
@@ -228,7 +216,7 @@ def prefill_with_press(
     press: BasePress | None,
     input_ids: Sequence[int] | torch.Tensor,
     eager: bool = False,
-    hook_watch: _Stopwatch | None = None,
+    hook_watch: Stopwatch | None = None,
 ) -> tuple[DynamicCache, torch.Tensor, float]:
     """Prefill ``input_ids`` under ``press`` (None: no compression) into a fresh DynamicCache.
 
@@ -242,12 +230,10 @@ def prefill_with_press(
     attention = attention_implementation(model, "eager") if eager else nullcontext()
     timed = _timed_compress(press, hook_watch) if press is not None and hook_watch is not None else nullcontext()
     with attention, press(model) if press is not None else nullcontext(), timed:
-        synchronize(model)
-        start = time.perf_counter()
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        synchronize(model)
-        seconds = time.perf_counter() - start
-    return cache, out.logits, seconds
+        forward = Stopwatch(model)
+        with forward.timing():
+            out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache, out.logits, forward.seconds
 
 
 # --- every press and ratio from one prefill --------------------------------------------------------------
@@ -299,7 +285,7 @@ class _Job:
     key: JobKey
     press: BasePress
     cache: DynamicCache
-    watch: _Stopwatch
+    watch: Stopwatch
 
 
 def _attention_for(model: PreTrainedModel, press_name: str) -> str:
@@ -332,7 +318,7 @@ RATIO_FREE_SCORES = frozenset({"snapkv", "knorm", "tova", "observed_attention", 
                                "pyramidkv", "kvcrush"})
 
 
-def _share_scores(press: BasePress, memo: dict[int, tuple[torch.Tensor, float]], watch: _Stopwatch) -> None:
+def _share_scores(press: BasePress, memo: dict[int, tuple[torch.Tensor, float]], watch: Stopwatch) -> None:
     """Compute a press's scores once per layer for all its compression ratios.
 
     A press's ``score(module, hidden_states, keys, values, attentions, kwargs)`` does not read
@@ -350,11 +336,10 @@ def _share_scores(press: BasePress, memo: dict[int, tuple[torch.Tensor, float]],
         if cached is not None:
             watch.seconds += cached[1]
             return cached[0]
-        synchronize(watch.device)
-        start = time.perf_counter()
-        scores = original(module, *args)
-        synchronize(watch.device)
-        memo[module.layer_idx] = (scores, time.perf_counter() - start)
+        layer_watch = Stopwatch(*watch.targets)
+        with layer_watch.timing():
+            scores = original(module, *args)
+        memo[module.layer_idx] = (scores, layer_watch.seconds)
         return scores
 
     target.score = score  # instance attribute shadows the method that compress() calls
@@ -371,7 +356,7 @@ def _store(cache: DynamicCache, layer_idx: int, keys: torch.Tensor, values: torc
     layer.keys, layer.values = keys, values
 
 
-def _compress_hook(jobs: list[_Job], hook_watch: _Stopwatch) -> Callable:
+def _compress_hook(jobs: list[_Job], hook_watch: Stopwatch) -> Callable:
     """A forward hook that runs every job's ``compress`` on the layer's full keys, as kvpress's hook would."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple:
@@ -395,20 +380,12 @@ def _shared_forward(model: PreTrainedModel, attention: str, jobs: list[_Job], id
                     ) -> tuple[SharedForward, DynamicCache]:
     """One forward under ``attention`` with every job's hook; returns it and the forward's full cache."""
     full = DynamicCache(config=model.config)
-    hook_watch = _Stopwatch(model.device)
+    hook_watch = Stopwatch(model)
     hook = _compress_hook(jobs, hook_watch)
-    handles = [module.register_forward_hook(hook, with_kwargs=True) for module in attention_modules(model)]
-    try:
-        with attention_implementation(model, attention):
-            synchronize(model)
-            start = time.perf_counter()
-            out = model(input_ids=ids, past_key_values=full, use_cache=True, logits_to_keep=1)
-            synchronize(model)
-            seconds = time.perf_counter() - start
-    finally:
-        for handle in handles:
-            handle.remove()
-    return SharedForward(attention, out.logits[0, -1].float(), seconds - hook_watch.seconds), full
+    forward = Stopwatch(model)
+    with forward_hooks(attention_modules(model), hook), attention_implementation(model, attention), forward.timing():
+        out = model(input_ids=ids, past_key_values=full, use_cache=True, logits_to_keep=1)
+    return SharedForward(attention, out.logits[0, -1].float(), forward.seconds - hook_watch.seconds), full
 
 
 def prefill_with_presses(
@@ -441,7 +418,7 @@ def prefill_with_presses(
         for name, ratio, opts in members:
             press = make_press(name, ratio, **opts)
             press.post_init_from_model(model)
-            job = _Job((name, ratio), press, DynamicCache(config=model.config), _Stopwatch(model.device))
+            job = _Job((name, ratio), press, DynamicCache(config=model.config), Stopwatch(model))
             if name in RATIO_FREE_SCORES:
                 _share_scores(press, memos.setdefault((name, repr(sorted(opts.items()))), {}), job.watch)
             group.append(job)
@@ -547,7 +524,7 @@ def run_press(
         raise ValueError("context_ids is empty.")
     press = make_press(press_name, compression_ratio, window_size=window_size, **press_opts)
     n_context = len(context_ids)
-    watch = _Stopwatch(model.device)
+    watch = Stopwatch(model)
     cache, logits, prefill_s = prefill_with_press(model, press, context_ids, eager=press_name in EAGER_PRESSES,
                                                   hook_watch=watch)
     if continuation_ids:

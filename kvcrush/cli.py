@@ -1,4 +1,9 @@
-"""Command line: `python -m kvcrush generate --policy kvcrush --base snapkv --budget 0.25 --prompt-file F`."""
+"""Command line (`kvcrush` once the package is installed, or `python -m kvcrush`):
+
+  kvcrush generate --policy kvcrush --base snapkv --budget 0.25 --prompt-file F   compress a prompt and answer
+  kvcrush app [streamlit options]                  start the explorer (e.g. --server.port 8502)
+  kvcrush bench [benchmark options]                run the benchmark (kvcrush bench --help)
+"""
 
 from __future__ import annotations
 
@@ -31,9 +36,17 @@ def _owners(name: str) -> str:
     return ", ".join(cls.name for cls in POLICIES.values() if any(s.name == name for s in declared_options(cls)))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kvcrush", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+# Commands whose arguments go, untouched, to another program (kvcrush.launcher): streamlit and benchmarks.run.
+PASS_THROUGH = {
+    "app": "start the explorer: `streamlit run <explorer>/app.py [streamlit options]` (kvcrush app --help)",
+    "bench": "run the benchmark: `python -m benchmarks.run [options]` (kvcrush bench --help)",
+}
+
+
+def build_parser(prog: str = "kvcrush") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,app,bench}")
     run = commands.add_parser("generate", help="compress a prompt's KV cache and generate an answer")
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt-file", help="UTF-8 text file with the context")
@@ -55,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="auto")
     run.add_argument("--no-chat-template", action="store_true", help="feed the raw text without the chat template")
     run.add_argument("--json", action="store_true", help="print the result (with the full trace) as JSON")
+    for name, text in PASS_THROUGH.items():  # listed for --help; `main` hands their arguments over before parsing
+        commands.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -82,8 +97,14 @@ def _table(result, load_s: float) -> str:
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "kvcrush") -> int:
+    """The `kvcrush` console script (`python -m kvcrush` passes its own `prog`); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in PASS_THROUGH:
+        from kvcrush import launcher
+
+        return launcher.app(argv[1:], prog=f"{prog} app") if argv[0] == "app" else launcher.bench(argv[1:])
+    args = build_parser(prog).parse_args(argv)
     from kvcrush.generate import generate
     from kvcrush.models import load_model
 

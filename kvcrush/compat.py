@@ -5,6 +5,12 @@ newest on the registry), in one place.
   module; later releases call it ``cache=`` (the model still accepts ``past_key_values=`` with a FutureWarning until
   5.40, the attention modules get ``cache=`` only). `cache_kwargs` names it as the model's own ``forward`` does,
   and `hook_cache` reads it from an attention module's forward kwargs under either name.
+- A cache layer's ``update(key_states, value_states, ...)`` gets ``cache_kwargs`` in 5.2 and ``kwargs=`` later:
+  `kvcrush.quantized_cache.QuantizedKVLayer.update` takes either.
+- Elsewhere: the packaged tokenizer's files (`kvcrush.models.loading`, assets/tokenizer/README.md: a tokenizer class
+  that later releases build differently), a GGUF ``quantization_config`` that later releases keep on a converted
+  model's config (`kvcrush.models.loading.packaged_copy` drops it), and huggingface-hub 2.x, which no longer brings
+  httpx (the Hub probe uses the standard library).
 """
 
 from __future__ import annotations

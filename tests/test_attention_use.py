@@ -8,6 +8,7 @@ import torch
 import kvcrush
 from kvcrush.attention import attention_modules
 from kvcrush.attention_use import ANSWER_C, CATEGORIES, QUESTION_C, REPRESENTATIVE_C, AttentionRecorder
+from kvcrush.compat import cache_kwargs
 from kvcrush.explain.span import layer_status
 from kvcrush.kvcache import compressed_copy
 
@@ -30,7 +31,7 @@ def _eager_first_step(prepared, trace) -> torch.Tensor:
     lm.model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            output = lm.model(input_ids=torch.tensor([tail]), past_key_values=cache, output_attentions=True,
+            output = lm.model(input_ids=torch.tensor([tail]), **cache_kwargs(lm.model, cache), output_attentions=True,
                               position_ids=torch.arange(prepared.n_budgeted, prepared.n_budgeted + len(tail))[None])
     finally:
         lm.model.set_attn_implementation("sdpa")

@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 import kvcrush
+from kvcrush.compat import cache_kwargs
 from kvcrush.decoding import extend, greedy_decode, stop_ids
 from kvcrush.errors import PolicyError
 from kvcrush.kvcache import compressed_copy
@@ -61,7 +62,7 @@ def test_the_cache_holds_the_keys_of_the_positions_it_records(tiny_lm, prepared)
     ids = prepared.encoded.all_ids + new_ids[:-1]  # the last token was never forwarded
     full = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=torch.tensor([ids]), past_key_values=full, use_cache=True, logits_to_keep=1)
+        model(input_ids=torch.tensor([ids]), **cache_kwargs(model, full), use_cache=True, logits_to_keep=1)
     positions = evictor.positions[0]
     for head in range(tiny_lm.kv_heads):
         torch.testing.assert_close(cache.layers[0].keys[0, head], full.layers[0].keys[0, head, positions[head]],

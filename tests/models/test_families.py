@@ -21,6 +21,7 @@ from transformers import AutoConfig, DynamicCache
 import kvcrush
 from kvcrush.attention import accumulated_attention, attention_probs
 from kvcrush.attention_use import AttentionRecorder
+from kvcrush.compat import cache_kwargs
 from kvcrush.decoding import extend, stop_ids
 from kvcrush.kvcache import cache_bytes, compressed_copy
 from kvcrush.models.shapes import TINY_FAMILIES
@@ -128,7 +129,7 @@ def test_sliding_layers_budget_the_rows_they_hold(sliding):
     windows = layer_windows(lm.config)
     own = DynamicCache(config=lm.config)  # what transformers itself would hold after the prompt
     with torch.no_grad():
-        lm.model(torch.tensor([prepared.budgeted_ids]), past_key_values=own, use_cache=True)
+        lm.model(torch.tensor([prepared.budgeted_ids]), **cache_kwargs(lm.model, own), use_cache=True)
     assert prepared.held_bytes == cache_bytes(own) < cache_bytes(prepared.cache)
     for budget, expect_no_op in ((0.9, True), (12, False)):
         trace = prepared.select(kvcrush.make_policy("kvcrush", budget=budget))
@@ -206,8 +207,10 @@ KVPRESS_FAMILIES = ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "t
 
 @pytest.mark.parametrize("name", KVPRESS_FAMILIES)
 def test_snapkv_keeps_what_kvpress_keeps(name):
-    from benchmarks.kvpress_runner import press_kept_indices
     from kvcrush.prompts import EncodedPrompt
+    from tests.conftest import kvpress_or_skip
+
+    press_kept_indices = kvpress_or_skip("benchmarks.kvpress_runner").press_kept_indices
 
     # kvpress rotates the whole head, so its Phi-3 is the full-rotary one (Phi-3/3.5 as published).
     overrides = {"partial_rotary_factor": 1.0} if name == "tiny-phi3" else {}

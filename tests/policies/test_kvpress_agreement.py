@@ -15,9 +15,11 @@ import pytest
 import torch
 
 import kvcrush
-from benchmarks.kvpress_runner import press_kept_indices
 from kvcrush.policies import make_policy
 from kvcrush.prompts import EncodedPrompt
+from tests.conftest import kvpress_or_skip
+
+press_kept_indices = kvpress_or_skip("benchmarks.kvpress_runner").press_kept_indices  # skips without kvpress
 
 CASES = [
     ("snapkv", "snapkv", {"window": 32, "pooling": "avg"}, {"window_size": 32}),

@@ -8,10 +8,10 @@ import torch
 import kvcrush
 from kvcrush.budget import plan_budget_bytes
 from kvcrush.errors import BudgetError, PolicyError
-from kvcrush.integrations.kvpress import as_press
 from kvcrush.policies import POLICIES, make_policy
 from kvcrush.quant import KV_BITS
 from kvcrush.quantized_cache import QuantizedKVLayer
+from tests.conftest import kvpress_or_skip
 
 QUESTION = "What is the essay about?"
 CASES = [(name, {}) for name in POLICIES if name != "kvcrush"] + [
@@ -130,4 +130,4 @@ def test_bad_storage_options_are_refused():
     with pytest.raises(BudgetError, match="budget_bytes"):
         make_policy("snapkv", budget_bytes=0)
     with pytest.raises(PolicyError, match="kvcrush.prepare"):
-        as_press(make_policy("snapkv", kv_bits=4))
+        kvpress_or_skip("kvcrush.integrations.kvpress").as_press(make_policy("snapkv", kv_bits=4))
