@@ -71,8 +71,11 @@ from kvcrush.decoding import (
     timed_greedy_decode,
 )
 from kvcrush.devices import Stopwatch, synchronize
+from kvcrush.errors import ResourceError
 from kvcrush.integrations import require_kvpress
 from kvcrush.kvcache import cache_bytes, cache_lengths
+from kvcrush.limits import available_memory
+from kvcrush.sizes import format_bytes
 
 # Before importing kvpress: a clear message (what is wrong, what to install) when kvpress is missing or does not
 # accept the installed transformers (kvpress 0.5.5 requires transformers<5.3).
@@ -124,6 +127,27 @@ KVPRESS_PRESSES: dict[str, PressFactory] = {
 
 # Presses whose scores need the attention matrices returned by eager attention.
 EAGER_PRESSES = frozenset({"observed_attention"})
+
+
+
+def check_eager_attention_fits(model: PreTrainedModel, n_tokens: int) -> None:
+    """Refuse, before it starts, an eager-attention prefill that cannot fit (`ResourceError` with the numbers).
+
+    The presses of `EAGER_PRESSES` read the attention weights, which only eager attention returns: each layer
+    materialises its `[heads, N, N]` scores and their softmax in the model's dtype, 128 GiB for 32 heads at 32k
+    tokens in bf16, where SDPA needs none of it.
+    """
+    device = model.get_input_embeddings().weight.device
+    need = 2 * model.config.num_attention_heads * n_tokens * n_tokens * model.dtype.itemsize
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ResourceError(
+            f"Eager attention over {n_tokens:,} tokens (kvpress's {', '.join(sorted(EAGER_PRESSES))} reads the "
+            f"attention weights) materialises [{model.config.num_attention_heads} heads, {n_tokens:,}, "
+            f"{n_tokens:,}] scores and their softmax per layer: about {format_bytes(need)}, but only "
+            f"{format_bytes(free)} is available on {device}. Use a shorter prompt, or presses that do not need "
+            "the attention weights."
+        )
 
 
 JobKey = tuple[str, float]  # (press name, compression_ratio)
@@ -226,6 +250,8 @@ def prefill_with_press(
     seconds spent in the press's ``compress``.
     """
     ids = _ids_tensor(input_ids, model.device)
+    if eager:
+        check_eager_attention_fits(model, ids.shape[-1])
     cache = DynamicCache(config=model.config)
     attention = attention_implementation(model, "eager") if eager else nullcontext()
     timed = _timed_compress(press, hook_watch) if press is not None and hook_watch is not None else nullcontext()
@@ -379,6 +405,8 @@ def _compress_hook(jobs: list[_Job], hook_watch: Stopwatch) -> Callable:
 def _shared_forward(model: PreTrainedModel, attention: str, jobs: list[_Job], ids: torch.Tensor
                     ) -> tuple[SharedForward, DynamicCache]:
     """One forward under ``attention`` with every job's hook; returns it and the forward's full cache."""
+    if attention == "eager":
+        check_eager_attention_fits(model, ids.shape[-1])
     full = DynamicCache(config=model.config)
     hook_watch = Stopwatch(model)
     hook = _compress_hook(jobs, hook_watch)

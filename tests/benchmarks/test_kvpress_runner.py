@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks import kvpress_runner
 from benchmarks.kvpress_runner import (
     EAGER_PRESSES,
     KVPRESS_PRESSES,
@@ -293,3 +294,25 @@ def test_run_presses_decodes_and_scores_in_batches_like_one_at_a_time(tiny_llama
         assert result.new_token_ids == alone.new_token_ids and result.text == alone.text
         assert result.nll == pytest.approx(scored.nll, abs=1e-4)
         assert result.kv_bytes_after == alone.kv_bytes_after and result.decode_s > 0 and result.question_s > 0
+
+
+def test_an_eager_prefill_that_cannot_fit_is_refused_before_it_starts(tiny_llama, token_ids, monkeypatch):
+    """observed_attention materialises [heads, N, N] per layer: 2 x 4 x 200 x 200 x 4 bytes = 1.2 MiB here."""
+    from kvcrush.errors import ResourceError
+
+    forwards = []
+    handle = tiny_llama.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    monkeypatch.setattr(kvpress_runner, "available_memory", lambda device: 1 << 20)  # 1 MiB left
+    try:
+        for run in (lambda: prefill_with_press(tiny_llama, make_press("observed_attention", 0.5), token_ids[0],
+                                               eager=True),
+                    lambda: prefill_with_presses(tiny_llama, [("observed_attention", 0.5, {})], token_ids[0])):
+            with pytest.raises(ResourceError, match=r"\[4 heads, 200, 200\].*about 1\.2 MiB.*only 1\.0 MiB"):
+                run()
+        assert forwards == []
+        monkeypatch.setattr(kvpress_runner, "available_memory", lambda device: 2 << 20)  # 2 MiB: it fits
+        prefill_with_press(tiny_llama, make_press("observed_attention", 0.5), token_ids[0], eager=True)
+        assert forwards
+    finally:
+        handle.remove()
+
