@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from benchmarks import pareto, report  # noqa: E402
 from benchmarks.env import environment, keep_freed_memory, peak_rss_bytes, reset_peak_rss  # noqa: E402
 from benchmarks.grid import (  # noqa: E402
+    ENGINE_KVPRESS,
     FULL_BUDGETS,
     QUICK_POLICIES,
     STANDARD_POLICIES,
@@ -332,6 +333,7 @@ def run_quality(args: argparse.Namespace) -> Path:
         settings.dropped.append(f"Grid changed from the {settings.mode} preset by {', '.join(changed)} "
                                 "(see the command).")
     specs = parse_policies(settings.policies, settings.window, settings.crush_fraction)
+    _require_kvpress_for(specs)
     out = _out_dir(args, settings.mode)
     out.mkdir(parents=True, exist_ok=True)
     print(f"KVCrush benchmark, {settings.mode} mode -> {out}")
@@ -392,6 +394,18 @@ def run_quality(args: argparse.Namespace) -> Path:
             report.update_readme(summary)
             print("README.md benchmark headline updated from this run's summary.json.")
     return out
+
+
+def _require_kvpress_for(specs: list) -> None:
+    """Exit before anything loads when kvpress systems are asked for and kvpress cannot run here (missing, or it
+    refuses the installed transformers): the message says what to install, or which systems to leave out."""
+    from kvcrush.integrations import kvpress_problem
+
+    wanted = [spec.label for spec in specs if spec.engine == ENGINE_KVPRESS]
+    problem = kvpress_problem() if wanted else None
+    if problem:
+        raise SystemExit(f"{problem}\nThis run asks for {', '.join(wanted)}; choose --policies without kvpress:* "
+                         "systems to run the rest here.")
 
 
 @dataclass

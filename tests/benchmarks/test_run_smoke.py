@@ -101,3 +101,20 @@ def test_comparisons_overhead_and_parity(out_dir):
     assert ((parity["jaccard"] >= 0) & (parity["jaccard"] <= 1)).all()
     streaming = parity[parity["ours"] == "streaming"]["jaccard"]
     assert (streaming > 0.95).all()  # same rule on both sides, one token of rounding apart
+
+
+def test_kvpress_systems_without_a_usable_kvpress_stop_the_run_before_it_loads(monkeypatch, tmp_path):
+    import kvcrush.integrations
+
+    monkeypatch.setattr(kvcrush.integrations, "kvpress_problem", lambda: "kvpress is not installed.")
+    loads = []
+    monkeypatch.setattr("kvcrush.load_model", lambda *args, **kwargs: loads.append(args))
+    with pytest.raises(SystemExit, match=r"kvpress is not installed\.\nThis run asks for kvpress:snapkv"):
+        main(["--quick", "--model", "random:tiny", "--policies", "snapkv", "kvpress:snapkv",
+              "--out", str(tmp_path / "out"), "--no-progress"])
+    assert loads == [] and not (tmp_path / "out").exists()
+    # Without kvpress systems the same run does not ask for kvpress (the check passes: nothing raised here).
+    from benchmarks.grid import parse_policies
+    from benchmarks.run import _require_kvpress_for
+
+    _require_kvpress_for(parse_policies(["snapkv", "kvcrush:snapkv:alternating"]))
