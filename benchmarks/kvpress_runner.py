@@ -64,7 +64,6 @@ from kvcrush.decoding import (
     ReferenceScores,
     extend,
     greedy_decode_batch,
-    newline_ids,
     score_reference,
     score_reference_batch,
     stop_ids,
@@ -505,7 +504,7 @@ def _finish(
             scratch = copy.deepcopy(cache) if max_new_tokens else cache
             reference = score_reference(model, scratch, next_logits, position, list(continuation_ids))
         if max_new_tokens:
-            stops = _stops(model, tokenizer, eos_token_ids, stop_at_newline)
+            stops = stop_ids(model, tokenizer, stop_at_newline, eos_token_ids)
             new_ids, decode_s = timed_greedy_decode(model, cache, next_logits, position, max_new_tokens, stops)
     nll = None if reference is None else reference.nll
 
@@ -590,7 +589,7 @@ def run_presses(
     if continuation_ids and not max_new_tokens:
         return _score_batched(model, shared, len(context_ids), list(tail_ids or []), list(continuation_ids))
     if tail_ids and max_new_tokens:
-        stops = _stops(model, tokenizer, eos_token_ids, stop_at_newline)
+        stops = stop_ids(model, tokenizer, stop_at_newline, eos_token_ids)
         return _decode_batched(model, tokenizer, shared, len(context_ids), list(tail_ids), max_new_tokens,
                                list(continuation_ids or []), stops)
     for key in list(shared.caches):
@@ -599,19 +598,6 @@ def run_presses(
                                max_new_tokens, continuation_ids, eos_token_ids, shared.kv_bytes_before,
                                shared.job_prefill_s(key), shared.hook_s[key], stop_at_newline)
     return results
-
-
-def _stops(model: PreTrainedModel, tokenizer: Any, eos_token_ids: Sequence[int] | int | None,
-           stop_at_newline: bool) -> set[int]:
-    """Ids that end an answer: ``eos_token_ids`` (default: the model's and tokenizer's end tokens), and with
-    ``stop_at_newline`` every id whose text holds a line break."""
-    if eos_token_ids is None:
-        stops = stop_ids(model, tokenizer)
-    else:
-        stops = {eos_token_ids} if isinstance(eos_token_ids, int) else set(eos_token_ids)
-    if stop_at_newline and tokenizer is not None:
-        stops |= newline_ids(tokenizer)
-    return stops
 
 
 def _batches(shared: PressCaches, batch_size: int):

@@ -32,17 +32,24 @@ from kvcrush.sliding import KeyPositions
 Progress = Callable[[str, int, int], None]
 
 
-def stop_ids(model, tokenizer=None) -> set[int]:
-    """Token ids that end a greedy answer: the generation config's and the tokenizer's end tokens."""
+def stop_ids(model, tokenizer=None, stop_at_newline: bool = False, eos_token_ids=None) -> set[int]:
+    """Token ids that end a greedy answer: `eos_token_ids` (an id or ids) when given, else the generation config's
+    and the tokenizer's end tokens; with `stop_at_newline`, also every id whose text holds a line break
+    (`newline_ids`). The one place an answer's stop tokens are assembled (our engine and the kvpress runner)."""
     stops: set[int] = set()
-    sources = [getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
-    if tokenizer is not None:
-        sources.append(tokenizer.eos_token_id)
+    if eos_token_ids is not None:
+        sources = [eos_token_ids]
+    else:
+        sources = [getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+        if tokenizer is not None:
+            sources.append(tokenizer.eos_token_id)
     for source in sources:
         if isinstance(source, int):
             stops.add(source)
-        elif isinstance(source, (list, tuple)):
+        elif isinstance(source, (list, tuple, set, frozenset)):
             stops.update(int(s) for s in source)
+    if stop_at_newline and tokenizer is not None:
+        stops |= newline_ids(tokenizer)
     return stops
 
 

@@ -45,7 +45,6 @@ from kvcrush.decoding import (
     Progress,
     extend,
     greedy_decode_batch,
-    newline_ids,
     score_reference,
     score_reference_batch,
     stop_ids,
@@ -344,9 +343,7 @@ class PreparedPrompt:
             new_ids: list[int] = []
             if max_new_tokens:
                 after_forward = (lambda n: evictor.after_forward(n, position + n - 1)) if evictor else None
-                stops = stop_ids(model, self.lm.tokenizer)
-                if stop_at_newline:
-                    stops |= newline_ids(self.lm.tokenizer)
+                stops = stop_ids(model, self.lm.tokenizer, stop_at_newline)
                 with evictor.capturing() if evictor else contextlib.nullcontext():
                     new_ids, timings.decode_s = timed_greedy_decode(
                         model, cache, logits, position, max_new_tokens, stops,
@@ -449,9 +446,7 @@ class PreparedPrompt:
                                            should_stop=should_stop, stop_at_newline=stop_at_newline)
         scored = self.score_many([policies[i] for i in together], reference, batch_size, should_stop) \
             if reference and together else None
-        stops = stop_ids(self.lm.model, self.lm.tokenizer)
-        if stop_at_newline:
-            stops |= newline_ids(self.lm.tokenizer)
+        stops = stop_ids(self.lm.model, self.lm.tokenizer, stop_at_newline)
         bytes_before = self.held_bytes
         per_token = self.lm.kv_bytes_per_token()
         tail = self.appended_ids

@@ -140,3 +140,14 @@ def test_scoring_without_a_tail_is_batched_like_one_at_a_time(tiny_lm, essay_pro
         assert result.reference.token_nll == pytest.approx(single.reference.token_nll, abs=1e-4)
         assert result.kv_bytes_after == single.kv_bytes_after and result.n_appended == 0
 
+
+
+def test_stop_ids_assembles_end_tokens_given_ids_and_line_breaks_in_one_place(tiny_lm):
+    model, tokenizer = tiny_lm.model, tiny_lm.tokenizer
+    ends = stop_ids(model, tokenizer)
+    assert tokenizer.eos_token_id in ends
+    assert stop_ids(model, tokenizer, eos_token_ids=7) == {7}
+    assert stop_ids(model, tokenizer, eos_token_ids=[7, 9]) == {7, 9}
+    with_lines = stop_ids(model, tokenizer, stop_at_newline=True)
+    assert with_lines == ends | newline_ids(tokenizer) and len(with_lines) > len(ends)
+    assert stop_ids(model, None, stop_at_newline=True) == stop_ids(model)  # no tokenizer, no line-break ids
