@@ -23,7 +23,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as benchmarks.run: sleeping, not spinning, threads
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -37,7 +36,6 @@ from kvcrush import load_model, make_policy, prepare_encoded  # noqa: E402
 from kvcrush.data import filler_tokens  # noqa: E402
 from kvcrush.prompts import EncodedPrompt  # noqa: E402
 from kvcrush.sizes import format_bytes  # noqa: E402
-from kvcrush.trace import LayerTrace  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "trace_size"
 LENGTHS = (2048, 16384, 32768)
@@ -51,18 +49,6 @@ POLICIES = {
 }
 
 
-def field_bytes(layer: LayerTrace) -> dict[str, int]:
-    """Bytes per tensor field of one layer's trace (fields holding a list of tensors summed)."""
-    sizes: dict[str, int] = {}
-    for item in dataclasses.fields(layer):
-        value = getattr(layer, item.name)
-        tensors = [value] if isinstance(value, torch.Tensor) else [
-            v for v in value if isinstance(v, torch.Tensor)] if isinstance(value, list) else []
-        if tensors:
-            sizes[item.name] = sum(t.numel() * t.element_size() for t in tensors)
-    return sizes
-
-
 def measure(lm, n_tokens: int, budget: float) -> list[dict[str, Any]]:
     """One prefill of `n_tokens` essay tokens, then each policy's selection and its trace's bytes."""
     prepared = prepare_encoded(lm, EncodedPrompt(list(filler_tokens(lm.tokenizer, n_tokens, offset=1_000)), []))
@@ -74,7 +60,7 @@ def measure(lm, n_tokens: int, budget: float) -> list[dict[str, Any]]:
         per_layer = [layer.nbytes for layer in trace.layers]
         fields: dict[str, int] = {}
         for layer in trace.layers:
-            for key, size in field_bytes(layer).items():
+            for key, size in layer.field_nbytes().items():
                 fields[key] = fields.get(key, 0) + size
         layers = len(trace.layers)
         mean = sum(per_layer) / layers

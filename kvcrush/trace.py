@@ -91,7 +91,14 @@ class LayerTrace:
     @property
     def nbytes(self) -> int:
         """Bytes of every tensor this layer's trace holds (`numel * element_size`, lists of tensors included)."""
-        return sum(tensor.numel() * tensor.element_size() for tensor in _tensor_slots([self])[1])
+        return sum(self.field_nbytes().values())
+
+    def field_nbytes(self) -> dict[str, int]:
+        """Bytes per field holding a tensor or a list of tensors (the list's tensors summed), in field order."""
+        sizes: dict[str, int] = {}
+        for (_, name, _), tensor in zip(*_tensor_slots([self]), strict=True):
+            sizes[name] = sizes.get(name, 0) + tensor.numel() * tensor.element_size()
+        return sizes
 
     @property
     def n_held(self) -> int:

@@ -73,6 +73,8 @@ def test_nbytes_counts_every_tensor_and_tensor_list_of_a_trace():
     layer = layers[0]
     expected = (6 * 8 + 16 * 4 + 32 * 1 + 2 * 8 + (2 + 1) * 8 + (4 + 2) * 4)  # kept, scores, signatures, reps,
     assert layer.nbytes == expected                                        # buckets, merge weights
+    assert layer.field_nbytes() == {"kept": 48, "scores": 64, "signatures": 32, "representatives": 16,
+                                    "buckets": 24, "merge_weights": 24}
     assert RunTrace({"name": "kvcrush"}, "random:tiny", ["a"] * 10, 10, 0, False, layers).nbytes == 3 * expected
     layer.signatures = None
     assert layer.nbytes == expected - 32
