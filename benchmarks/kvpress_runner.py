@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -69,7 +68,7 @@ from kvcrush.decoding import (
     stop_ids,
     timed_greedy_decode,
 )
-from kvcrush.devices import Stopwatch, synchronize
+from kvcrush.devices import Stopwatch
 from kvcrush.errors import ResourceError
 from kvcrush.integrations import require_kvpress
 from kvcrush.kvcache import cache_bytes, cache_lengths
@@ -489,17 +488,17 @@ def _finish(
     reference: ReferenceScores | None = None
     new_ids: list[int] = []
     decode_s = 0.0
-    start = time.perf_counter()
-    if continuation_ids and not max_new_tokens and tail_ids:  # scoring only: tail and reference in one forward
-        reference = score_reference(model, cache, None, position, list(continuation_ids), lead_ids=list(tail_ids))
-        synchronize(model)
-        question_s = time.perf_counter() - start
-    else:
-        if tail_ids:
+    scoring_only = bool(continuation_ids and not max_new_tokens and tail_ids)  # tail and reference in one forward
+    tail = Stopwatch(model)
+    with tail.timing():
+        if scoring_only:
+            reference = score_reference(model, cache, None, position, list(continuation_ids),
+                                        lead_ids=list(tail_ids))
+        elif tail_ids:
             next_logits = extend(model, cache, list(tail_ids), position, last_only=True)[-1]
             position += len(tail_ids)
-        synchronize(model)
-        question_s = time.perf_counter() - start
+    question_s = tail.seconds
+    if not scoring_only:
         if continuation_ids:  # on a copy when decoding follows, as our engine does
             scratch = copy.deepcopy(cache) if max_new_tokens else cache
             reference = score_reference(model, scratch, next_logits, position, list(continuation_ids))
