@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -69,25 +68,18 @@ class GridWorker:
     """One worker of the grid: the model loaded once, then items, warm-up and overhead as tasks.
 
     A plain class; `RayGrid` makes it a Ray actor (``ray.remote(GridWorker)``), so this module imports
-    without Ray. It seeds and loads exactly as the serial run does (`benchmarks.run.run_quality`).
+    without Ray. It seeds and loads as the serial run does: both call `benchmarks.env.load_seeded`.
     """
 
     def __init__(self, model: str | None, device: str, dtype: str | None, seed: int, threads: int | None) -> None:
-        import random
-
         import torch
 
-        from benchmarks.env import keep_freed_memory
-        from kvcrush import load_model
+        from benchmarks.env import keep_freed_memory, load_seeded
 
         keep_freed_memory()
         if threads:
             torch.set_num_threads(threads)
-        random.seed(seed)
-        torch.manual_seed(seed)
-        started = time.perf_counter()
-        self.lm = load_model(model, device=device, dtype=dtype)
-        self.load_s = time.perf_counter() - started
+        self.lm, self.load_s = load_seeded(model, device, dtype, seed)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def info(self) -> dict[str, Any]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import resource
 import sys
+import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -102,6 +104,20 @@ def peak_cuda_bytes(device: torch.device) -> int | None:
         return None
     torch.cuda.synchronize(device)
     return int(torch.cuda.max_memory_allocated(device))
+
+
+def load_seeded(model: str | None, device: str | None, dtype: str | None, seed: int,
+                **shape_overrides: Any) -> tuple[Any, float]:
+    """A benchmark's model, loaded the one way every benchmark process loads it (the serial grid, each Ray worker,
+    the scale run), so all draw the same random numbers: Python's and torch's generators seeded with `seed`, then
+    `kvcrush.load_model`. Returns the `LoadedModel` and the seconds the load took."""
+    from kvcrush import load_model
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    lm = load_model(model, device=device, dtype=dtype, **shape_overrides)
+    return lm, time.perf_counter() - started
 
 
 def _version(package: str) -> str | None:

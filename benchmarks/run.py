@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import random  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -35,7 +34,13 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import pareto, report  # noqa: E402
-from benchmarks.env import environment, keep_freed_memory, peak_rss_bytes, reset_peak_rss  # noqa: E402
+from benchmarks.env import (  # noqa: E402
+    environment,
+    keep_freed_memory,
+    load_seeded,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
 from benchmarks.grid import (  # noqa: E402
     ENGINE_KVPRESS,
     FULL_BUDGETS,
@@ -242,11 +247,6 @@ def _out_dir(args: argparse.Namespace, mode: str) -> Path:
     return RESULTS_DIR / f"{mode}-{stamp}"
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _publish(out: Path, files: list[str]) -> None:
     LATEST.mkdir(parents=True, exist_ok=True)
     for name in files:
@@ -269,12 +269,7 @@ class InProcess:
     `benchmarks.distributed.RayGrid` has the same methods and runs the same items on Ray workers."""
 
     def __init__(self, args: argparse.Namespace, seed: int) -> None:
-        from kvcrush import load_model
-
-        _seed_everything(seed)
-        started = time.perf_counter()
-        self.lm = load_model(args.model, device=args.device, dtype=args.dtype)
-        self.load_s = time.perf_counter() - started
+        self.lm, self.load_s = load_seeded(args.model, args.device, args.dtype, seed)
 
     def info(self) -> tuple[dict[str, Any], float]:
         return environment(self.lm), self.load_s
@@ -477,7 +472,6 @@ def _settings_dict(settings: RunSettings, specs) -> dict[str, Any]:
 def run_scale(args: argparse.Namespace) -> Path:
     from benchmarks.grid import parse_policies as parse
     from benchmarks.scale import CPU_LENGTHS, GPU_LENGTHS, SCALE_POLICIES, measure_scale
-    from kvcrush import load_model
     from kvcrush.models.loading import resolve_device
     from kvcrush.models.shapes import SHAPES
 
@@ -490,7 +484,6 @@ def run_scale(args: argparse.Namespace) -> Path:
     specs = parse(args.policies or SCALE_POLICIES, args.window, args.crush_fraction)
     out = _out_dir(args, f"scale-{args.shape}")
     out.mkdir(parents=True, exist_ok=True)
-    _seed_everything(args.seed)
     overrides: dict[str, Any] = {"seed": args.seed}
     if layers:
         overrides["num_hidden_layers"] = layers
@@ -502,7 +495,7 @@ def run_scale(args: argparse.Namespace) -> Path:
           f"lengths {lengths}, budgets {budgets}, policies {[s.label for s in specs]} -> {out}")
     if not on_gpu:
         print("CPU: reduced shape (fewer layers); per-layer costs match the full shape, totals scale with layers.")
-    lm = load_model(f"random:{args.shape}", device=device, dtype=args.dtype, **overrides)
+    lm, _ = load_seeded(f"random:{args.shape}", device, args.dtype, args.seed, **overrides)
     env = environment(lm)
     rows = measure_scale(lm, lengths, specs, budgets, args.seed, args.new_tokens or 32,
                          show_progress=not args.no_progress)
