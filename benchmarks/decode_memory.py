@@ -27,8 +27,9 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from benchmarks import report  # noqa: E402
-from benchmarks.env import environment, keep_freed_memory  # noqa: E402
+from benchmarks.cli import script_parser, settings_dict, start, write_outputs  # noqa: E402
+from benchmarks.env import environment  # noqa: E402
+from benchmarks.markdown import markdown_table  # noqa: E402
 from kvcrush import load_model, make_policy, prepare_encoded  # noqa: E402
 from kvcrush.data import filler_tokens  # noqa: E402
 from kvcrush.metrics import token_agreement  # noqa: E402
@@ -65,7 +66,7 @@ def measure(lm, n_tokens: int, budget: int, interval: int, new_tokens: int,
 
 
 def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
-    table = report.markdown_table(
+    table = markdown_table(
         ["policy", "interval", "generated", "tokens/head end", "peak", "KV MiB end", "full cache MiB",
          "evictions", "decode ms/token", "evicting %", "agreement"],
         [[r["policy"], r["decode_interval"], r["generated"], f"{r['final_tokens_per_head']:.0f}",
@@ -78,31 +79,23 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.decode_memory", description=__doc__.split("\n")[0])
+    parser = script_parser("decode_memory", __doc__, policies=list(POLICIES), model=None, device="cpu", out=OUT)
     parser.add_argument("--tokens", type=int, default=2048, help="prompt tokens (essay text)")
     parser.add_argument("--budget", type=int, default=512, help="tokens each KV head keeps (default 512)")
     parser.add_argument("--interval", type=int, default=32, help="decode_interval of the evicting runs")
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES))
-    parser.add_argument("--model", default=None, help="default: the packaged SmolLM2-135M-Instruct")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=OUT)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
-    args = build_parser().parse_args(argv)
+    args = start(build_parser(), argv)  # keeps freed memory: timings without page faults (benchmarks/env.py)
     began = time.perf_counter()
     lm = load_model(args.model, device=args.device)
     rows = measure(lm, args.tokens, args.budget, args.interval, args.new_tokens, args.policies)
     env = {**environment(lm), "model": lm.name}
     text = markdown(rows, env)
-    args.out.mkdir(parents=True, exist_ok=True)
-    report.write_csv(args.out / "decode_memory.csv", rows)
-    report.write_json(args.out / "decode_memory.json", {"rows": rows, "settings": vars(args) | {"out": str(args.out)},
-                                                         "environment": env})
-    (args.out / "decode_memory.md").write_text(text, encoding="utf-8")
+    write_outputs(args.out, "decode_memory", rows, {"rows": rows, "settings": settings_dict(args),
+                                                    "environment": env}, text)
     print(text)
     print(f"Wrote {args.out} in {time.perf_counter() - began:.0f} s.", file=sys.stderr)
     return 0

@@ -25,71 +25,15 @@ full-precision cache holds, so its rows, stored at fewer bits, are more tokens i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
 from benchmarks.grid import ENGINE_KVPRESS, ENGINE_OURS, PolicySpec
+from benchmarks.outcome import NAN, Outcome
 from benchmarks.tasks import Item
 from kvcrush import LoadedModel, Policy, PreparedPrompt, make_policy, prepare_encoded
-from kvcrush.decoding import ReferenceScores
 from kvcrush.quant import KVStorage
 from kvcrush.trace import GenerationResult
-
-NAN = float("nan")
-
-
-@dataclass
-class Outcome:
-    """What one run produced and cost, in the same terms for both engines.
-
-    kv_fraction: KV bytes of the budgeted tokens after / before eviction (real tensors).
-    prefill_s: the prefill plus appending the tail (ours: the item's shared prefill, counted in every
-    run as a standalone run would pay it; kvpress: its own prefill, scoring and eviction included).
-    score_s / select_s / crush_s: ours only (NaN for kvpress, whose scoring runs inside its prefill):
-    the scorer's cost (``score_reused``: computed by an earlier run on the same prefill, the time is
-    what it cost then), selection plus the gather of the kept rows, KVCrush's share of the selection.
-    decode_s: greedy decoding only.
-    kept_tokens: ours only (NaN for kvpress): context tokens each KV head keeps, mean over layers.
-    budget_bytes: ours with a budget in bytes (equal-bytes specs): that budget per KV head and layer.
-    """
-
-    text: str
-    new_ids: list[int]
-    nll: float | None
-    kv_bytes_before: int
-    kv_bytes_after: int
-    prefill_s: float
-    score_s: float
-    select_s: float
-    crush_s: float
-    decode_s: float
-    decode_tokens: int
-    kept: list[torch.Tensor] | None = field(default=None, repr=False)
-    prefill_reused: bool = False
-    score_reused: bool = False
-    reference: ReferenceScores | None = None  # the item's reference ids under teacher forcing
-    kept_tokens: float = NAN
-    budget_bytes: int | None = None
-
-    @property
-    def kv_fraction(self) -> float:
-        return self.kv_bytes_after / self.kv_bytes_before if self.kv_bytes_before else NAN
-
-    @property
-    def decode_ms_per_token(self) -> float:
-        return 1000.0 * self.decode_s / self.decode_tokens if self.decode_tokens else NAN
-
-    @property
-    def policy_s(self) -> float:
-        """Everything the policy cost: scoring plus selection (NaN for kvpress)."""
-        return self.score_s + self.select_s
-
-    @property
-    def e2e_s(self) -> float:
-        """End-to-end latency: prefill (and tail) + scoring + selection + decoding (kvpress: prefill + decoding)."""
-        policy = 0.0 if math.isnan(self.policy_s) else self.policy_s  # kvpress: inside its prefill
-        return self.prefill_s + policy + self.decode_s
 
 
 def outcome_of(result: GenerationResult, keep_kept: bool = False) -> Outcome:
@@ -98,7 +42,7 @@ def outcome_of(result: GenerationResult, keep_kept: bool = False) -> Outcome:
     layers = result.trace.layers
     kept = [layer.kept.clone() for layer in layers] if keep_kept else None
     return Outcome(
-        text=result.text, new_ids=list(result.new_token_ids), nll=result.reference_nll,
+        text=result.text, new_token_ids=list(result.new_token_ids), nll=result.reference_nll,
         kv_bytes_before=result.kv_bytes_before, kv_bytes_after=result.kv_bytes_after,
         prefill_s=timings.prefill_s, score_s=timings.score_s, select_s=timings.select_s, crush_s=timings.crush_s,
         decode_s=timings.decode_s, decode_tokens=timings.decode_tokens, kept=kept,
@@ -263,15 +207,6 @@ def _kvpress_parts(item: Item, query_aware: bool) -> tuple[list[int], list[int]]
     return encoded.context_ids, encoded.tail_ids
 
 
-def _press_outcome(result) -> Outcome:
-    return Outcome(
-        text=result.text, new_ids=list(result.new_token_ids), nll=result.nll,
-        kv_bytes_before=result.kv_bytes_before, kv_bytes_after=result.kv_bytes_after,
-        prefill_s=result.prefill_s + result.question_s, score_s=NAN, select_s=NAN, crush_s=NAN,
-        decode_s=result.decode_s, decode_tokens=len(result.new_token_ids), reference=result.reference,
-    )
-
-
 def run_kvpress(lm: LoadedModel, spec: PolicySpec, budget: float, item: Item) -> Outcome:
     """One press on one item: its own compressed prefill, then our engine's appending, decoding and scoring."""
     return run_kvpress_all(lm, [spec], [budget], item)[(spec.label, budget)]
@@ -302,9 +237,9 @@ def run_kvpress_all(lm: LoadedModel, specs: list[PolicySpec], budgets: list[floa
                               context, tail or None, max_new_tokens=item.max_new_tokens,
                               continuation_ids=item.reference_ids or None, stop_at_newline=item.stop_at_newline,
                               decode_with_reference=True)
-        for key, result in results.items():
+        for key, outcome in results.items():  # already `Outcome`s, the type our runs give
             spec, budget = jobs[key]
-            outcomes[(spec.label, budget)] = _press_outcome(result)
+            outcomes[(spec.label, budget)] = outcome
     return outcomes
 
 

@@ -19,10 +19,11 @@ per length and policy, appended as each finishes, so a run cut short still leave
 length). The exit status is 0 when every check passed, 1 when one failed, 2 when the machine cannot run it (no
 GPU, missing wheels: the message says which to bring).
 
-What this file imports at its top is the standard library only, so that a machine without torch or
-transformers gets the list of wheels to bring instead of a traceback; the engine is imported once they are
-found. Nothing it imports needs streamlit, plotly or kvpress (a check of the run asserts that none was imported)
-or pandas: the tables are written with `csv` and `json` rather than `benchmarks.report`, which needs pandas.
+What this file imports at its top is the standard library only (and `benchmarks.cli`'s parser and
+`benchmarks.markdown`'s tables, which are too), so that a machine without torch or transformers gets the list of
+wheels to bring instead of a traceback; the engine is imported once they are found. Nothing it imports needs
+streamlit, plotly or kvpress (a check of the run asserts that none was imported) or pandas: the tables are written
+with `csv` and `json` rather than `benchmarks.cli.write_csv`, which needs pandas.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+from benchmarks.cli import script_parser  # noqa: E402
+from benchmarks.markdown import markdown_table  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "gpu"
 MODEL = "random:llama-3.1-8b"
@@ -221,11 +225,6 @@ def _fmt(value: Any, digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def markdown(run: Run) -> str:
@@ -442,28 +441,27 @@ def _command(argv: list[str] | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(
+        "gpu_check", __doc__, full_doc=True, lengths=None, policies=None, budget=0.25, repeats=3, device="cuda",
+        dtype="bfloat16", seed=0, out=None,
+        helps={"lengths": f"prompt tokens (default {' '.join(map(str, LENGTHS))}; --tiny: "
+                          f"{' '.join(map(str, TINY_LENGTHS))})",
+               "policies": "labels of benchmarks.gpu_measure.policy_specs (default all)",
+               "repeats": "cached selects per policy, median (default 3)", "device": "default cuda (--tiny: cpu)",
+               "dtype": "default bfloat16 (--tiny: float32)",
+               "out": f"output folder (default {OUT}; --tiny: {OUT / 'tiny'})"},
+    )
     parser.add_argument("--tiny", action="store_true", help="the same code on the CPU with a tiny model (< 2 min)")
-    parser.add_argument("--lengths", type=int, nargs="+", help=f"prompt tokens (default {' '.join(map(str, LENGTHS))}"
-                        f"; --tiny: {' '.join(map(str, TINY_LENGTHS))})")
     parser.add_argument("--long", action="store_true", help=f"also {LONG_LENGTH} tokens (128k positions) when "
                         "the time limit leaves room")
-    parser.add_argument("--policies", nargs="+", help="labels of benchmarks.gpu_measure.policy_specs (default all)")
     parser.add_argument("--time-limit", type=float, help=f"seconds after which no new step starts (default "
                         f"{TIME_LIMIT_S:.0f}; --tiny {TINY_TIME_LIMIT_S:.0f}), less {PARITY_RESERVE_S:.0f} s "
                         f"(--tiny {TINY_PARITY_RESERVE_S:.0f}) kept for the parity check at the end; what is left "
                         "is recorded as skipped")
-    parser.add_argument("--budget", type=float, default=0.25, help="budget fraction (default 0.25)")
     parser.add_argument("--new-tokens", type=int, default=16, help="greedy answer tokens (default 16)")
-    parser.add_argument("--repeats", type=int, default=3, help="cached selects per policy, median (default 3)")
     parser.add_argument("--no-parity", action="store_true", help="skip the CPU-versus-device parity check")
     parser.add_argument("--parity-tokens", type=int, help=f"parity prompt tokens (default {PARITY_TOKENS}; --tiny "
                         f"{TINY_PARITY_TOKENS})")
-    parser.add_argument("--device", default="cuda", help="default cuda (--tiny: cpu)")
-    parser.add_argument("--dtype", default="bfloat16", help="default bfloat16 (--tiny: float32)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help=f"output folder (default {OUT}; --tiny: {OUT / 'tiny'})")
     return parser
 
 

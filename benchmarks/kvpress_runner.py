@@ -58,6 +58,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from benchmarks.outcome import Outcome, press_outcome
 from kvcrush.attention import attention_modules, forward_hooks
 from kvcrush.decoding import (
     ReferenceScores,
@@ -150,35 +151,6 @@ def check_eager_attention_fits(model: PreTrainedModel, n_tokens: int) -> None:
 
 JobKey = tuple[str, float]  # (press name, compression_ratio)
 PressJob = tuple[str, float, dict]  # (press name, compression_ratio, options for make_press)
-
-
-@dataclass
-class PressResult:
-    """What one kvpress run produced and cost.
-
-    ``kv_bytes_before`` is what an uncompressed prefill of the context holds (all layers, keys and
-    values, N tokens) and ``kv_bytes_after`` what the press left, both counted by
-    `kvcrush.kvcache.cache_bytes` as in our engine; ``kept_per_layer`` the tokens per layer after
-    compression. ``nll`` is the mean negative log-likelihood (nats/token) of the continuation, or None
-    when decoding instead. ``prefill_s``: the compressed prefill of the context, the press's scoring
-    and eviction included (`run_presses`: the shared forward without any hook work plus this press's
-    own ``hook_s``, i.e. what a prefill under this press alone would cost); ``hook_s``: the part of it
-    spent in the press's ``compress`` over all layers; ``question_s``: appending the question
-    uncompressed; ``decode_s``: greedy decoding alone (0 when scoring a continuation), as our engine's
-    `Timings.decode_s`.
-    """
-
-    text: str
-    new_token_ids: list[int]
-    kv_bytes_before: int
-    kv_bytes_after: int
-    kept_per_layer: list[int]
-    prefill_s: float
-    decode_s: float
-    nll: float | None
-    question_s: float = 0.0
-    hook_s: float = 0.0
-    reference: ReferenceScores | None = None  # the continuation's per-token NLL and argmax agreement
 
 
 def make_press(
@@ -476,11 +448,13 @@ def _finish(
     prefill_s: float,
     hook_s: float,
     stop_at_newline: bool = False,
-) -> PressResult:
+) -> Outcome:
     """Everything after a compressed prefill: append ``tail_ids`` uncompressed, then score ``continuation_ids``
     (teacher forcing) and/or decode, exactly as our engine's `PreparedPrompt.generate` does.
 
-    ``next_logits``: ``[vocab]`` float, the prefill's last position. ``cache`` is extended in place.
+    ``next_logits``: ``[vocab]`` float, the prefill's last position. ``cache`` is extended in place. The
+    `benchmarks.outcome.Outcome`'s ``prefill_s`` is `prefill_s` (the compressed prefill, ``hook_s`` included)
+    plus the tail's ``tail_s``, as our engine counts its prefill.
     """
     kv_bytes_after = cache_bytes(cache)
     kept_per_layer = cache_lengths(cache)
@@ -497,7 +471,7 @@ def _finish(
         elif tail_ids:
             next_logits = extend(model, cache, list(tail_ids), position, last_only=True)[-1]
             position += len(tail_ids)
-    question_s = tail.seconds
+    tail_s = tail.seconds
     if not scoring_only:
         if continuation_ids:  # on a copy when decoding follows, as our engine does
             scratch = copy.deepcopy(cache) if max_new_tokens else cache
@@ -505,22 +479,9 @@ def _finish(
         if max_new_tokens:
             stops = stop_ids(model, tokenizer, stop_at_newline, eos_token_ids)
             new_ids, decode_s = timed_greedy_decode(model, cache, next_logits, position, max_new_tokens, stops)
-    nll = None if reference is None else reference.nll
-
     text = tokenizer.decode(new_ids, skip_special_tokens=True) if tokenizer is not None and new_ids else ""
-    return PressResult(
-        text=text,
-        new_token_ids=new_ids,
-        kv_bytes_before=kv_bytes_before,
-        kv_bytes_after=kv_bytes_after,
-        kept_per_layer=kept_per_layer,
-        prefill_s=prefill_s,
-        decode_s=decode_s,
-        nll=nll,
-        question_s=question_s,
-        hook_s=hook_s,
-        reference=reference,
-    )
+    return press_outcome(text, new_ids, kv_bytes_before, kv_bytes_after, kept_per_layer, prefill_s, tail_s,
+                         decode_s, hook_s, reference)
 
 
 def run_press(
@@ -535,8 +496,9 @@ def run_press(
     window_size: int | None = None,
     eos_token_ids: Sequence[int] | int | None = None,
     **press_opts: Any,
-) -> PressResult:
-    """Prefill ``context_ids`` under a kvpress press, then answer or score a continuation.
+) -> Outcome:
+    """Prefill ``context_ids`` under a kvpress press, then answer or score a continuation: an `Outcome`, the
+    type our engine's runs give (`benchmarks.outcome`).
 
     The question (if any) is appended uncompressed after compression. Without
     ``continuation_ids`` the model decodes greedily up to ``max_new_tokens``, stopping after an
@@ -570,14 +532,14 @@ def run_presses(
     eos_token_ids: Sequence[int] | int | None = None,
     stop_at_newline: bool = False,
     decode_with_reference: bool = False,
-) -> dict[JobKey, PressResult]:
+) -> dict[JobKey, Outcome]:
     """`run_press` for every ``(press name, compression_ratio, options)`` job, from one shared prefill.
 
     `prefill_with_presses` compresses the context for every job at once (all the compressed caches
     exist together, see its memory note); then each job, in order, appends ``tail_ids`` and decodes or
     scores exactly as `run_press` does, and its cache is released. Each result's ``prefill_s`` is the
-    shared forward it rode on (without hook work) plus its own ``hook_s``: what a prefill under that
-    press alone costs, so the numbers read as `run_press`'s.
+    shared forward it rode on (without hook work) plus its own ``hook_s`` and ``tail_s``: what a prefill
+    under that press alone and appending the tail cost, so the numbers read as `run_press`'s.
     """
     if not context_ids:
         raise ValueError("context_ids is empty.")
@@ -611,13 +573,13 @@ def _batches(shared: PressCaches, batch_size: int):
 
 def _decode_batched(model: PreTrainedModel, tokenizer: Any, shared: PressCaches, n_context: int, tail_ids: list[int],
                     max_new_tokens: int, continuation_ids: list[int], stops: set[int],
-                    batch_size: int = 16) -> dict[JobKey, PressResult]:
+                    batch_size: int = 16) -> dict[JobKey, Outcome]:
     """Answering: the jobs' caches decode together in stackable batches (`kvcrush.decoding.greedy_decode_batch`,
     as our engine's `PreparedPrompt.generate_many`), the continuation, if any, scored first in one forward per
-    batch (`score_reference_batch`). Ids equal `_finish`'s up to float rounding; ``question_s`` is an equal share
+    batch (`score_reference_batch`). Ids equal `_finish`'s up to float rounding; ``tail_s`` is an equal share
     of the batch's tail forwards, ``decode_s`` of its decoding steps."""
     order = list(shared.caches)
-    results: dict[JobKey, PressResult] = {}
+    results: dict[JobKey, Outcome] = {}
     for chunk in _batches(shared, batch_size):
         caches = [shared.caches.pop(key) for key in chunk]
         sizes = [(cache_bytes(cache), cache_lengths(cache)) for cache in caches]
@@ -627,31 +589,26 @@ def _decode_batched(model: PreTrainedModel, tokenizer: Any, shared: PressCaches,
         decoded = greedy_decode_batch(model, caches, tail_ids, n_context, max_new_tokens, stops)
         for key, ids, reference, (after, kept) in zip(chunk, decoded.new_ids, scores, sizes, strict=True):
             text = tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None and ids else ""
-            results[key] = PressResult(
-                text=text, new_token_ids=ids, kv_bytes_before=shared.kv_bytes_before, kv_bytes_after=after,
-                kept_per_layer=kept, prefill_s=shared.job_prefill_s(key), decode_s=decoded.decode_s,
-                nll=None if reference is None else reference.nll, question_s=decoded.tail_s + share,
-                hook_s=shared.hook_s[key], reference=reference)
+            results[key] = press_outcome(text, ids, shared.kv_bytes_before, after, kept, shared.job_prefill_s(key),
+                                         decoded.tail_s + share, decoded.decode_s, shared.hook_s[key], reference)
     return {key: results[key] for key in order}
 
 
 def _score_batched(model: PreTrainedModel, shared: PressCaches, n_context: int, tail_ids: list[int],
-                   continuation_ids: list[int], batch_size: int = 16) -> dict[JobKey, PressResult]:
+                   continuation_ids: list[int], batch_size: int = 16) -> dict[JobKey, Outcome]:
     """Scoring only: the jobs' caches with equal per-layer lengths go through the model together
     (`kvcrush.decoding.score_reference_batch`, as our engine's `PreparedPrompt.score_many`); each job's
-    ``question_s`` is an equal share of its batch's forward (tail and reference). Without a tail, each job's
+    ``tail_s`` is an equal share of its batch's forward (tail and reference). Without a tail, each job's
     own prefill's last logits predict the first reference token (its forward's: sdpa or eager)."""
-    results: dict[JobKey, PressResult] = {}
+    results: dict[JobKey, Outcome] = {}
     for chunk in _batches(shared, batch_size):
         caches = [shared.caches.pop(key) for key in chunk]
         sizes = [(cache_bytes(cache), cache_lengths(cache)) for cache in caches]
         first = None if tail_ids else torch.stack([shared.forwards[key].logits for key in chunk])
         scores, share = score_reference_batch(model, caches, n_context, continuation_ids, tail_ids, first)
         for key, reference, (after, kept) in zip(chunk, scores, sizes, strict=True):
-            results[key] = PressResult(
-                text="", new_token_ids=[], kv_bytes_before=shared.kv_bytes_before, kv_bytes_after=after,
-                kept_per_layer=kept, prefill_s=shared.job_prefill_s(key), decode_s=0.0, nll=reference.nll,
-                question_s=share, hook_s=shared.hook_s[key], reference=reference)
+            results[key] = press_outcome("", [], shared.kv_bytes_before, after, kept, shared.job_prefill_s(key), share,
+                                         0.0, shared.hook_s[key], reference)
     return results
 
 

@@ -26,18 +26,28 @@ the overhead, the median of the per-repeat differences), with the smallest and l
 
 from __future__ import annotations
 
-import statistics
-import sys
-from collections.abc import Callable
-from typing import Any
+import os
 
-from benchmarks.engines import NAN, ItemRuns, Outcome, kvcrush_overhead
-from benchmarks.env import keep_freed_memory
-from benchmarks.grid import ENGINE_KVPRESS, ENGINE_OURS, PolicySpec
-from benchmarks.tasks import Item
-from kvcrush.data import filler_tokens
-from kvcrush.prompts import EncodedPrompt
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as benchmarks.run: sleeping, not spinning, threads
 
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from benchmarks.cli import script_parser, settings_dict, start, write_outputs  # noqa: E402
+from benchmarks.engines import ItemRuns, kvcrush_overhead  # noqa: E402
+from benchmarks.grid import ENGINE_KVPRESS, ENGINE_OURS, PolicySpec  # noqa: E402
+from benchmarks.outcome import NAN, Outcome  # noqa: E402
+from benchmarks.tables import overhead_markdown  # noqa: E402
+from benchmarks.tasks import Item  # noqa: E402
+from kvcrush.data import filler_tokens  # noqa: E402
+from kvcrush.prompts import EncodedPrompt  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results" / "overhead"
 TIME_FIELDS = ("prefill_s", "score_s", "select_s", "crush_s", "decode_s", "policy_s", "e2e_s")
 OVERHEAD_FIELDS = ("base_score_s", "base_select_s", "base_policy_s", "overhead_s", "overhead_pct", "crush_pct")
 SPREAD_FIELDS = ("policy_s", "overhead_s", "overhead_pct", "e2e_s")  # min and max over the repeats too
@@ -149,39 +159,27 @@ def _measure_length(lm, item: Item, specs: list[PolicySpec], budget: float, repe
     return rows
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = script_parser("overhead", __doc__, lengths=[1024, 2048, 4096], repeats=5, budget=0.25,
+                           policies=["snapkv", "h2o", "kvcrush:snapkv:alternating", "kvcrush:h2o:alternating",
+                                     "kvpress:snapkv"], model=None, out=OUT)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.overhead`: the overhead table alone (what `benchmarks.run --standard` measures)."""
-    keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
-    import argparse
-    import os
-    import time
-    from pathlib import Path
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from benchmarks import report
+    args = start(build_parser(), argv)  # keeps freed memory: timings without page faults (benchmarks/env.py)
     from benchmarks.env import environment
     from benchmarks.grid import parse_policies
     from kvcrush import load_model
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n")[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--budget", type=float, default=0.25)
-    parser.add_argument("--policies", nargs="+", default=["snapkv", "h2o", "kvcrush:snapkv:alternating",
-                                                          "kvcrush:h2o:alternating", "kvpress:snapkv"])
-    parser.add_argument("--model", default=None, help="default: the packaged SmolLM2-135M-Instruct")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "overhead")
-    args = parser.parse_args(argv)
     began = time.perf_counter()
     lm = load_model(args.model)
     rows = measure_overhead(lm, args.lengths, parse_policies(args.policies), args.budget, args.repeats, seed=0)
-    args.out.mkdir(parents=True, exist_ok=True)
-    report.write_csv(args.out / "overhead.csv", rows)
-    report.write_json(args.out / "overhead.json", {"rows": rows, "settings": vars(args) | {"out": str(args.out)},
-                                                   "environment": environment(lm),
-                                                   "wall_s": time.perf_counter() - began})
-    text = report.overhead_markdown(rows)
-    (args.out / "overhead.md").write_text(text + "\n", encoding="utf-8")
+    text = overhead_markdown(rows)
+    write_outputs(args.out, "overhead", rows, {"rows": rows, "settings": settings_dict(args),
+                                               "environment": environment(lm), "wall_s": time.perf_counter() - began},
+                  text)
     print(text)
     return 0
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engines import ItemRuns, Outcome, kept_jaccard, kvpress_kept
+from benchmarks.engines import ItemRuns, kept_jaccard, kvpress_kept
 from benchmarks.grid import ENGINE_KVPRESS, FULL_BITS, PARITY_PAIRS, PolicySpec
+from benchmarks.outcome import Outcome
 from benchmarks.tasks import Item, agreement, likelihood, multikey, multivalue, needle
 
 TASK_MODULES = {module.NAME: module for module in (needle, multikey, multivalue, likelihood, agreement)}

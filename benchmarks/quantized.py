@@ -37,9 +37,10 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from benchmarks import report  # noqa: E402
+from benchmarks.cli import script_parser, settings_dict, start, write_outputs  # noqa: E402
 from benchmarks.engines import outcome_of  # noqa: E402
-from benchmarks.env import environment, keep_freed_memory  # noqa: E402
+from benchmarks.env import environment  # noqa: E402
+from benchmarks.markdown import markdown_table  # noqa: E402
 from kvcrush import load_model, make_policy, prepare, prepare_encoded  # noqa: E402
 from kvcrush.data import continuation_example, needle_example  # noqa: E402
 from kvcrush.kvcache import cache_bytes  # noqa: E402
@@ -184,20 +185,20 @@ def markdown(bytes_rows, nll_summary, equal_summary, decode_rows, settings: dict
     mib = 2**20
     parts = [f"# Eviction on a quantized KV cache\n\nBudget {settings['budget']:.0%}, {settings['tokens']} "
              f"prompt tokens, {settings['samples']} continuation samples of {CONTINUATION} tokens.\n"]
-    parts.append("## Stored KV bytes\n\n" + report.markdown_table(
+    parts.append("## Stored KV bytes\n\n" + markdown_table(
         ["model dtype", "system", "bits", "kept/head", "KV MiB", "x smaller than full", "x smaller than fp32 full"],
         [[r["model_dtype"], r["system"], r["storage"], f"{r['kept_per_head']:.0f}", f"{r['kv_bytes'] / mib:.2f}",
           f"{r['x_smaller_than_full']:.2f}", f"{r['x_smaller_than_fp32_full']:.2f}"] for r in bytes_rows]))
-    parts.append("## Continuation NLL\n\n" + report.markdown_table(
+    parts.append("## Continuation NLL\n\n" + markdown_table(
         ["system", "bits", "n", "mean NLL", "mean diff vs 16-bit", "max |diff| vs 16-bit"],
         [[r["system"], r["kv_bits"], r["n"], f"{r['mean_nll']:.4f}", f"{r['mean_diff_vs_16']:+.4f}",
           f"{r['max_abs_diff_vs_16']:.4f}"] for r in nll_summary]))
     parts.append(f"## Equal bytes (SnapKV's bytes at the budget in {settings['equal_bits']} bits)\n\n"
-                 + report.markdown_table(
+                 + markdown_table(
         ["system", "n", "kept/head", "representatives/head", "KV MiB", "mean NLL"],
         [[r["system"], r["n"], f"{r['kept_per_head']:.0f}", f"{r['representatives']:.0f}",
           f"{r['kv_bytes'] / mib:.2f}", f"{r['mean_nll']:.4f}"] for r in equal_summary]))
-    parts.append("## Decode time\n\n" + report.markdown_table(
+    parts.append("## Decode time\n\n" + markdown_table(
         ["system", "bits", "ms/token (median)", "min-max", "x of 16-bit", "same answer as 16-bit"],
         [[r["system"], r["kv_bits"], f"{r['decode_ms_per_token']:.1f}",
           f"{r['decode_ms_min']:.1f}-{r['decode_ms_max']:.1f}", f"{r['x_of_16_bit']:.2f}",
@@ -206,19 +207,16 @@ def markdown(bytes_rows, nll_summary, equal_summary, decode_rows, settings: dict
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quantized", description=__doc__.split("\n")[0])
+    parser = script_parser("quantized", __doc__, budget=0.25, repeats=3, model=None, device="cpu", out=OUT,
+                           helps={"budget": "share of the prompt kept per KV head",
+                                  "repeats": "decode-time repeats (median reported)"})
     parser.add_argument("--tokens", type=int, default=2048, help="prompt tokens (essay text)")
-    parser.add_argument("--budget", type=float, default=0.25, help="share of the prompt kept per KV head")
     parser.add_argument("--samples", type=int, default=5, help="continuation samples for the NLL tables")
     parser.add_argument("--offset", type=int, default=100_000, help="token offset of the first sample")
     parser.add_argument("--equal-bits", type=int, default=4, choices=(16, 8, 4, 2),
                         help="the equal-bytes table holds every system to SnapKV's bytes at --budget in these bits")
     parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per decode-time run")
-    parser.add_argument("--repeats", type=int, default=3, help="decode-time repeats (median reported)")
-    parser.add_argument("--model", default=None, help="default: the packaged SmolLM2-135M-Instruct")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bytes table with the model in bfloat16")
-    parser.add_argument("--out", type=Path, default=OUT)
     return parser
 
 
@@ -237,8 +235,7 @@ def _progress(what: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
-    args = build_parser().parse_args(argv)
+    args = start(build_parser(), argv)  # keeps freed memory: timings without page faults (benchmarks/env.py)
     began = time.perf_counter()
     lm = load_model(args.model, device=args.device)
     with torch.no_grad():
@@ -250,16 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         nll_rows = measure_nll(lm, samples, args.budget, None, _progress("NLL"))
         equal_rows = measure_nll(lm, samples, args.budget, args.equal_bits, _progress("equal bytes"))
         decode_rows = measure_decode(lm, args.new_tokens, args.repeats, args.budget)
-    settings = vars(args) | {"out": str(args.out), "wall_s": time.perf_counter() - began}
+    settings = settings_dict(args) | {"wall_s": time.perf_counter() - began}
     nll_summary, equal_summary = summarize_nll(nll_rows), summarize_equal_bytes(equal_rows)
     text = markdown(bytes_rows, nll_summary, equal_summary, decode_rows, settings)
     env = {**environment(lm), "model": lm.name}
-    args.out.mkdir(parents=True, exist_ok=True)
-    report.write_csv(args.out / "quantized.csv", bytes_rows + nll_rows + equal_rows + decode_rows)
-    report.write_json(args.out / "quantized.json", {
+    write_outputs(args.out, "quantized", bytes_rows + nll_rows + equal_rows + decode_rows, {
         "bytes": bytes_rows, "nll": nll_summary, "equal_bytes": equal_summary, "decode": decode_rows,
-        "samples": nll_rows + equal_rows, "settings": settings, "environment": env})
-    (args.out / "quantized.md").write_text(text, encoding="utf-8")
+        "samples": nll_rows + equal_rows, "settings": settings, "environment": env}, text)
     print(text)
     print(f"Wrote {args.out} in {settings['wall_s']:.0f} s.", file=sys.stderr)
     return 0

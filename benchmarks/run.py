@@ -31,12 +31,11 @@ from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import torch  # noqa: E402
-
-from benchmarks import pareto, report  # noqa: E402
+from benchmarks import aggregate, comparisons, pareto, report  # noqa: E402
+from benchmarks.chart import chart_html  # noqa: E402
+from benchmarks.cli import script_parser, start, write_csv, write_json  # noqa: E402
 from benchmarks.env import (  # noqa: E402
     environment,
-    keep_freed_memory,
     load_seeded,
     peak_rss_bytes,
     reset_peak_rss,
@@ -49,6 +48,7 @@ from benchmarks.grid import (  # noqa: E402
     parse_budgets,
     parse_policies,
 )
+from benchmarks.tables import render_markdown, scale_markdown  # noqa: E402
 from benchmarks.tasks.agreement import AgreementSettings  # noqa: E402
 from benchmarks.tasks.likelihood import LikelihoodSettings  # noqa: E402
 from benchmarks.tasks.retrieval import RetrievalSettings  # noqa: E402
@@ -179,8 +179,19 @@ def _override(settings: RunSettings, args: argparse.Namespace) -> RunSettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = script_parser(
+        "run", __doc__, full_doc=True, policies=None, seed=0, model=None, device="auto", dtype=None, threads=None,
+        layers=None, lengths=None, out=None,
+        helps={"policies": "specs or groups: snapkv, snapkv@all, kvcrush:snapkv:alternating, kvpress:snapkv, "
+                           "snapkv~4 (4-bit rows), snapkv~4b (4-bit rows, same bytes), "
+                           "kvcrush:snapkv:alternating:rep4~8b, baselines, matched, kvcrush, head-reduction, "
+                           "kvpress, storage, all (see benchmarks/grid.py)",
+               "model": "default: the packaged SmolLM2-135M-Instruct; random:tiny for a smoke test; any HF id or "
+                        "folder",
+               "threads": "torch CPU threads (default: torch's choice, the core count)",
+               "layers": "random-weights layer count (default: 2 on CPU, full on GPU)",
+               "lengths": "random-weights context lengths",
+               "out": "output folder (default benchmarks/results/<mode>-<time>)"},
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a smoke run, < 10 min on 2 CPU cores (default)")
@@ -191,18 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="timing and memory at a real shape with random weights (--shape, --layers, --lengths)")
     parser.add_argument("--tasks", nargs="+", help=f"subset of {', '.join(ALL_TASKS)}")
     parser.add_argument("--budgets", nargs="+", help="fractions or percentages, e.g. 0.25 50%%")
-    parser.add_argument("--policies", nargs="+",
-                        help="specs or groups: snapkv, snapkv@all, kvcrush:snapkv:alternating, kvpress:snapkv, "
-                             "snapkv~4 (4-bit rows), snapkv~4b (4-bit rows, same bytes), "
-                             "kvcrush:snapkv:alternating:rep4~8b, baselines, matched, kvcrush, head-reduction, "
-                             "kvpress, storage, all (see benchmarks/grid.py)")
     parser.add_argument("--samples", type=int, help="prompts per needle task and length / likelihood samples / "
                         "questions per agreement dataset")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default=None, help="default: the packaged SmolLM2-135M-Instruct; "
-                        "random:tiny for a smoke test; any HF id or folder")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--window", type=int, default=32, help="SnapKV observation window, both engines")
     parser.add_argument("--crush-fraction", type=float, default=0.25)
     parser.add_argument("--query-aware", action="store_true",
@@ -221,13 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overhead-repeats", type=int)
     parser.add_argument("--no-parity", action="store_true", help="skip the kept-token overlap with kvpress")
     parser.add_argument("--shape", default="llama-3-8b", help="random-weights shape (kvcrush.models.shapes)")
-    parser.add_argument("--layers", type=int, help="random-weights layer count (default: 2 on CPU, full on GPU)")
-    parser.add_argument("--lengths", type=int, nargs="+", help="random-weights context lengths")
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<mode>-<time>)")
     parser.add_argument("--publish", action="store_true", help="also copy the results to benchmarks/results/latest/")
     parser.add_argument("--cdn-plotly", action="store_true",
                         help="chart.html loads plotly.js from its CDN (default: embedded, works offline)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, the core count)")
     parser.add_argument("--no-progress", action="store_true")
     ray = parser.add_argument_group("on a Ray cluster (optional: pip install ray; see benchmarks/README.md)")
     ray.add_argument("--ray", metavar="ADDRESS|local",
@@ -348,8 +345,8 @@ def run_quality(args: argparse.Namespace) -> Path:
         backend.close()
     grid, overhead_rows, env, durations = measured.grid, measured.overhead, measured.env, measured.durations
 
-    results = report.results_table(grid.records, settings.seed)
-    breakdown = report.breakdown_table(grid.records, settings.seed)
+    results = aggregate.results_table(grid.records, settings.seed)
+    breakdown = aggregate.breakdown_table(grid.records, settings.seed)
     durations["total"] = time.perf_counter() - started
     summary = {
         "mode": settings.mode,
@@ -359,26 +356,26 @@ def run_quality(args: argparse.Namespace) -> Path:
         "durations_s": durations,
         "peak_rss_mib": measured.peaks,
         "items": measured.items,
-        "comparisons": report.comparisons(grid.records),
-        "best": report.best_systems(grid.records, results),
-        "paper_target": report.paper_target(results),
+        "comparisons": comparisons.comparisons(grid.records),
+        "best": comparisons.best_systems(grid.records, results),
+        "paper_target": aggregate.paper_target(results),
         "parity_selection": grid.parity,
         "overhead": overhead_rows,
-        "memory": report.memory_summary(grid.records),
+        "memory": aggregate.memory_summary(grid.records),
         "pareto": pareto.front_rows(results),
         "errors": grid.errors,
         "results": results.to_dict(orient="records"),
     }
-    report.write_csv(out / "results.csv", results, report.RESULT_COLUMNS)
-    report.write_csv(out / "breakdown.csv", breakdown, report.BREAKDOWN_COLUMNS)
-    report.write_csv(out / "samples.csv", grid.records, precise=True)
-    report.write_csv(out / "parity.csv", grid.parity)
-    report.write_csv(out / "overhead.csv", overhead_rows)
-    report.write_json(out / "summary.json", summary)
-    report.write_json(out / "environment.json", env)
-    markdown = report.render_markdown(summary, results)
+    write_csv(out / "results.csv", results, aggregate.RESULT_COLUMNS)
+    write_csv(out / "breakdown.csv", breakdown, aggregate.BREAKDOWN_COLUMNS)
+    write_csv(out / "samples.csv", grid.records, precise=True)
+    write_csv(out / "parity.csv", grid.parity)
+    write_csv(out / "overhead.csv", overhead_rows)
+    write_json(out / "summary.json", summary)
+    write_json(out / "environment.json", env)
+    markdown = render_markdown(summary, results)
     (out / "report.md").write_text(markdown + "\n")
-    report.chart_html(results, out / "chart.html", f"KVCrush benchmark ({settings.mode}, {env['model']['name']})",
+    chart_html(results, out / "chart.html", f"KVCrush benchmark ({settings.mode}, {env['model']['name']})",
                       embed_js=not args.cdn_plotly)
     print()
     print(markdown)
@@ -502,10 +499,10 @@ def run_scale(args: argparse.Namespace) -> Path:
     summary = {"mode": "scale", "environment": env, "lengths": lengths, "budgets": budgets,
                "policies": [s.label for s in specs], "rows": rows,
                "duration_s": time.perf_counter() - started}
-    report.write_csv(out / "scale.csv", rows)
-    report.write_json(out / "scale.json", summary)
-    report.write_json(out / "environment.json", env)
-    text = report.scale_markdown(rows) if rows else "No scale results."
+    write_csv(out / "scale.csv", rows)
+    write_json(out / "scale.json", summary)
+    write_json(out / "environment.json", env)
+    text = scale_markdown(rows) if rows else "No scale results."
     text += (f"\n\nEnvironment: {env['gpu'] or env['cpu']}, torch {env['versions']['torch']}, "
              f"transformers {env['versions']['transformers']}; command `{env['command']}`; "
              f"{summary['duration_s']:.0f} s.\n")
@@ -518,9 +515,8 @@ def run_scale(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = start(parser, argv)  # keeps freed memory (timings without page faults, benchmarks/env.py), --threads
     if args.ray:
         if args.random_weights:
             parser.error("--ray runs the quality grid; --random-weights measures one model in this process.")
@@ -532,8 +528,6 @@ def main(argv: list[str] | None = None) -> Path:
         require_ray()  # before anything loads: without Ray, say how to install it and exit
     elif args.workers or args.worker_cpus:
         parser.error("--workers and --worker-cpus need --ray ADDRESS|local.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.random_weights:
         return run_scale(args)
     return run_quality(args)

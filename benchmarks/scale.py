@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.engines import NAN, ItemRuns, Outcome, kvcrush_overhead
+from benchmarks.engines import ItemRuns, kvcrush_overhead
 from benchmarks.env import peak_cuda_bytes, peak_rss_bytes, reset_peak_cuda, reset_peak_rss
 from benchmarks.grid import ENGINE_KVPRESS, PolicySpec
+from benchmarks.outcome import NAN, Outcome
 from benchmarks.tasks import Item
 from kvcrush.data import filler_tokens
 from kvcrush.prompts import EncodedPrompt

@@ -38,9 +38,10 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from benchmarks import report  # noqa: E402
-from benchmarks.env import environment, keep_freed_memory  # noqa: E402
+from benchmarks.cli import script_parser, start, write_outputs  # noqa: E402
+from benchmarks.env import environment  # noqa: E402
 from benchmarks.grid import ENGINE_OURS, parse_spec  # noqa: E402
+from benchmarks.markdown import markdown_table  # noqa: E402
 from kvcrush import POLICIES, Policy, make_policy, prepare_encoded  # noqa: E402
 from kvcrush.data import filler_tokens  # noqa: E402
 from kvcrush.prompts import EncodedPrompt  # noqa: E402
@@ -111,30 +112,22 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], budget: float) -> 
         "One prefill per length. first = scoring (its original cost; 'shared': an earlier policy with the same"
         " scorer computed it) + the first selection; select = median of the repeated selections (scores"
         f" cached). Target: select < {TARGET_S} s and < {TARGET_PCT:.0f}% of prefill at {TARGET_LENGTH} tokens.", "",
-        report.markdown_table(["tokens", "policy", "prefill s", "score ms", "shared", "first select ms", "first ms",
+        markdown_table(["tokens", "policy", "prefill s", "score ms", "shared", "first select ms", "first ms",
                                "first % prefill", "select ms", "select % prefill", "target"], table),
         "", verdict,
     ])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.select_cost", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS),
-                        help="prompt tokens (default 1k 2k 4k)")
-    parser.add_argument("--repeats", type=int, default=5, help="cached selects per policy (median; default 5)")
-    parser.add_argument("--budget", type=float, default=0.25, help="budget fraction (default 0.25)")
-    parser.add_argument("--policies", nargs="+", help="full or our grid specs (default: every built-in policy, "
-                        "KVCrush over snapkv, h2o and tova)")
-    parser.add_argument("--model", default=None, help="default: the packaged SmolLM2-135M-Instruct; random:SHAPE "
-                        "for a real shape with random weights (kvcrush.models.shapes), e.g. on a GPU")
-    parser.add_argument("--layers", type=int, help="random:SHAPE only: number of layers (default: the shape's)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
-    return parser
+    return script_parser(
+        "select_cost", __doc__, full_doc=True, lengths=list(LENGTHS), repeats=5, budget=0.25, policies=None,
+        model=None, layers=None, device="auto", dtype=None, threads=None, seed=0, out=OUT,
+        helps={"lengths": "prompt tokens (default 1k 2k 4k)",
+               "repeats": "cached selects per policy (median; default 5)",
+               "policies": "full or our grid specs (default: every built-in policy, KVCrush over snapkv, h2o and tova)",
+               "model": "default: the packaged SmolLM2-135M-Instruct; random:SHAPE for a real shape with random "
+                        "weights (kvcrush.models.shapes), e.g. on a GPU"},
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -154,10 +147,7 @@ def _load(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    keep_freed_memory()  # timings without page faults of re-allocated tensors (benchmarks/env.py)
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = start(build_parser(), argv)  # keeps freed memory (benchmarks/env.py), sets --threads
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     lm = _load(args)
@@ -172,16 +162,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows.extend(measure_length(lm, n_tokens, policies, args.repeats))
         print(f"  {n_tokens} tokens done ({time.perf_counter() - started:.0f} s)", flush=True)
     text = markdown(rows, env, args.budget)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report.write_csv(out / "select_cost.csv", rows)
-    report.write_json(out / "select_cost.json", {
+    out = write_outputs(args.out, "select_cost", rows, {
         "mode": "select_cost", "settings": {"lengths": args.lengths, "repeats": args.repeats, "budget": args.budget,
                                             "policies": labels, "seed": args.seed},
         "targets": {"select_s": TARGET_S, "select_pct": TARGET_PCT, "length": TARGET_LENGTH},
         "environment": env, "duration_s": time.perf_counter() - started, "rows": rows,
-    })
-    (out / "select_cost.md").write_text(text + "\n")
+    }, text)
     print()
     print(text)
     print(f"\nWrote {out} in {time.perf_counter() - started:.0f} s.")

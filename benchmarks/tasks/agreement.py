@@ -60,7 +60,7 @@ def score(item: Item, outcome, full) -> dict[str, float]:
     return {
         PRIMARY: token_f1(outcome.text, full.text),
         "em_vs_full": exact_match(outcome.text, full.text),
-        "token_agreement": token_agreement(outcome.new_ids, full.new_ids),
+        "token_agreement": token_agreement(outcome.new_token_ids, full.new_token_ids),
         "f1_vs_gold": max(token_f1(outcome.text, answer) for answer in gold),
         "em_vs_gold": max(exact_match(outcome.text, answer) for answer in gold),
         "contains_gold": float(any(contains_answer(outcome.text, answer) for answer in gold)),

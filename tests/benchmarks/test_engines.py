@@ -92,8 +92,8 @@ def test_kvpress_and_our_engine_decode_through_the_same_loop(tiny_lm, ids):
     press = parse_spec("kvpress:knorm")
     answer = _item(ids)
     ours, theirs = ItemRuns(tiny_lm, answer).full(), run_kvpress(tiny_lm, press, 1.0, answer)
-    assert len(ours.new_ids) == answer.max_new_tokens
-    assert theirs.new_ids == ours.new_ids and theirs.text == ours.text
+    assert len(ours.new_token_ids) == answer.max_new_tokens
+    assert theirs.new_token_ids == ours.new_token_ids and theirs.text == ours.text
     assert theirs.kv_bytes_before == ours.kv_bytes_before == theirs.kv_bytes_after == ours.kv_bytes_after
     scored = _item(ids, reference=True)
     ours, theirs = ItemRuns(tiny_lm, scored).full(), run_kvpress(tiny_lm, press, 1.0, scored)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-from benchmarks.report import RESULT_COLUMNS, read_samples, results_table, setting_of, write_csv
+from benchmarks import report
+from benchmarks.aggregate import RESULT_COLUMNS, read_samples, results_table
+from benchmarks.cli import write_csv
+from benchmarks.comparisons import setting_of
 from benchmarks.verdicts import headline_markdown, readme_headline, replace_headline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,8 +24,9 @@ def test_readme_headline_matches_the_committed_summary():
 
 
 def test_committed_results_reaggregate_from_their_samples(tmp_path):
-    """`report.aggregate` (a pandas groupby-agg with bootstrap intervals) turns the committed samples.csv back
-    into the committed results.csv, byte for byte: the summary's numbers come from the code as it is."""
+    """`benchmarks.aggregate.aggregate` (a pandas groupby-agg with bootstrap intervals) turns the committed
+    samples.csv back into the committed results.csv, byte for byte: the summary's numbers come from the code as
+    it is."""
     seed = json.loads(LATEST.read_text())["settings"]["seed"]
     results = results_table(read_samples(LATEST.parent / "samples.csv"), seed)
     write_csv(tmp_path / "results.csv", results, RESULT_COLUMNS)
@@ -42,3 +47,18 @@ def test_quantized_storage_is_ranked_apart_from_the_headline_setting():
     assert setting_of("snapkv") == setting_of("kvcrush:snapkv:alternating") == "query-agnostic"
     assert setting_of("snapkv~4b") == setting_of("kvcrush:snapkv:alternating:rep4~8b") == "storage"
     assert setting_of("snapkv~4+qa") == setting_of("kvpress:snapkv+qa") == "query-aware"
+
+
+def test_committed_results_rerender_identically(tmp_path):
+    """`python -m benchmarks.report DIR` on a copy of the committed standard run (its samples.csv and summary.json)
+    writes the committed report.md, results.csv and breakdown.csv byte for byte, and its summary gives README.md's
+    headline: the report code (aggregate, comparisons, tables, chart) renders the results it was committed with."""
+    for name in ("samples.csv", "summary.json"):
+        shutil.copy2(LATEST.parent / name, tmp_path / name)
+    markdown = report.main([str(tmp_path), "--cdn-plotly"])
+    assert markdown + "\n" == (LATEST.parent / "report.md").read_text()
+    for name in ("report.md", "results.csv", "breakdown.csv"):
+        assert (tmp_path / name).read_bytes() == (LATEST.parent / name).read_bytes(), name
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert headline_markdown(summary) == readme_headline((ROOT / "README.md").read_text())
+    assert "Pareto front" in (tmp_path / "chart.html").read_text()

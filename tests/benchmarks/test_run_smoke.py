@@ -13,7 +13,7 @@ import math
 import pandas as pd
 import pytest
 
-from benchmarks import report
+from benchmarks import aggregate
 from benchmarks.run import main
 
 BUDGET = 0.5
@@ -55,7 +55,7 @@ def test_every_file_is_written(out_dir):
 
 def test_results_csv_has_both_engines_and_finite_numbers(out_dir):
     results = pd.read_csv(out_dir / "results.csv")
-    assert list(results.columns) == report.RESULT_COLUMNS
+    assert list(results.columns) == aggregate.RESULT_COLUMNS
     assert set(results["engine"]) == {"ours", "kvpress"}
     assert set(results["task"]) == set(TASKS)
     assert set(results["policy"]) == {"full", *POLICIES}
