@@ -1,6 +1,7 @@
 """Command line (`kvcrush` once the package is installed, or `python -m kvcrush`):
 
   kvcrush generate --policy kvcrush --base snapkv --budget 0.25 --prompt-file F   compress a prompt and answer
+  kvcrush generate --policy kvpress --press ExpectedAttentionPress --prompt-file F  a kvpress scorer press as policy
   kvcrush app [streamlit options]                  start the explorer (e.g. --server.port 8502)
   kvcrush bench [benchmark options]                run the benchmark (kvcrush bench --help)
 """
@@ -12,8 +13,8 @@ import dataclasses
 import json
 import sys
 
-from kvcrush.errors import KVCrushError
-from kvcrush.policies import BASE_CHOICES, POLICIES, make_policy
+from kvcrush.errors import KVCrushError, PolicyError
+from kvcrush.policies import BASE_CHOICES, KVPRESS_POLICY, POLICIES, make_policy
 from kvcrush.policies.options import OptionSpec, declared_options
 from kvcrush.textio import read_text_file
 
@@ -53,9 +54,15 @@ def build_parser(prog: str = "kvcrush") -> argparse.ArgumentParser:
     source.add_argument("--prompt", help="the context as a string")
     run.add_argument("--question", help="question appended after the (compressed) context")
     run.add_argument("--query-aware", action="store_true", help="use the question as the observation window")
-    run.add_argument("--policy", default="kvcrush", choices=list(POLICIES),
-                     help="; ".join(f"{name}: {cls.help}" for name, cls in POLICIES.items()))
+    run.add_argument("--policy", default="kvcrush", choices=[*POLICIES, KVPRESS_POLICY],
+                     help="; ".join([*(f"{name}: {cls.help}" for name, cls in POLICIES.items()),
+                                     f"{KVPRESS_POLICY}: a kvpress ScorerPress's scores (--press; needs kvpress)"]))
     run.add_argument("--base", default="snapkv", choices=list(BASE_CHOICES), help="KVCrush's importance policy")
+    if "press" not in option_specs():
+        run.add_argument("--press", default=None,
+                         help="kvpress ScorerPress for --policy kvpress: a class name such as ExpectedAttentionPress, "
+                              "snapkv or CriticalKVPress(SnapKVPress) (kvcrush.policies.press.press_table() lists "
+                              "which run)")
     run.add_argument("--budget", default="0.25", help="tokens kept per KV head: 0.25, 25%% or 512 (default 0.25)")
     policy_flags = run.add_argument_group("policy options (default: the policy's own; each applies to the "
                                           "policies named after it)")
@@ -78,6 +85,11 @@ def policy_options(args: argparse.Namespace) -> dict:
     options = {name: getattr(args, name) for name in option_specs() if getattr(args, name, None) is not None}
     if args.policy == "kvcrush":
         options["base"] = args.base
+    press = getattr(args, "press", None)
+    if args.policy == KVPRESS_POLICY:
+        options["press"] = press  # None: make_policy says a press is needed
+    elif press is not None:
+        raise PolicyError(f"--press applies to --policy {KVPRESS_POLICY} only, not {args.policy}.")
     return options
 
 

@@ -25,6 +25,9 @@ BASELINES: dict[str, type[Policy]] = {
 }
 POLICIES: dict[str, type[Policy]] = {**BASELINES, KVCrush.name: KVCrush}
 BASE_CHOICES = tuple(name for name in BASELINES if name != "full")
+# Any kvpress ScorerPress as a policy (`kvcrush.policies.press`): built by `make_policy("kvpress", press=...)`, and
+# kept out of `POLICIES` (whose every entry builds with its defaults and runs without kvpress installed).
+KVPRESS_POLICY = "kvpress"
 
 
 def _option_names(cls: type[Policy]) -> set[str]:
@@ -36,13 +39,19 @@ def make_policy(name: str, budget: float | int | str = 0.25, **options: Any) -> 
 
     `make_policy("kvcrush", budget=0.25, base="snapkv", crush_fraction=0.25, anchor="alternating",
     granularity="token")`. For `kvcrush`, options the base policy understands (window, sink, ...)
-    go to the base; the rest go to KVCrush. Unknown names and options raise `PolicyError`.
+    go to the base; the rest go to KVCrush. `make_policy("kvpress", press="ExpectedAttentionPress")`: a kvpress
+    ScorerPress (name, class or instance) as a policy; options it does not declare go to the press's
+    constructor (`kvcrush.policies.press`). Unknown names and options raise `PolicyError`.
     """
     key = str(name).strip().lower()
-    if key not in POLICIES:
-        raise PolicyError(f"Unknown policy {name!r}; choose one of {', '.join(POLICIES)}.")
+    if key not in POLICIES and key != KVPRESS_POLICY:
+        raise PolicyError(f"Unknown policy {name!r}; choose one of {', '.join([*POLICIES, KVPRESS_POLICY])}.")
     budget_value = parse_budget(budget)
     options = {k: v for k, v in options.items() if v is not None}
+    if key == KVPRESS_POLICY:
+        from kvcrush.policies.press import make_press_policy  # imports kvpress only when asked for
+
+        return make_press_policy(budget_value, options)
     if key != KVCrush.name:
         return _build(POLICIES[key], budget_value, options)
 
@@ -70,5 +79,5 @@ def _build(cls: type[Policy], budget: float | int, options: dict[str, Any]) -> P
 
 __all__ = [
     "Policy", "FullCache", "RandomEviction", "StreamingLLM", "HeavyHitters", "SnapKV", "PyramidKV", "TOVA",
-    "KeyNorm", "KeyDiff", "KVCrush", "BASELINES", "POLICIES", "BASE_CHOICES", "make_policy",
+    "KeyNorm", "KeyDiff", "KVCrush", "BASELINES", "POLICIES", "BASE_CHOICES", "KVPRESS_POLICY", "make_policy",
 ]
