@@ -9,7 +9,10 @@ size depends on the prompt length and the head counts, not on the weights or the
 `random:llama-3.1-8b` (32 query heads, 8 KV heads) with a small hidden size (``--head-dim``, default 8) and
 ``--layers`` layers (default 2), which a CPU can prefill at 32k tokens. Per length, a window of essay tokens is
 prefilled once; then SnapKV, KVCrush over SnapKV (token level) and KVCrush at block level select at
-``--budget`` (default 0.25). Bytes are read from the trace's tensors (`LayerTrace.nbytes`, `RunTrace.nbytes`).
+``--budget`` (default 0.25). Bytes are read from the trace's tensors (`LayerTrace.nbytes`, `RunTrace.nbytes`):
+signatures packed eight per byte and integers narrowed (`kvcrush.compact`). A trace reads its scores through
+a view of the prepared prompt's (`kvcrush.score_view`), shared by every selection on that prompt, so they are
+not part of it; the ``shared scores`` column gives their bytes per layer once per prompt and scorer.
 
 Goal (the long-prompt issue): a KVCrush trace at 16k tokens with these heads holds at most 400 KiB per layer.
 Writes ``trace_size.csv`` (one row per length, policy and field), ``trace_size.json`` and ``trace_size.md`` to
@@ -22,16 +25,14 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as benchmarks.run: sleeping, not spinning, threads
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import torch  # noqa: E402
-
-from benchmarks import report  # noqa: E402
-from benchmarks.env import environment, keep_freed_memory  # noqa: E402
+from benchmarks.cli import script_parser, settings_dict, start, write_outputs  # noqa: E402
+from benchmarks.env import environment  # noqa: E402
+from benchmarks.markdown import markdown_table  # noqa: E402
 from kvcrush import load_model, make_policy, prepare_encoded  # noqa: E402
 from kvcrush.data import filler_tokens  # noqa: E402
 from kvcrush.prompts import EncodedPrompt  # noqa: E402
@@ -64,9 +65,12 @@ def measure(lm, n_tokens: int, budget: float) -> list[dict[str, Any]]:
                 fields[key] = fields.get(key, 0) + size
         layers = len(trace.layers)
         mean = sum(per_layer) / layers
+        views = [layer.score_view.source for layer in trace.layers if layer.score_view is not None]
+        shared = sum(view.untyped_storage().nbytes() for view in views) / layers
         rows.append({"length": n_tokens, "policy": label, "layers": layers,
                      "kept_per_head": int(trace.layers[0].kept.shape[1]),
-                     "trace_bytes": trace.nbytes, "bytes_per_layer": mean, "select_s": select_s,
+                     "trace_bytes": trace.nbytes, "bytes_per_layer": mean, "shared_score_bytes_per_layer": shared,
+                     "select_s": select_s,
                      "prefill_s": prepared.prefill_s,
                      "meets_goal": bool(mean <= GOAL_BYTES) if n_tokens == GOAL_LENGTH and name == "kvcrush" else None,
                      "fields": {key: size / layers for key, size in sorted(fields.items(), key=lambda kv: -kv[1])}})
@@ -77,7 +81,7 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], budget: float) -> 
     model = env.get("model", {})
     table = [[r["length"], r["policy"], r["kept_per_head"], format_bytes(r["bytes_per_layer"]),
               format_bytes(r["bytes_per_layer"] * 32), "" if r["meets_goal"] is None else
-              ("yes" if r["meets_goal"] else "NO"),
+              ("yes" if r["meets_goal"] else "NO"), format_bytes(r["shared_score_bytes_per_layer"]),
               ", ".join(f"{k} {format_bytes(v)}" for k, v in list(r["fields"].items())[:4])] for r in rows]
     return "\n".join([
         f"# Trace bytes per selection (budget {budget:.0%})", "",
@@ -86,29 +90,21 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], budget: float) -> 
         f"command `{env.get('command', '')}`.", "",
         f"Goal: KVCrush at {GOAL_LENGTH:,} tokens holds at most {format_bytes(GOAL_BYTES)} per layer. "
         "'32 layers' is the per-layer size times Llama-3.1-8B's depth.", "",
-        report.markdown_table(["tokens", "policy", "kept per head", "per layer", "32 layers", "goal",
-                               "largest fields per layer"], table),
+        markdown_table(["tokens", "policy", "kept per head", "per layer", "32 layers", "goal",
+                        "shared scores per layer", "largest fields per layer"], table),
     ])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.trace_size", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="prompt tokens")
-    parser.add_argument("--budget", type=float, default=0.25, help="budget fraction (default 0.25)")
+def build_parser():
+    parser = script_parser("trace_size", __doc__, full_doc=True, lengths=list(LENGTHS), budget=0.25, device="cpu",
+                           threads=None, out=OUT)
     parser.add_argument("--layers", type=int, default=2, help="layers of the random model (default 2)")
     parser.add_argument("--head-dim", type=int, default=8, help="head size of the random model (default 8)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> Path:
-    keep_freed_memory()
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = start(build_parser(), argv)
     heads = 32
     lm = load_model(SHAPE, device=args.device, num_hidden_layers=args.layers, head_dim=args.head_dim,
                     hidden_size=heads * args.head_dim, intermediate_size=4 * heads * args.head_dim,
@@ -121,14 +117,11 @@ def main(argv: list[str] | None = None) -> Path:
         done = rows[-len(POLICIES):]
         print(f"{n_tokens:>7} tokens: " + "; ".join(f"{r['policy']} {format_bytes(r['bytes_per_layer'])}/layer"
                                                     for r in done), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     flat = [{**{k: v for k, v in r.items() if k != "fields"}, "field": name, "field_bytes_per_layer": size}
             for r in rows for name, size in r["fields"].items()]
-    report.write_csv(args.out / "trace_size.csv", flat, list(flat[0]))
-    report.write_json(args.out / "trace_size.json", {"rows": rows, "settings": vars(args) | {"out": str(args.out)},
-                                                     "environment": env})
     text = markdown(rows, env, args.budget)
-    (args.out / "trace_size.md").write_text(text + "\n")
+    write_outputs(args.out, "trace_size", flat, {"rows": rows, "settings": settings_dict(args), "environment": env},
+                  text, list(flat[0]))
     print(text)
     return args.out
 

@@ -42,7 +42,7 @@ class DecodeEviction:
 
     positions: `[kv_heads, T]` true token positions each head keeps afterwards (prompt positions below
     `n_prompt`, generated or appended ones above). before: tokens per head just before. trace: the
-    policy's decisions over the cache slots it saw (slot indices, not positions).
+    policy's decisions over the cache slots it saw (slot indices, not positions), without their scores.
     """
 
     step: int
@@ -184,6 +184,7 @@ class DecodeEvictor:
         seconds = watch.seconds
         self.seconds += seconds
         for ((layer_idx, n_slots, _), trace, held) in zip(due, traces, positions, strict=True):
+            trace.score_view = None  # a record of the decision: its scores over cache slots would pin device memory
             self.evictions.append(DecodeEviction(step, layer_idx, n_slots, held, trace, seconds / len(due)))
 
     @staticmethod

@@ -75,7 +75,7 @@ def set_layer_rows(cache: DynamicCache, index: int, keys: torch.Tensor, values: 
 
 def gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """tensor `[1, kv_heads, L, d]`, index `[kv_heads, T]` -> `[1, kv_heads, T, d]` (a new tensor)."""
-    expanded = index[None, :, :, None].expand(1, -1, -1, tensor.shape[-1])
+    expanded = index.long()[None, :, :, None].expand(1, -1, -1, tensor.shape[-1])  # a trace's may be narrow
     return torch.gather(tensor, 2, expanded)
 
 
@@ -178,7 +178,8 @@ def _on_layer_devices(devices: list[torch.device], kept: list[torch.Tensor | Non
         return None if tensor is None else moved.get(id(tensor), tensor)
 
     merged = [None if rows is None else MergeRows(*map(placed, _merge_tensors(rows))) for rows in merges]
-    return [placed(t) for t in kept], merged, [placed(t) for t in row_bits]
+    # A trace holds positions narrowed (`LayerTrace.compact`); gathers index with int64, made on the device.
+    return [None if t is None else placed(t).long() for t in kept], merged, [placed(t) for t in row_bits]
 
 
 def _merge_tensors(rows: MergeRows | None) -> list[torch.Tensor]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 _UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB")
 
 
@@ -18,4 +21,17 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["format_bytes"]
+def unique_nbytes(tensors: Iterable[Any]) -> int:
+    """Bytes of the storage behind `tensors`, each storage counted once: a view (a slice, a trace's scores read
+    from a prepared prompt's) costs what the storage it keeps alive holds, and two views of one storage cost it
+    once. Meta tensors hold nothing."""
+    seen: dict[tuple[str, int], int] = {}
+    for tensor in tensors:
+        if tensor.device.type == "meta":
+            continue
+        storage = tensor.untyped_storage()
+        seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())
+
+
+__all__ = ["format_bytes", "unique_nbytes"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 
+from kvcrush.compact import index_dtype, narrowed, pack_bits, small_dtype, unpack_bits
 from kvcrush.host import to_host
+from kvcrush.score_view import ScoreView
 
 # Per-token status codes, in the order the UI's legend shows them.
 EVICTED, SINK, RECENT, IMPORTANT, REPRESENTATIVE, PROTECTED = range(6)
@@ -21,14 +23,21 @@ STATUS_NAMES = ("evicted", "sink", "recent", "kept (importance)", "KVCrush repre
 class LayerTrace:
     """One layer's decisions. Positions are absolute token indices in the prompt.
 
-    scores: `[kv_heads, M]` base importance of the M middle tokens `[middle_start, middle_end)`.
-    signatures: `[M, H]` bool head signatures (KVCrush only), H query or KV heads.
+    scores: `[kv_heads, M]` float32 base importance of the M middle tokens `[middle_start, middle_end)`: the
+        recorded `stored_scores`, else read through `score_view` from the scores the selection used (a
+        prepared prompt's, shared rather than copied; `kvcrush.score_view`). None when neither exists.
+    signatures: `[M, H]` bool head signatures (KVCrush only), H query or KV heads; held packed eight per
+        byte (`packed_signatures`, `[M, ceil(H / 8)]` uint8, `signature_width` = H).
     anchor: `[width]` bool; width H (token level) or `block_size * H` (block level).
     distances: `[units]` Hamming distance of every middle unit (token or block) to the anchor.
     candidates / representatives: unit ids (token positions, or block ids at block level).
     buckets: for each representative, the candidate units it stands in for.
     blocks: `[n_blocks, 2]` start/end token positions of each block (block level only).
     kept: `[kv_heads, T]` kept context positions per KV head, ascending.
+
+    Integers are stored in the narrowest type that holds them (`compact`, which every move to the host applies):
+    positions and unit ids int32 (PyTorch indexes with them; `gather` and `scatter` need `.long()`), distances and
+    anchor ids int8 where they fit.
 
     KVCrush beyond the paper (spec section 7; recorded on every KVCrush layer):
     anchors: `[k, width]` bool, every anchor (`anchor` is `anchors[0]`); with k > 1, `distances` are
@@ -50,8 +59,9 @@ class LayerTrace:
     crush_used: int
     no_op: bool
     kept: torch.Tensor
-    scores: torch.Tensor | None = None
-    signatures: torch.Tensor | None = None
+    stored_scores: torch.Tensor | None = None
+    packed_signatures: torch.Tensor | None = None
+    signature_width: int = 0
     anchor: torch.Tensor | None = None
     distances: torch.Tensor | None = None
     candidates: torch.Tensor | None = None
@@ -83,6 +93,52 @@ class LayerTrace:
     importance_units: int | None = None
     crush_units: int | None = None
     importance_kept: int | None = None
+    score_view: ScoreView | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def scores(self) -> torch.Tensor | None:
+        if self.stored_scores is not None:
+            return self.stored_scores
+        return None if self.score_view is None else self.score_view.resolve()
+
+    def keep_scores(self) -> LayerTrace:
+        """Store the scores in this trace (in place; for a trace that outlives what its view reads, or an
+        export) and drop the view."""
+        if self.stored_scores is None and self.score_view is not None:
+            self.stored_scores = self.score_view.resolve()
+        self.score_view = None
+        return self
+
+    def export_fields(self) -> dict[str, Any]:
+        """Every field for a saved or exported trace, with the scores included and the signatures unpacked
+        (`scores` and `signatures` in place of their compact forms)."""
+        compact_forms = {"stored_scores", "packed_signatures", "signature_width", "score_view"}
+        exported = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in compact_forms}
+        return {**exported, "scores": self.scores, "signatures": self.signatures}
+
+    @property
+    def signatures(self) -> torch.Tensor | None:
+        if self.packed_signatures is None:
+            return None
+        return unpack_bits(self.packed_signatures, self.signature_width)
+
+    def set_signatures(self, bits: torch.Tensor | None) -> None:
+        """Record `[M, H]` bool signatures, packed eight per byte (on their device)."""
+        self.packed_signatures = None if bits is None else pack_bits(bits)
+        self.signature_width = 0 if bits is None else int(bits.shape[-1])
+
+    def compact(self) -> LayerTrace:
+        """Integers in the narrowest types that hold them (in place, on the trace's device; see the class)."""
+        positions = index_dtype(max(self.n_tokens, 1))
+        for name in ("kept", "candidates", "representatives", "blocks"):
+            setattr(self, name, narrowed(getattr(self, name), positions))
+        self.buckets = [narrowed(bucket, positions) for bucket in self.buckets]
+        width = self.anchors.shape[-1] if self.anchors is not None else self.signature_width * self.block_size
+        self.distances = narrowed(self.distances, small_dtype(max(width, 1)))
+        anchors = 1 if self.anchors is None else self.anchors.shape[0]
+        self.unit_anchor = narrowed(self.unit_anchor, small_dtype(anchors))
+        self.bucket_anchor = narrowed(self.bucket_anchor, small_dtype(anchors))
+        return self
 
     @property
     def middle_start(self) -> int:
@@ -92,6 +148,10 @@ class LayerTrace:
     def nbytes(self) -> int:
         """Bytes of every tensor this layer's trace holds (`numel * element_size`, lists of tensors included)."""
         return sum(self.field_nbytes().values())
+
+    def own_tensors(self) -> list[torch.Tensor]:
+        """The tensors of this trace's fields (lists of tensors flattened), in field order."""
+        return _tensor_slots([self])[1]
 
     def field_nbytes(self) -> dict[str, int]:
         """Bytes per field holding a tensor or a list of tensors (the list's tensors summed), in field order."""
@@ -255,6 +315,14 @@ class RunTrace:
         """Bytes of every tensor the trace holds, over all layers (`LayerTrace.nbytes`; token strings aside)."""
         return sum(layer.nbytes for layer in self.layers)
 
+    def tensors(self) -> Iterator[torch.Tensor]:
+        """Every tensor the trace keeps alive: its own and the scores its views read (`kvcrush.score_view`), for
+        counting what a session holds (`kvcrush.sizes.unique_nbytes`, which counts shared storage once)."""
+        for layer in self.layers:
+            yield from layer.own_tensors()
+            if layer.score_view is not None:
+                yield layer.score_view.source
+
 
 @dataclass
 class GenerationResult:
@@ -297,6 +365,14 @@ class GenerationResult:
         """KV bytes after / before."""
         return self.kv_bytes_after / self.kv_bytes_before if self.kv_bytes_before else 1.0
 
+    def tensors(self) -> Iterator[torch.Tensor]:
+        """Every tensor this result keeps alive (`RunTrace.tensors`, decode-time evictions, final cache positions)."""
+        yield from self.trace.tensors()
+        for eviction in self.decode_evictions:
+            yield eviction.positions
+            yield from eviction.trace.own_tensors()
+        yield from (positions for positions in self.cache_positions or [] if isinstance(positions, torch.Tensor))
+
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
 
@@ -324,9 +400,12 @@ def traces_to_host(traces: list[LayerTrace], extra: Sequence[torch.Tensor] = ())
     """Move every tensor of every trace to the CPU in one copy per device (in place), with `extra` tensors.
 
     Per-layer selection leaves its results on the layer's device; a selection calls this once after its
-    last layer, so it waits for the accelerator once instead of once per tensor and layer. Returns `extra`'s
-    CPU copies, in order.
+    last layer, so it waits for the accelerator once instead of once per tensor and layer. Every trace is
+    compacted first (`LayerTrace.compact`, on its device), so the copy moves the narrow integers. Returns
+    `extra`'s CPU copies, in order.
     """
+    for trace in traces:
+        trace.compact()
     slots, tensors = _tensor_slots(traces)
     moved = to_host([*tensors, *extra])
     for (trace, name, index), tensor in zip(slots, moved, strict=False):
@@ -353,6 +432,8 @@ def to_jsonable(value: Any) -> Any:
     """Dataclasses and tensors to plain JSON types (tensors become nested lists)."""
     if isinstance(value, torch.Tensor):
         return value.tolist()
+    if isinstance(value, LayerTrace):
+        return to_jsonable(value.export_fields())
     if hasattr(value, "__dataclass_fields__"):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):

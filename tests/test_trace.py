@@ -10,10 +10,11 @@ from kvcrush.trace import LayerTrace, traces_to_host
 
 def _trace(layer: int) -> LayerTrace:
     kept = torch.arange(6).reshape(2, 3) + layer
-    return LayerTrace(layer, 10, 3, 0, 1, 1, 1, 1, False, kept, scores=torch.rand(2, 8),
-                      signatures=torch.rand(8, 4) > 0.5, representatives=torch.tensor([4, 6]),
-                      buckets=[torch.tensor([4, 5]), torch.tensor([6])],
-                      merge_weights=[torch.rand(2, 2), torch.rand(2, 1)], crush_fraction=0.25)
+    trace = LayerTrace(layer, 10, 3, 0, 1, 1, 1, 1, False, kept, stored_scores=torch.rand(2, 8),
+                       representatives=torch.tensor([4, 6]), buckets=[torch.tensor([4, 5]), torch.tensor([6])],
+                       merge_weights=[torch.rand(2, 2), torch.rand(2, 1)], crush_fraction=0.25)
+    trace.set_signatures(torch.rand(8, 4) > 0.5)
+    return trace
 
 
 def test_traces_to_host_moves_every_field_once_for_all_layers():
@@ -71,10 +72,37 @@ def test_nbytes_counts_every_tensor_and_tensor_list_of_a_trace():
 
     layers = [_trace(i) for i in range(3)]
     layer = layers[0]
-    expected = (6 * 8 + 16 * 4 + 32 * 1 + 2 * 8 + (2 + 1) * 8 + (4 + 2) * 4)  # kept, scores, signatures, reps,
-    assert layer.nbytes == expected                                        # buckets, merge weights
-    assert layer.field_nbytes() == {"kept": 48, "scores": 64, "signatures": 32, "representatives": 16,
+    expected = (6 * 8 + 16 * 4 + 8 * 1 + 2 * 8 + (2 + 1) * 8 + (4 + 2) * 4)  # kept, scores, packed signatures,
+    assert layer.nbytes == expected                                       # reps, buckets, merge weights
+    assert layer.field_nbytes() == {"kept": 48, "stored_scores": 64, "packed_signatures": 8, "representatives": 16,
                                     "buckets": 24, "merge_weights": 24}
     assert RunTrace({"name": "kvcrush"}, "random:tiny", ["a"] * 10, 10, 0, False, layers).nbytes == 3 * expected
-    layer.signatures = None
-    assert layer.nbytes == expected - 32
+    layer.set_signatures(None)
+    assert layer.nbytes == expected - 8
+
+
+def test_compact_narrows_positions_and_keeps_their_values():
+    trace = _trace(0)
+    kept, buckets = trace.kept.clone(), [b.clone() for b in trace.buckets]
+    trace.compact()
+    assert trace.kept.dtype == torch.int32 and torch.equal(trace.kept, kept)
+    assert [b.dtype for b in trace.buckets] == [torch.int32] * 2 and [b.tolist() for b in trace.buckets] == \
+        [b.tolist() for b in buckets]
+    assert trace.field_nbytes()["kept"] == 24 and trace.representatives.dtype == torch.int32
+
+
+def test_scores_are_read_through_the_view_and_exported():
+    from kvcrush.score_view import ScoreView
+    from kvcrush.trace import to_jsonable
+
+    source = torch.rand(4, 12)  # four query heads, two KV heads
+    trace = _trace(0)
+    trace.stored_scores = None
+    trace.score_view = ScoreView(source, 2, "group", 2, 10)
+    expected = source[:, 2:10].reshape(2, 2, 8).mean(dim=1)
+    assert torch.allclose(trace.scores, expected) and "stored_scores" not in trace.field_nbytes()
+    exported = to_jsonable(trace)
+    assert torch.allclose(torch.tensor(exported["scores"]), expected)
+    assert torch.equal(torch.tensor(exported["signatures"]), trace.signatures)
+    assert "score_view" not in exported and "packed_signatures" not in exported
+    assert torch.equal(trace.keep_scores().stored_scores, expected) and trace.score_view is None

@@ -11,23 +11,33 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
+import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import streamlit as st
 
 import kvcrush
 from kvcrush.attention_use import AttentionUse
+from kvcrush.sizes import unique_nbytes
 from kvcrush.trace import GenerationResult, RunTrace
 from ui import policy_options
 
 T = TypeVar("T")
 MAX_RESULTS = 32
-MAX_SELECTIONS = 16  # a 2k-token KVCrush trace of a 30-layer model holds a few MB
+MAX_SELECTIONS = 16
+# What one session's finished runs and selections may hold, in MiB (their tensors, shared storage counted once):
+# results get three quarters, selections one. A compact KVCrush trace of the packaged model (30 layers) at 7k
+# tokens holds about 4 MiB, so the counts above bind first there; at 128k tokens with an 8B model's heads a
+# selection holds about 100 MiB and the bytes bind. The prepared prompt (full KV cache) is one per session.
+SESSION_MIB_ENV = "KVCRUSH_APP_SESSION_MIB"
+DEFAULT_SESSION_MIB = 1024
 
 
 @dataclass(frozen=True)
@@ -207,12 +217,26 @@ class RunRecord:
         return self.request.policy.label
 
 
-class LRUStore(Generic[T]):
-    """The least recently used values are dropped beyond `capacity`. Thread-safe: a run's answer is
-    stored by its worker thread (`ui.answer`) while the script thread reads."""
+def session_byte_limit() -> int:
+    """Bytes one session's results and selections may hold together (`KVCRUSH_APP_SESSION_MIB`, default 1024)."""
+    try:
+        mib = float(os.environ.get(SESSION_MIB_ENV, DEFAULT_SESSION_MIB))
+    except ValueError:
+        mib = DEFAULT_SESSION_MIB
+    return int(max(mib, 1.0) * 2**20)
 
-    def __init__(self, capacity: int) -> None:
+
+class LRUStore(Generic[T]):
+    """The least recently used values are dropped beyond `capacity` values, or while the values' tensors hold more
+    than `byte_limit` bytes (`tensors_of(value)`; storage shared between values counted once), the newest value
+    always kept. Thread-safe: a run's answer is stored by its worker thread (`ui.answer`) while the script thread
+    reads."""
+
+    def __init__(self, capacity: int, byte_limit: int | None = None,
+                 tensors_of: Callable[[T], Iterable[Any]] | None = None) -> None:
         self.capacity = capacity
+        self.byte_limit = byte_limit
+        self._tensors_of = tensors_of
         self._items: OrderedDict[str, T] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -229,20 +253,42 @@ class LRUStore(Generic[T]):
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
+            if self.byte_limit is not None and self._tensors_of is not None:
+                while len(self._items) > 1 and self._nbytes() > self.byte_limit:
+                    self._items.popitem(last=False)
 
     def drop(self, key: str) -> None:
         with self._lock:
             self._items.pop(key, None)
 
+    def nbytes(self) -> int:
+        """Bytes the stored values' tensors hold (0 without `tensors_of`)."""
+        with self._lock:
+            return self._nbytes()
+
+    def _nbytes(self) -> int:
+        if self._tensors_of is None:
+            return 0
+        return unique_nbytes(itertools.chain.from_iterable(self._tensors_of(v) for v in self._items.values()))
+
     def __len__(self) -> int:
         return len(self._items)
 
 
-class ResultStore(LRUStore[RunRecord]):
-    """Finished runs of this session (at most `MAX_RESULTS`), by `RunRequest.key`."""
+def record_tensors(record: RunRecord) -> Iterable[Any]:
+    """The tensors a finished run keeps alive: its result's and its attention record's."""
+    yield from record.result.tensors()
+    if record.attention is not None:
+        yield from (value for value in vars(record.attention).values() if hasattr(value, "untyped_storage"))
 
-    def __init__(self, capacity: int = MAX_RESULTS) -> None:
-        super().__init__(capacity)
+
+class ResultStore(LRUStore[RunRecord]):
+    """Finished runs of this session (at most `MAX_RESULTS`, and three quarters of `session_byte_limit()`), by
+    `RunRequest.key`."""
+
+    def __init__(self, capacity: int = MAX_RESULTS, byte_limit: int | None = None) -> None:
+        super().__init__(capacity, byte_limit if byte_limit is not None else session_byte_limit() * 3 // 4,
+                         record_tensors)
 
     def put(self, record: RunRecord) -> None:
         self.set(record.request.key, record)
@@ -250,10 +296,12 @@ class ResultStore(LRUStore[RunRecord]):
 
 class SelectionStore(LRUStore[RunTrace]):
     """Selections (traces without decoding) of this session, by `RunRequest.selection_key`: going back to a
-    budget shows its kept tokens at once even when its answer was never finished."""
+    budget shows its kept tokens at once even when its answer was never finished. At most `MAX_SELECTIONS`, and a
+    quarter of `session_byte_limit()`."""
 
-    def __init__(self, capacity: int = MAX_SELECTIONS) -> None:
-        super().__init__(capacity)
+    def __init__(self, capacity: int = MAX_SELECTIONS, byte_limit: int | None = None) -> None:
+        super().__init__(capacity, byte_limit if byte_limit is not None else session_byte_limit() // 4,
+                         RunTrace.tensors)
 
 
 @dataclass

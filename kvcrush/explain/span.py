@@ -150,7 +150,7 @@ def stand_ins(layer: LayerTrace) -> torch.Tensor:
     firsts = layer.representatives.long()
     if layer.granularity == "block" and layer.blocks is not None:  # units are block ids: to their tokens
         size = layer.block_size
-        firsts = layer.blocks[firsts, 0]
+        firsts = layer.blocks[firsts, 0].long()
         members = (layer.blocks[members, 0][:, None] + torch.arange(size)).reshape(-1)
         sizes = sizes * size
     owner = torch.repeat_interleave(firsts, sizes)

@@ -26,9 +26,8 @@ from kvcrush.devices import Stopwatch
 from kvcrush.errors import BudgetError, PolicyError
 from kvcrush.policies.options import option
 from kvcrush.quant import KV_BITS, KVStorage, check_bits
+from kvcrush.score_view import HEAD_REDUCTIONS, ScoreView, reduce_to_kv_heads
 from kvcrush.trace import LayerTrace, traces_to_host
-
-HEAD_REDUCTIONS = ("group", "all")
 
 
 def _shifted(groups: list[torch.Tensor] | None, offset: int) -> list[torch.Tensor]:
@@ -193,11 +192,11 @@ class Policy:
         each KV head ranks by its own group. `"all"`: average every head of the layer, so all KV heads
         keep the same tokens (what kvpress's TOVAPress does).
         """
-        if getattr(self, "head_reduction", "group") == "all":
-            return scores.mean(dim=0, keepdim=True).expand(layer.kv_heads, -1).clone()
-        if scores.shape[0] == layer.kv_heads:
-            return scores
-        return scores.reshape(layer.kv_heads, layer.group_size, -1).mean(dim=1)
+        return reduce_to_kv_heads(scores, layer.kv_heads, self.head_reduction_name())
+
+    def head_reduction_name(self) -> str:
+        """How `kv_scores` reduces query heads ("group" or "all"; `kvcrush.score_view.reduce_to_kv_heads`)."""
+        return getattr(self, "head_reduction", "group")
 
     def select_middle(
         self, plan: BudgetPlan, middle_kv_scores: torch.Tensor, middle_head_scores: torch.Tensor
@@ -216,12 +215,15 @@ class Policy:
                               "kvcrush's split='adaptive'), so it cannot compress one layer alone (kvpress "
                               "hooks): use kvcrush.prepare(...).select/generate, or the fixed split.")
         if not self.evicts or self.plan(layer).no_op:
-            return self.select(None, layer)
+            trace = self.select(None, layer)
+            traces_to_host([trace])
+            return trace
         watch = Stopwatch(layer.keys.device)  # the time covers the scorer's queued GPU work
         with watch.timing():
             head_scores = self.score(layer).float()
         trace = self.select(head_scores, layer)
         traces_to_host([trace])
+        trace.keep_scores()  # nothing else holds this one layer's scores
         trace.score_s = watch.seconds
         return trace
 
@@ -274,7 +276,7 @@ class Policy:
         kv_scores = self.kv_scores(head_scores, layer)
         lo, hi = plan.middle_start, plan.middle_end
         selection = self.select_middle(plan, kv_scores[:, lo:hi], head_scores[:, lo:hi])
-        return self.layer_trace(layer, plan, kv_scores, selection, start)
+        return self.layer_trace(layer, plan, head_scores, selection, start)
 
     def select_layers(self, per_layer_scores: list[torch.Tensor | None], layers: list[LayerInputs],
                       crush_fractions: list[float] | None = None,
@@ -292,11 +294,12 @@ class Policy:
         return [self.select(scores, layer, budget, fraction)
                 for scores, layer, fraction, budget in zip(per_layer_scores, layers, fractions, budgets, strict=True)]
 
-    def layer_trace(self, layer: LayerInputs, plan: BudgetPlan, kv_scores: torch.Tensor, selection: MiddleSelection,
-                    start: float) -> LayerTrace:
+    def layer_trace(self, layer: LayerInputs, plan: BudgetPlan, head_scores: torch.Tensor,
+                    selection: MiddleSelection, start: float) -> LayerTrace:
         """One layer's trace from its middle selection: sink and recent join every head's kept set.
 
-        kv_scores: `[kv_heads, n_context]`; start: `perf_counter()` when this layer's selection began.
+        head_scores: `[query_heads or kv_heads, n_context]` the scores selection read, which the trace views
+        rather than copies (`kvcrush.score_view`); start: `perf_counter()` when this layer's selection began.
         Unit ids in `selection` are relative to the middle unless `selection.absolute` (block ids always are).
         Every tensor stays on the layer's device (no host sync per layer); `select_s` and `crush_s` are host-side
         times that do not wait for the device (`PreparedPrompt.select` times the whole selection, synchronised).
@@ -324,8 +327,8 @@ class Policy:
             crush_used=selection.crush_used,
             no_op=False,
             kept=kept,
-            scores=kv_scores[:, lo : hi - selection.extra_recent],
-            signatures=selection.signatures,
+            score_view=ScoreView(head_scores, layer.kv_heads, self.head_reduction_name(), lo,
+                                 hi - selection.extra_recent),
             anchor=selection.anchor,
             distances=selection.distances,
             candidates=absolute(selection.candidates),
@@ -338,6 +341,7 @@ class Policy:
             crush_s=selection.crush_s,
             protected=layer.protected_tail,
         )
+        trace.set_signatures(selection.signatures)
         for name, value in selection.trace_fields.items():
             setattr(trace, name, value)
         return trace

@@ -162,6 +162,9 @@ class KVCrush(Policy):
     def kv_scores(self, scores: torch.Tensor, layer: LayerInputs) -> torch.Tensor:
         return self.base.kv_scores(scores, layer)
 
+    def head_reduction_name(self) -> str:
+        return self.base.head_reduction_name()
+
     def recent_tokens(self, layer: LayerInputs) -> int:
         return self.base.recent_tokens(layer)
 
@@ -308,7 +311,7 @@ class KVCrush(Policy):
                 trace_fields={"anchors": anchors[i][None], "unit_anchor": unit_anchor,
                               "bucket_anchor": bucket_anchor, "crush_fraction": fraction,
                               **_cutoffs(plan.importance, plan.crush, plan.importance)})
-            traces.append(self.layer_trace(layer, plan, kv[i], selection, time.perf_counter() - share))
+            traces.append(self.layer_trace(layer, plan, per_layer_scores[i], selection, time.perf_counter() - share))
         return traces
 
     def _signature_scores(self, kv_scores: torch.Tensor, head_scores: torch.Tensor) -> torch.Tensor:
@@ -378,7 +381,7 @@ class KVCrush(Policy):
         signature_scores = self._signature_scores(middle_kv, middle_heads)
         if self.granularity != "block":
             order = crush.stable_top_indices(middle_kv, n_middle)
-            return _Units(index, layer, self, plan, kv_scores, start, order, middle_kv, signature_scores,
+            return _Units(index, layer, self, plan, head_scores, start, order, middle_kv, signature_scores,
                           plan.importance, plan.crush)
         size = self.block_size
         n_blocks, leftover = divmod(n_middle, size)
@@ -401,7 +404,7 @@ class KVCrush(Policy):
         whole = n_blocks * size
         block_scores = middle_kv[:, :whole].reshape(-1, n_blocks, size).sum(dim=-1)
         order = crush.stable_top_indices(block_scores, n_blocks)
-        return _Units(index, layer, self, plan, kv_scores, start, order, block_scores, signature_scores[:, :whole],
+        return _Units(index, layer, self, plan, head_scores, start, order, block_scores, signature_scores[:, :whole],
                       n_keep - n_crush, n_crush, leftover)
 
     def _find_candidates(self, u: _Units) -> None:
@@ -466,7 +469,7 @@ class KVCrush(Policy):
             crush_s=u.crush_s,
             trace_fields={**grouping.trace_fields(self.crush_fraction), **_cutoffs(u.n_importance, u.n_crush, count)},
         )
-        return self.layer_trace(u.layer, plan, u.kv_scores, selection, u.start)
+        return self.layer_trace(u.layer, plan, u.head_scores, selection, u.start)
 
     @staticmethod
     def _fill(order: torch.Tensor, representatives: torch.Tensor, count: int, n_importance: int) -> torch.Tensor:
@@ -489,7 +492,8 @@ class KVCrush(Policy):
 class _Units:
     """One layer's selection between its phases (`KVCrush._select_units`), on the layer's device.
 
-    order: `[kv_heads, units]` each head's ranking of the units (middle tokens, or whole blocks); unit_scores:
+    head_scores: `[query_heads or kv_heads, n_context]` the layer's scores as selection received them; order:
+    `[kv_heads, units]` each head's ranking of the units (middle tokens, or whole blocks); unit_scores:
     `[kv_heads, units]` their base scores; signature_scores: `[heads, tokens]` the scores signatures are made
     of; n_importance / n_crush: units each head keeps by importance / representatives wanted; leftover:
     middle tokens next to the recent window that fill no block. Set later: token_bits `[tokens, heads]`, bits
@@ -501,7 +505,7 @@ class _Units:
     layer: LayerInputs
     policy: KVCrush
     plan: BudgetPlan
-    kv_scores: torch.Tensor
+    head_scores: torch.Tensor
     start: float
     order: torch.Tensor
     unit_scores: torch.Tensor

@@ -19,7 +19,9 @@ def test_trace_bytes_per_layer_and_per_field(tmp_path):
         assert row["trace_bytes"] == row["bytes_per_layer"] * row["layers"]
         assert row["kept_per_head"] == 128  # 25% of 512
     by_policy = {r["policy"]: r for r in rows}
-    assert "signatures" in by_policy["kvcrush"]["fields"] and "signatures" not in by_policy["snapkv"]["fields"]
+    crushed, snapkv = by_policy["kvcrush"], by_policy["snapkv"]
+    assert "packed_signatures" in crushed["fields"] and "packed_signatures" not in snapkv["fields"]
+    assert "stored_scores" not in snapkv["fields"] and snapkv["shared_score_bytes_per_layer"] > 0
     assert by_policy["kvcrush"]["bytes_per_layer"] > by_policy["snapkv"]["bytes_per_layer"]
     table = pd.read_csv(out / "trace_size.csv")
     assert set(table["policy"]) == set(POLICIES) and (table["field_bytes_per_layer"] > 0).all()

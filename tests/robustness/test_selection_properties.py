@@ -89,7 +89,7 @@ def _common_checks(trace, case) -> torch.Tensor:
     """Valid, duplicate-free, ascending, same count per head; sink and recent kept. Returns kept."""
     n, kv_heads = case["n"], case["kv_heads"]
     kept = trace.kept
-    assert kept.dtype == torch.int64
+    assert kept.dtype == torch.int32  # compact: positions in the narrowest indexable type (kvcrush.compact)
     assert kept.dim() == 2 and kept.shape[0] == kv_heads
     assert bool(((kept >= 0) & (kept < n)).all())
     for row in kept.tolist():
