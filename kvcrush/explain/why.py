@@ -161,6 +161,9 @@ def _verdict(decision: HeadDecision, layer: LayerTrace, units: LayerUnits, unit:
         heads = ", ".join(map(str, decision.kept_by))
         return (f"evicted; not a KVCrush candidate because KV head{'s' if len(decision.kept_by) > 1 else ''} {heads} "
                 "kept it, so no representative stands in for it here.")
+    if not layer.buckets:
+        return (f"evicted; a KVCrush candidate{near}{anchor}, but this layer's budget left no room for "
+                "representatives (T_crush = 0), so none stands in for it.")
     return f"evicted; a KVCrush candidate{near}{anchor}, but its anchor's group got no representative."
 
 

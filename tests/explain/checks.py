@@ -97,7 +97,10 @@ def check_why(trace, position: int) -> None:
             if decision.status == EVICTED:
                 assert f"#{decision.representative}" in decision.sentence
         if decision.status == EVICTED and decision.bucket is None and layer.signatures is not None:
-            assert decision.kept_by or (layer.anchors is not None and layer.anchors.shape[0] > 1)
+            several = layer.anchors is not None and layer.anchors.shape[0] > 1
+            assert decision.kept_by or several or not layer.buckets
+            if not decision.kept_by and not layer.buckets:
+                assert "T_crush = 0" in decision.sentence
         if decision.status == REPRESENTATIVE:
             assert "representative of bucket" in decision.sentence
     assert why.kept_count() == sum(d.kept for d in why.decisions)
@@ -119,7 +122,12 @@ def _check_crush_steps(steps: dict, layer, units) -> None:
     # Buckets: the candidates in (anchor group, distance, position) order cut into the recorded sizes.
     buckets = steps["buckets"]
     sizes = buckets.data["sizes"].tolist()
-    assert sizes == [b.numel() for b in layer.buckets] and sum(sizes) == recorded.numel()
+    assert sizes == [b.numel() for b in layer.buckets]
+    offset = 0 if units.size > 1 else units.start
+    bucketed = torch.cat(layer.buckets).long() - offset if layer.buckets else recorded[:0]
+    assert set(bucketed.tolist()) <= set(recorded.tolist())  # every bucket member is a candidate
+    if layer.anchors is None or layer.anchors.shape[0] == 1:
+        assert sum(sizes) == recorded.numel() or not layer.buckets  # one anchor: every candidate, when any is picked
     ordered = buckets.data["ordered_distances"]
     groups = torch.repeat_interleave(buckets.data["group"], buckets.data["sizes"])
     for g in groups.unique().tolist():
