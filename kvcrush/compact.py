@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import torch
 
-_BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)  # bit i of a packed byte is column 8 * byte + i (little-endian)
-
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """`[..., width]` bool -> `[..., ceil(width / 8)]` uint8, eight columns per byte, least significant first."""
+    """`[..., width]` bool -> `[..., ceil(width / 8)]` uint8, eight columns per byte, least significant first
+    (numpy's `packbits(..., bitorder="little")`)."""
     width = bits.shape[-1]
-    padded = torch.nn.functional.pad(bits.to(torch.uint8), (0, -width % 8))
-    grouped = padded.reshape(*bits.shape[:-1], -1, 8)
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device="cpu")
-    if weights.device != bits.device:
-        weights = weights.to(bits.device, non_blocking=True)
-    return (grouped * weights).sum(dim=-1, dtype=torch.uint8)
+    n_bytes = -(-width // 8)
+    padded = torch.zeros((*bits.shape[:-1], n_bytes * 8), dtype=torch.uint8, device=bits.device)
+    padded[..., :width] = bits
+    # Eight strided ORs over `[..., n_bytes]`: on a CPU, several times cheaper than a weighted sum over a last
+    # dimension of 8 (and than `F.pad`, which takes a slow path for uint8).
+    packed = padded[..., 0::8].clone()
+    for bit in range(1, 8):
+        packed |= padded[..., bit::8] << bit
+    return packed
 
 
 def unpack_bits(packed: torch.Tensor, width: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -31,7 +32,9 @@ class LayerTrace:
     anchor: `[width]` bool; width H (token level) or `block_size * H` (block level).
     distances: `[units]` Hamming distance of every middle unit (token or block) to the anchor.
     candidates / representatives: unit ids (token positions, or block ids at block level).
-    buckets: for each representative, the candidate units it stands in for.
+    buckets: for each representative, the candidate units it stands in for (a list of `[members]` views of
+        `bucket_members`, `[P]` every bucket's units one after the other, cut at `bucket_sizes`, `[k]` int32; one
+        tensor per layer rather than hundreds, which the host copy and a session's memory pay per tensor).
     blocks: `[n_blocks, 2]` start/end token positions of each block (block level only).
     kept: `[kv_heads, T]` kept context positions per KV head, ascending.
 
@@ -44,7 +47,8 @@ class LayerTrace:
     each unit's distance to its nearest anchor. unit_anchor: `[units]` int64, that nearest anchor's
     index (the group of each candidate). bucket_anchor: `[buckets]` int64, the anchor of each bucket.
     crush_fraction: the layer's crush fraction (the adaptive split moves it per layer).
-    merge_weights: with `merge="values"`, for each bucket `[kv_heads, members]` float32 softmax weights
+    merge_weights: with `merge="values"`, for each bucket `[kv_heads, members]` float32 softmax weights (views of
+    `merge_weight_rows`, `[kv_heads, P]` in `bucket_members`' order)
     of its members (in the bucket's order, each head's row sums to 1); the representative's value row in
     the compressed cache is the weighted sum of the members' value rows (`merge_rows`). Empty otherwise.
     """
@@ -66,7 +70,8 @@ class LayerTrace:
     distances: torch.Tensor | None = None
     candidates: torch.Tensor | None = None
     representatives: torch.Tensor | None = None
-    buckets: list[torch.Tensor] = field(default_factory=list)
+    bucket_members: torch.Tensor | None = None
+    bucket_sizes: torch.Tensor | None = None
     granularity: str = "token"
     block_size: int = 1
     blocks: torch.Tensor | None = None
@@ -78,7 +83,7 @@ class LayerTrace:
     unit_anchor: torch.Tensor | None = None
     bucket_anchor: torch.Tensor | None = None
     crush_fraction: float | None = None
-    merge_weights: list[torch.Tensor] = field(default_factory=list)
+    merge_weight_rows: torch.Tensor | None = None
     # Quantized storage (`kv_bits` / `representative_bits` below 16): `[kv_heads, T]` int8 bits each kept
     # row is stored at, aligned with `kept` (16: full precision, e.g. the residual window). None: all 16.
     row_bits: torch.Tensor | None = None
@@ -95,6 +100,32 @@ class LayerTrace:
     importance_kept: int | None = None
     score_view: ScoreView | None = field(default=None, repr=False, compare=False)
 
+    @functools.cached_property
+    def buckets(self) -> list[torch.Tensor]:
+        """`[members]` units of each bucket, views of `bucket_members` (made once per trace; see the class)."""
+        if self.bucket_members is None or self.bucket_sizes is None:
+            return []
+        return list(torch.split(self.bucket_members, self.bucket_sizes.tolist()))
+
+    @functools.cached_property
+    def merge_weights(self) -> list[torch.Tensor]:
+        """`[kv_heads, members]` merge weights of each bucket, views of `merge_weight_rows` (see the class)."""
+        if self.merge_weight_rows is None or self.bucket_sizes is None:
+            return []
+        return list(torch.split(self.merge_weight_rows, self.bucket_sizes.tolist(), dim=1))
+
+    def set_buckets(self, buckets: list[torch.Tensor], merge_weights: torch.Tensor | None = None) -> None:
+        """Record buckets given as a list of `[members]` unit tensors (joined here, on their device; their sizes
+        are shapes, read without a sync) and, with a value merge, their joined `[kv_heads, P]` weights."""
+        self.bucket_members = torch.cat(buckets) if buckets else None
+        self.bucket_sizes = torch.tensor([b.numel() for b in buckets], dtype=torch.int32) if buckets else None
+        self.merge_weight_rows = merge_weights
+        self._forget_views()
+
+    def _forget_views(self) -> None:
+        for name in ("buckets", "merge_weights"):
+            self.__dict__.pop(name, None)
+
     @property
     def scores(self) -> torch.Tensor | None:
         if self.stored_scores is not None:
@@ -110,11 +141,14 @@ class LayerTrace:
         return self
 
     def export_fields(self) -> dict[str, Any]:
-        """Every field for a saved or exported trace, with the scores included and the signatures unpacked
-        (`scores` and `signatures` in place of their compact forms)."""
-        compact_forms = {"stored_scores", "packed_signatures", "signature_width", "score_view"}
+        """Every field for a saved or exported trace, with the scores included, the signatures unpacked and the
+        buckets and merge weights as lists (`scores`, `signatures`, `buckets`, `merge_weights` in place of their
+        compact forms)."""
+        compact_forms = {"stored_scores", "packed_signatures", "signature_width", "score_view", "bucket_members",
+                         "bucket_sizes", "merge_weight_rows"}
         exported = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in compact_forms}
-        return {**exported, "scores": self.scores, "signatures": self.signatures}
+        return {**exported, "scores": self.scores, "signatures": self.signatures, "buckets": self.buckets,
+                "merge_weights": self.merge_weights}
 
     @property
     def signatures(self) -> torch.Tensor | None:
@@ -132,7 +166,8 @@ class LayerTrace:
         positions = index_dtype(max(self.n_tokens, 1))
         for name in ("kept", "candidates", "representatives", "blocks"):
             setattr(self, name, narrowed(getattr(self, name), positions))
-        self.buckets = [narrowed(bucket, positions) for bucket in self.buckets]
+        self.bucket_members = narrowed(self.bucket_members, positions)
+        self._forget_views()
         width = self.anchors.shape[-1] if self.anchors is not None else self.signature_width * self.block_size
         self.distances = narrowed(self.distances, small_dtype(max(width, 1)))
         anchors = 1 if self.anchors is None else self.anchors.shape[0]
@@ -146,17 +181,17 @@ class LayerTrace:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of every tensor this layer's trace holds (`numel * element_size`, lists of tensors included)."""
+        """Bytes of every tensor this layer's trace holds (`numel * element_size`)."""
         return sum(self.field_nbytes().values())
 
     def own_tensors(self) -> list[torch.Tensor]:
-        """The tensors of this trace's fields (lists of tensors flattened), in field order."""
+        """The tensors of this trace's fields, in field order."""
         return _tensor_slots([self])[1]
 
     def field_nbytes(self) -> dict[str, int]:
-        """Bytes per field holding a tensor or a list of tensors (the list's tensors summed), in field order."""
+        """Bytes per field holding a tensor, in field order."""
         sizes: dict[str, int] = {}
-        for (_, name, _), tensor in zip(*_tensor_slots([self]), strict=True):
+        for (_, name), tensor in zip(*_tensor_slots([self]), strict=True):
             sizes[name] = sizes.get(name, 0) + tensor.numel() * tensor.element_size()
         return sizes
 
@@ -176,7 +211,7 @@ class LayerTrace:
             self, n_tokens=n_tokens, held_from=offset, kept=self.kept + offset,
             candidates=moved(self.candidates) if tokens else self.candidates,
             representatives=moved(self.representatives) if tokens else self.representatives,
-            buckets=[b + offset for b in self.buckets] if tokens else list(self.buckets),
+            bucket_members=moved(self.bucket_members) if tokens else self.bucket_members,
             blocks=moved(self.blocks))
 
     @property
@@ -201,17 +236,18 @@ class LayerTrace:
         At block level token i of a representative block takes token i of each member block, weighted by
         the member block's weight, so whole blocks stay aligned (paged caches).
         """
-        if not self.merge_weights or self.representatives is None or not self.buckets:
+        if self.merge_weight_rows is None or self.representatives is None or self.bucket_members is None:
             return None
-        sizes = [int(b.numel()) for b in self.buckets]  # shapes: no device read
-        members = torch.cat(self.buckets).long()
-        slot = torch.repeat_interleave(torch.arange(len(sizes), device="cpu"),
-                                       torch.tensor(sizes, dtype=torch.int64, device="cpu"),
-                                       output_size=len(members))
+        members = self.bucket_members.long()
+        sizes = self.bucket_sizes.long()  # made on the host from shapes (`set_buckets`); never read back here
+        if sizes.device.type != "cpu":
+            sizes = sizes.to("cpu")
+        slot = torch.repeat_interleave(torch.arange(sizes.shape[0], device="cpu"), sizes,
+                                       output_size=members.shape[0])
         if slot.device != members.device:  # a trace still on its layer's device
             slot = slot.to(members.device)
         targets = self.representatives.long()
-        weights = torch.cat(self.merge_weights, dim=1).float()
+        weights = self.merge_weight_rows.float()
         if self.granularity == "block" and self.blocks is not None:
             size = self.block_size
             within = torch.arange(size, device="cpu")  # as `slot`: made where the trace lives
@@ -380,19 +416,16 @@ class GenerationResult:
         return json.dumps(self.to_dict(), **kwargs)
 
 
-def _tensor_slots(traces: Sequence[LayerTrace]) -> tuple[list[tuple[LayerTrace, str, int | None]], list[torch.Tensor]]:
-    """Every tensor of every trace (fields holding a tensor or a list of tensors) and where it sits."""
-    slots: list[tuple[LayerTrace, str, int | None]] = []
+def _tensor_slots(traces: Sequence[LayerTrace]) -> tuple[list[tuple[LayerTrace, str]], list[torch.Tensor]]:
+    """Every tensor field of every trace and where it sits."""
+    slots: list[tuple[LayerTrace, str]] = []
     tensors: list[torch.Tensor] = []
     for trace in traces:
         for f in fields(trace):
             value = getattr(trace, f.name)
             if isinstance(value, torch.Tensor):
-                slots.append((trace, f.name, None))
+                slots.append((trace, f.name))
                 tensors.append(value)
-            elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-                slots.extend((trace, f.name, i) for i in range(len(value)))
-                tensors.extend(value)
     return slots, tensors
 
 
@@ -408,13 +441,10 @@ def traces_to_host(traces: list[LayerTrace], extra: Sequence[torch.Tensor] = ())
         trace.compact()
     slots, tensors = _tensor_slots(traces)
     moved = to_host([*tensors, *extra])
-    for (trace, name, index), tensor in zip(slots, moved, strict=False):
-        if index is None:
-            setattr(trace, name, tensor)
-        else:
-            if index == 0:
-                setattr(trace, name, list(getattr(trace, name)))  # a list of our own, filled in here
-            getattr(trace, name)[index] = tensor
+    for (trace, name), tensor in zip(slots, moved, strict=False):
+        setattr(trace, name, tensor)
+    for trace in traces:
+        trace._forget_views()
     return moved[len(tensors):]
 
 

@@ -9,8 +9,9 @@ over 32 layers) runs to gigabytes. The `.npz` file holds the same tensors as arr
 - ``layer{i}/{field}`` for every tensor field of layer i, with the scores included (`LayerTrace.scores`,
   float32 `[kv_heads, M]`) and the signatures packed as the trace holds them (``packed_signatures``, uint8,
   `numpy.unpackbits(..., axis=-1, bitorder="little")[..., :signature_width]` gives the `[M, H]` bits back);
-- lists of tensors joined: ``layer{i}/buckets`` (every bucket's units, in bucket order) with
-  ``layer{i}/buckets_sizes``, and ``layer{i}/merge_weights`` (`[kv_heads, P]`) with ``merge_weights_sizes``.
+- the buckets as the trace holds them: ``layer{i}/bucket_members`` (every bucket's units, in bucket order) cut
+  at ``layer{i}/bucket_sizes``, and with a value merge ``layer{i}/merge_weight_rows`` (`[kv_heads, P]`, in the
+  members' order).
 
 `read_npz` gives back the meta document and the arrays by layer.
 """
@@ -31,7 +32,7 @@ _SKIPPED = {"score_view", "stored_scores"}  # the scores are exported as `scores
 
 
 def layer_arrays(layer: LayerTrace) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """One layer's tensors as arrays (lists joined, with their sizes) and its other fields as plain data."""
+    """One layer's tensors as arrays and its other fields as plain data."""
     arrays: dict[str, np.ndarray] = {}
     scalars: dict[str, Any] = {}
     for f in fields(layer):
@@ -40,11 +41,7 @@ def layer_arrays(layer: LayerTrace) -> tuple[dict[str, np.ndarray], dict[str, An
             continue
         if isinstance(value, torch.Tensor):
             arrays[f.name] = value.cpu().numpy()
-        elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-            dim = 1 if f.name == "merge_weights" else 0
-            arrays[f.name] = torch.cat([v.cpu() for v in value], dim=dim).numpy()
-            arrays[f"{f.name}_sizes"] = np.array([v.shape[dim] for v in value], dtype=np.int64)
-        elif not isinstance(value, list):
+        else:
             scalars[f.name] = value
     scores = layer.scores
     if scores is not None:

@@ -32,3 +32,10 @@ def test_positions_stay_usable_as_indices_and_small_values_refuse_to_be_masks():
     assert values[torch.tensor([3, 1], dtype=index_dtype(10))].tolist() == [3.0, 1.0]
     with pytest.raises(IndexError):
         values[torch.tensor([3, 1], dtype=small_dtype(10))]
+
+
+def test_packing_matches_numpys_little_endian_packbits():
+    import numpy as np
+
+    bits = torch.rand(5, 3, 21, generator=torch.Generator().manual_seed(1)) > 0.5
+    assert np.array_equal(pack_bits(bits).numpy(), np.packbits(bits.numpy(), axis=-1, bitorder="little"))

@@ -11,9 +11,9 @@ from kvcrush.trace import LayerTrace, traces_to_host
 def _trace(layer: int) -> LayerTrace:
     kept = torch.arange(6).reshape(2, 3) + layer
     trace = LayerTrace(layer, 10, 3, 0, 1, 1, 1, 1, False, kept, stored_scores=torch.rand(2, 8),
-                       representatives=torch.tensor([4, 6]), buckets=[torch.tensor([4, 5]), torch.tensor([6])],
-                       merge_weights=[torch.rand(2, 2), torch.rand(2, 1)], crush_fraction=0.25)
+                       representatives=torch.tensor([4, 6]), crush_fraction=0.25)
     trace.set_signatures(torch.rand(8, 4) > 0.5)
+    trace.set_buckets([torch.tensor([4, 5]), torch.tensor([6])], torch.rand(2, 3))
     return trace
 
 
@@ -59,23 +59,24 @@ def test_trace_on_host_copies_nothing_when_every_tensor_is_on_the_cpu():
                for a, b in zip((t.kept, t.scores, t.buckets, *t.buckets), before, strict=True))
 
 
-def test_traces_to_host_gives_each_trace_its_own_list():
-    shared = [torch.tensor([4, 5]), torch.tensor([6])]
+def test_buckets_are_views_of_one_tensor_per_layer():
     trace = _trace(0)
-    trace.buckets = shared
     traces_to_host([trace])
-    assert trace.buckets is not shared and [b.tolist() for b in trace.buckets] == [[4, 5], [6]]
+    assert [b.tolist() for b in trace.buckets] == [[4, 5], [6]]
+    storage = trace.bucket_members.untyped_storage().data_ptr()
+    assert all(b.untyped_storage().data_ptr() == storage for b in trace.buckets)
+    assert [w.shape[1] for w in trace.merge_weights] == [2, 1]
 
 
-def test_nbytes_counts_every_tensor_and_tensor_list_of_a_trace():
+def test_nbytes_counts_every_tensor_of_a_trace():
     from kvcrush.trace import RunTrace
 
     layers = [_trace(i) for i in range(3)]
     layer = layers[0]
-    expected = (6 * 8 + 16 * 4 + 8 * 1 + 2 * 8 + (2 + 1) * 8 + (4 + 2) * 4)  # kept, scores, packed signatures,
-    assert layer.nbytes == expected                                       # reps, buckets, merge weights
+    expected = 6 * 8 + 16 * 4 + 8 * 1 + 2 * 8 + 3 * 8 + 2 * 4 + 6 * 4  # kept, scores, packed signatures, reps,
+    assert layer.nbytes == expected                                   # bucket members and sizes, merge weights
     assert layer.field_nbytes() == {"kept": 48, "stored_scores": 64, "packed_signatures": 8, "representatives": 16,
-                                    "buckets": 24, "merge_weights": 24}
+                                    "bucket_members": 24, "bucket_sizes": 8, "merge_weight_rows": 24}
     assert RunTrace({"name": "kvcrush"}, "random:tiny", ["a"] * 10, 10, 0, False, layers).nbytes == 3 * expected
     layer.set_signatures(None)
     assert layer.nbytes == expected - 8

@@ -26,9 +26,10 @@ def test_npz_export_reads_back_every_field(tiny_lm, essay_prompt):
         assert np.allclose(arrays["scores"], layer.scores.numpy())
         bits = np.unpackbits(arrays["packed_signatures"], axis=-1, bitorder="little")[:, : scalars["signature_width"]]
         assert np.array_equal(bits.astype(bool), layer.signatures.numpy())
-        buckets = np.split(arrays["buckets"], np.cumsum(arrays["buckets_sizes"])[:-1])
+        cuts = np.cumsum(arrays["bucket_sizes"])[:-1]
+        buckets = np.split(arrays["bucket_members"], cuts)
         assert [b.tolist() for b in buckets] == [b.tolist() for b in layer.buckets]
-        weights = np.split(arrays["merge_weights"], np.cumsum(arrays["merge_weights_sizes"])[:-1], axis=1)
+        weights = np.split(arrays["merge_weight_rows"], cuts, axis=1)
         assert all(np.allclose(w, t.numpy()) for w, t in zip(weights, layer.merge_weights, strict=True))
     assert len(data) < len(json.dumps(to_jsonable(result))) / 4
 

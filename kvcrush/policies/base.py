@@ -30,16 +30,6 @@ from kvcrush.score_view import HEAD_REDUCTIONS, ScoreView, reduce_to_kv_heads
 from kvcrush.trace import LayerTrace, traces_to_host
 
 
-def _shifted(groups: list[torch.Tensor] | None, offset: int) -> list[torch.Tensor]:
-    """Buckets shifted by `offset`, in one addition (a layer has hundreds of them), on their device."""
-    if not groups:
-        return []
-    if offset == 0:
-        return list(groups)
-    joined = torch.cat(groups) + offset
-    return list(torch.split(joined, [len(g) for g in groups]))
-
-
 @dataclass
 class MiddleSelection:
     """What a selection step decided over the middle tokens (offsets relative to `middle_start`).
@@ -333,7 +323,6 @@ class Policy:
             distances=selection.distances,
             candidates=absolute(selection.candidates),
             representatives=absolute(selection.representatives),
-            buckets=_shifted(selection.buckets, offset),
             granularity="block" if selection.blocks is not None else "token",
             block_size=getattr(self, "block_size", 1) if selection.blocks is not None else 1,
             blocks=None if selection.blocks is None else selection.blocks + lo,
@@ -342,6 +331,9 @@ class Policy:
             protected=layer.protected_tail,
         )
         trace.set_signatures(selection.signatures)
+        trace.set_buckets(selection.buckets or [])
+        if offset and trace.bucket_members is not None:
+            trace.bucket_members = trace.bucket_members + offset
         for name, value in selection.trace_fields.items():
             setattr(trace, name, value)
         return trace

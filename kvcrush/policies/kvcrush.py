@@ -76,8 +76,7 @@ class _Grouping:
         extra: dict[str, Any] = {"anchors": self.anchors, "unit_anchor": self.unit_anchor,
                                  "bucket_anchor": self.bucket_anchor, "crush_fraction": float(crush_fraction)}
         if self.merge is not None:
-            weights, sizes = self.merge
-            extra["merge_weights"] = list(torch.split(weights, sizes, dim=1))  # views of one tensor
+            extra["merge_weight_rows"] = self.merge[0]  # `[kv_heads, P]`, in the buckets' member order
         return extra
 
 
