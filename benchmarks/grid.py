@@ -19,6 +19,12 @@ the grid without touching this one:
 - ``kvpress:PRESS``: NVIDIA kvpress's press (``snapkv``, ``streaming``, ``knorm``, ``tova``,
   ``observed_attention``, ``expected_attention``, ``keydiff``; ``kvcrush``: our `KVCrushPress` over
   SnapKVPress, run inside kvpress's own hooks) at compression ratio ``1 - budget``.
+- ``press:NAME``: our engine scoring with kvpress's scorer press NAME (any case: ``press:ExpectedAttentionPress``,
+  labelled ``press:expectedattentionpress``; a wrapper with its scorer: ``press:criticalkvpress(snapkvpress)``), the
+  `kvpress` policy (`kvcrush.policies.press`): one prefill serves every budget, traces as for our policies. Every
+  press it runs offline (`kvcrush.policies.press.runnable_presses`); SnapKV and PyramidKV get ``--window``.
+- ``kvcrush:press:NAME:ANCHOR[:VARIANT]``: KVCrush over that press's scores on our engine (signatures over KV heads;
+  a budget-aware press is scored at KVCrush's importance part); its base run is ``press:NAME``.
 - ``@all`` suffix, head reduction: policies that declare ``head_reduction`` (H2O, SnapKV, PyramidKV,
   TOVA, and KVCrush over any of them, where it goes to the base) rank tokens per GQA group by default
   (``group``: each KV head by the mean of its own query heads); ``snapkv@all``,
@@ -43,7 +49,9 @@ the grid without touching this one:
 Groups expand to several specs: ``baselines``, ``matched``, ``kvcrush`` (both bases, five anchors),
 ``kvcrush-snapkv``, ``kvcrush-h2o``, ``head-reduction`` (the ``@all`` variants), ``kvpress``,
 ``query-aware``, ``storage`` (8/4 bits at token budgets, 16/8/4 at byte budgets, 4/2-bit representatives),
-``variants`` (the four KVCrush variants beyond the paper chosen on seed 1), ``all``. ``full`` (no
+``variants`` (the four KVCrush variants beyond the paper chosen on seed 1), ``presses`` (``press:NAME`` for every
+runnable press), ``kvcrush-presses`` (KVCrush over each of them), ``all`` (every group; the press groups run in
+--full only: their cost in the standard run is not measured yet). ``full`` (no
 eviction) is always run once per sample as the reference and need not be listed.
 """
 
@@ -55,15 +63,28 @@ from typing import Any
 
 from kvcrush import BASE_CHOICES, POLICIES, declared_options, make_policy
 from kvcrush.crush import ANCHOR_MODES
-from kvcrush.policies import Policy
+from kvcrush.policies import KVPRESS_POLICY, Policy
+from kvcrush.policies.press import KVPressPolicy, runnable_presses
 from kvcrush.quant import KV_BITS
 
 KVCRUSH = "kvcrush"
 OUR_BASELINES: tuple[str, ...] = tuple(BASE_CHOICES)  # every evicting policy but KVCrush, in declaration order
-KVPRESS_NAMES = ("snapkv", "streaming", "knorm", "tova", "observed_attention", "expected_attention", "keydiff",
-                 "pyramidkv", "kvcrush")  # kvpress:kvcrush = our KVCrushPress over SnapKVPress, in kvpress's hooks
+# The presses the grid runs on kvpress's own engine (``kvpress:NAME``), by their grid name: the kvpress class each
+# builds (``kvcrush``: our KVCrushPress over SnapKVPress, run in kvpress's hooks). The one list of them:
+# `benchmarks.kvpress_runner` builds its factories from it, and the README's press table reads it.
+KVPRESS_ENGINE_PRESSES: dict[str, str] = {
+    "snapkv": "SnapKVPress", "streaming": "StreamingLLMPress", "knorm": "KnormPress", "tova": "TOVAPress",
+    "observed_attention": "ObservedAttentionPress", "expected_attention": "ExpectedAttentionPress",
+    "keydiff": "KeyDiffPress", "pyramidkv": "PyramidKVPress", "kvcrush": "KVCrushPress(SnapKVPress)",
+}
+KVPRESS_NAMES = tuple(KVPRESS_ENGINE_PRESSES)
+# Our engine running a kvpress scorer press (``press:NAME``, ``kvcrush:press:NAME:ANCHOR``): every press the kvpress
+# policy runs by name (`kvcrush.policies.press.runnable_presses`, read without importing kvpress), labelled lower case.
+PRESS = "press"
+OUR_PRESSES: dict[str, str] = {name.lower(): name for name in runnable_presses()}
 KVCRUSH_BASES = ("snapkv", "h2o")  # the bases the grid's KVCrush groups use (any of BASE_CHOICES parses)
 WINDOWED_PRESSES = ("snapkv", "pyramidkv")  # presses with an observation window: they get --window, as ours do
+WINDOWED_PRESS_CLASSES = ("SnapKVPress", "PyramidKVPress")  # the same, by kvpress class (our engine's press specs)
 
 HEAD_REDUCTION = "head_reduction"
 QA_SUFFIX = "+qa"
@@ -75,9 +96,13 @@ ENGINE_OURS = "ours"
 ENGINE_KVPRESS = "kvpress"
 
 
+def _policy_class(method: str) -> type[Policy]:
+    return KVPressPolicy if method == KVPRESS_POLICY else POLICIES[method]
+
+
 def _option(method: str, name: str):
     """The `OptionSpec` policy `method` declares under `name`, or None."""
-    return next((spec for spec in declared_options(POLICIES[method]) if spec.name == name), None)
+    return next((spec for spec in declared_options(_policy_class(method)) if spec.name == name), None)
 
 
 def head_reduction_choices(method: str) -> tuple[str, ...]:
@@ -256,28 +281,60 @@ def _parse_name(raw: str, text: str, window: int, crush_fraction: float) -> Poli
             raise ValueError(f"Unknown kvpress press {press!r}; choose one of {', '.join(KVPRESS_NAMES)}.")
         options = {"window_size": window} if press in WINDOWED_PRESSES else {}
         return PolicySpec(raw, ENGINE_KVPRESS, press, options=options)
+    if raw.startswith(PRESS + ":"):
+        return _press_spec(raw.split(":", 1)[1], text, window)
     if raw == KVCRUSH or raw.startswith(KVCRUSH + ":"):
-        parts = raw.split(":")
+        parts = _fields(raw)
         base = parts[1] if len(parts) > 1 and parts[1] else "snapkv"
         anchor = parts[2] if len(parts) > 2 and parts[2] else "alternating"
-        if base not in BASE_CHOICES:
-            raise ValueError(f"Unknown KVCrush base {base!r}; choose one of {', '.join(BASE_CHOICES)}.")
+        if base.startswith(PRESS + ":"):  # KVCrush over a kvpress press, on our engine
+            press = _press_spec(base.split(":", 1)[1], text, window)
+            base, base_method, base_options = press.label, KVPRESS_POLICY, press.options
+        elif base not in BASE_CHOICES:
+            raise ValueError(f"Unknown KVCrush base {base!r}; choose one of {', '.join(BASE_CHOICES)}, or "
+                             f"{PRESS}:NAME (a kvpress press: {', '.join(OUR_PRESSES)}).")
+        else:
+            base_method, base_options = base, _window_options(base, window)
         if anchor not in ANCHOR_MODES:
             raise ValueError(f"Unknown anchor {anchor!r}; choose one of {', '.join(ANCHOR_MODES)}.")
-        options = {"crush_fraction": crush_fraction, **_window_options(base, window)}
+        options = {"crush_fraction": crush_fraction, **base_options}
         label = f"{KVCRUSH}:{base}:{anchor}"
         if len(parts) > 3 and parts[3]:
             options.update(variant_options(parts[3], text))
             label += ":" + parts[3]
-        return PolicySpec(label, ENGINE_OURS, KVCRUSH, base, anchor, options, base_label=base)
+        return PolicySpec(label, ENGINE_OURS, KVCRUSH, base_method, anchor, options, base_label=base)
     if raw == "snapkv-avg":
         return PolicySpec(raw, ENGINE_OURS, "snapkv", options={"window": window, "pooling": "avg"})
     if raw in OUR_BASELINES:
         return PolicySpec(raw, ENGINE_OURS, raw, options=_window_options(raw, window))
     raise ValueError(
         f"Unknown policy {text!r}; use one of {', '.join(OUR_BASELINES + MATCHED)}, kvcrush:BASE:ANCHOR, "
-        f"kvpress:PRESS, suffixes in this order: @all, ~BITS or ~BITSb, +qa; or a group ({', '.join(GROUPS)})."
+        f"kvpress:PRESS, press:NAME, kvcrush:press:NAME:ANCHOR, suffixes in this order: @all, ~BITS or ~BITSb, +qa; "
+        f"or a group ({', '.join(GROUPS)})."
     )
+
+
+def _press_spec(name: str, text: str, window: int) -> PolicySpec:
+    """``press:NAME``: our engine scoring with kvpress's press NAME (any case, `OUR_PRESSES`); SnapKV and PyramidKV
+    get ``--window`` as their ``window_size``, as on kvpress's engine."""
+    press = OUR_PRESSES.get(name)
+    if press is None:
+        raise ValueError(f"{text!r}: unknown press {name!r} for {PRESS}:NAME; choose one of "
+                         f"{', '.join(OUR_PRESSES)} (kvcrush.policies.press.press_table() says why others are "
+                         "refused).")
+    options: dict[str, Any] = {"press": press}
+    if press in WINDOWED_PRESS_CLASSES:
+        options["window_size"] = window
+    return PolicySpec(f"{PRESS}:{name}", ENGINE_OURS, KVPRESS_POLICY, options=options)
+
+
+def _fields(name: str) -> list[str]:
+    """A KVCrush name's ``:``-separated fields, a ``press:NAME`` base kept as one field:
+    ``kvcrush:press:snapkvpress:mean`` -> ``["kvcrush", "press:snapkvpress", "mean"]``."""
+    parts = name.split(":")
+    if len(parts) > 2 and parts[1] == PRESS:
+        parts[1:3] = [f"{PRESS}:{parts[2]}"]
+    return parts
 
 
 _VARIANT_FLAGS: dict[str, dict[str, Any]] = {
@@ -320,7 +377,7 @@ def _kvcrush_fields(label: str) -> tuple[list[str], Suffixes]:
     if not label.startswith(KVCRUSH + ":"):
         return [], Suffixes()
     name, suffixes = split_suffixes(label)
-    return name.split(":"), suffixes
+    return _fields(name), suffixes
 
 
 def base_label(label: str) -> str | None:
@@ -363,9 +420,13 @@ GROUPS["storage"] = tuple(
 # on the test seed when issue 11 closed (benchmarks/results/dev-variants-seed1, benchmarks/README.md).
 GROUPS["variants"] = tuple(f"kvcrush:snapkv:alternating:{variant}"
                            for variant in ("best", "adaptive", "kmeans4", "merge"))
+# Our engine scoring with every press the kvpress policy runs offline (`OUR_PRESSES`), alone and under the paper's
+# KVCrush: every press is a system of the --full grid. The press table of benchmarks/README.md is `press_table_md()`.
+GROUPS["presses"] = tuple(f"{PRESS}:{name}" for name in OUR_PRESSES)
+GROUPS["kvcrush-presses"] = tuple(f"{KVCRUSH}:{PRESS}:{name}:alternating" for name in OUR_PRESSES)
 GROUPS["all"] = tuple(dict.fromkeys(OUR_BASELINES + MATCHED + GROUPS["kvcrush"] + GROUPS["head-reduction"]
                                    + GROUPS["kvpress"] + GROUPS["query-aware"] + GROUPS["storage"]
-                                   + GROUPS["variants"]))
+                                   + GROUPS["variants"] + GROUPS["presses"] + GROUPS["kvcrush-presses"]))
 
 # The standard run (benchmarks.run --standard), sized to finish within an hour on 2 CPU cores: the three KVCrush
 # bases alone and under the paper's KVCrush, every kvpress press, and both query modes for SnapKV and KVCrush on
@@ -425,3 +486,22 @@ def parse_budgets(items: list[str] | tuple[Any, ...]) -> list[float]:
             if value not in budgets:
                 budgets.append(round(value, 6))
     return sorted(budgets)
+
+
+def press_table_md() -> str:
+    """The README's table of every name kvpress exports: its status here (`kvcrush.policies.press.press_table`), the
+    grid systems that run it (our engine: ``press:NAME`` and ``kvcrush:press:NAME:alternating``, --full; kvpress's
+    engine: ``kvpress:NAME``), and the reason (what it scores, or why it is refused). Needs kvpress."""
+    from kvcrush.policies.press import press_table
+
+    on_kvpress: dict[str, list[str]] = {}
+    for grid_name, press in KVPRESS_ENGINE_PRESSES.items():
+        on_kvpress.setdefault(press.split("(")[0], []).append(f"`kvpress:{grid_name}`")
+    rows = ["| kvpress name | kind | status | grid systems | what it scores, or why it is refused |",
+            "| --- | --- | --- | --- | --- |"]
+    for name, row in press_table().items():
+        ours = [f"`{PRESS}:{label}`" for label, press in OUR_PRESSES.items() if press.split("(")[0] == name]
+        systems = ", ".join(ours + on_kvpress.get(name, [])) or "none"
+        reason = row.reason.replace("|", "\\|")
+        rows.append(f"| {name} | {row.kind} | {row.status} | {systems} | {reason} |")
+    return "\n".join(rows)

@@ -2,6 +2,7 @@
 
   kvcrush generate --policy kvcrush --base snapkv --budget 0.25 --prompt-file F   compress a prompt and answer
   kvcrush generate --policy kvpress --press ExpectedAttentionPress --prompt-file F  a kvpress scorer press as policy
+  kvcrush generate --policy kvcrush --base kvpress --press ExpectedAttentionPress ...  KVCrush over a kvpress press
   kvcrush app [streamlit options]                  start the explorer (e.g. --server.port 8502)
   kvcrush bench [benchmark options]                run the benchmark (kvcrush bench --help)
 """
@@ -14,7 +15,7 @@ import json
 import sys
 
 from kvcrush.errors import KVCrushError, PolicyError
-from kvcrush.policies import BASE_CHOICES, KVPRESS_POLICY, POLICIES, make_policy
+from kvcrush.policies import KVCRUSH_BASES, KVPRESS_POLICY, POLICIES, make_policy
 from kvcrush.policies.options import OptionSpec, declared_options
 from kvcrush.textio import read_text_file
 
@@ -57,12 +58,13 @@ def build_parser(prog: str = "kvcrush") -> argparse.ArgumentParser:
     run.add_argument("--policy", default="kvcrush", choices=[*POLICIES, KVPRESS_POLICY],
                      help="; ".join([*(f"{name}: {cls.help}" for name, cls in POLICIES.items()),
                                      f"{KVPRESS_POLICY}: a kvpress ScorerPress's scores (--press; needs kvpress)"]))
-    run.add_argument("--base", default="snapkv", choices=list(BASE_CHOICES), help="KVCrush's importance policy")
+    run.add_argument("--base", default="snapkv", choices=list(KVCRUSH_BASES),
+                     help="KVCrush's importance policy (kvpress: a kvpress press's scores, named by --press)")
     if "press" not in option_specs():
         run.add_argument("--press", default=None,
-                         help="kvpress ScorerPress for --policy kvpress: a class name such as ExpectedAttentionPress, "
-                              "snapkv or CriticalKVPress(SnapKVPress) (kvcrush.policies.press.press_table() lists "
-                              "which run)")
+                         help="kvpress ScorerPress for --policy kvpress (or --policy kvcrush --base kvpress): a class "
+                              "name such as ExpectedAttentionPress, snapkv or CriticalKVPress(SnapKVPress) "
+                              "(kvcrush.policies.press.press_table() lists which run)")
     run.add_argument("--budget", default="0.25", help="tokens kept per KV head: 0.25, 25%% or 512 (default 0.25)")
     policy_flags = run.add_argument_group("policy options (default: the policy's own; each applies to the "
                                           "policies named after it)")
@@ -86,10 +88,12 @@ def policy_options(args: argparse.Namespace) -> dict:
     if args.policy == "kvcrush":
         options["base"] = args.base
     press = getattr(args, "press", None)
-    if args.policy == KVPRESS_POLICY:
+    if args.policy == KVPRESS_POLICY or options.get("base") == KVPRESS_POLICY:
         options["press"] = press  # None: make_policy says a press is needed
     elif press is not None:
-        raise PolicyError(f"--press applies to --policy {KVPRESS_POLICY} only, not {args.policy}.")
+        raise PolicyError(f"--press applies to --policy {KVPRESS_POLICY} only (or --policy kvcrush --base "
+                          f"{KVPRESS_POLICY}), not {args.policy}" + (f" over {args.base}." if args.policy == "kvcrush"
+                                                                      else "."))
     return options
 
 

@@ -5,7 +5,9 @@ help). A policy with a `base` field (KVCrush) is a composite: its own options, t
 routed the way `kvcrush.make_policy` routes them: sink and recent (declared by the `kvcrush.Policy`
 base class) belong to the base; every other option the composite declares, `decode_interval` included,
 is its own. Adding a policy file and its
-registry line is enough for the sidebar, the cache keys and the labels to follow.
+registry line is enough for the sidebar, the cache keys and the labels to follow. The `kvpress` policy (any kvpress
+scorer press, `kvcrush.policies.press`) is offered too, alone and as a base, where kvpress can be used; its `press`
+option's choices (the runnable presses) are known only at run time (`declared`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from functools import cache
 from typing import Any
 
 import kvcrush
+from kvcrush.policies import KVPRESS_POLICY
 from kvcrush.policies.options import OptionSpec
 
 Options = tuple[tuple[str, Any], ...]  # sorted (name, value) pairs: hashable, one spelling per setting
@@ -35,7 +38,25 @@ class OptionGroup:
     specs: tuple[OptionSpec, ...]
 
 
+@cache
+def kvpress_usable() -> bool:
+    """Whether kvpress is installed and accepts the installed transformers (package metadata only: no import)."""
+    from kvcrush.integrations import kvpress_problem
+
+    return kvpress_problem() is None
+
+
+def policy_names() -> tuple[str, ...]:
+    """Every policy the explorer offers: `kvcrush.POLICIES`, and `kvpress` (any kvpress scorer press) where kvpress
+    can be used (`kvcrush.policies.press`; it is kept out of POLICIES because it cannot build with defaults)."""
+    return (*kvcrush.POLICIES, *((KVPRESS_POLICY,) if kvpress_usable() else ()))
+
+
 def policy_class(name: str) -> type[kvcrush.Policy]:
+    if name == KVPRESS_POLICY:
+        from kvcrush.policies.press import KVPressPolicy  # imports kvpress only when a press is resolved
+
+        return KVPressPolicy
     return kvcrush.POLICIES[name]
 
 
@@ -53,14 +74,35 @@ def has_base(name: str) -> bool:
 
 
 def base_choices() -> tuple[str, ...]:
-    return tuple(kvcrush.BASE_CHOICES)
+    """Bases a composite policy offers: the baselines, and `kvpress` (a press's scores) where kvpress can be used."""
+    return (*kvcrush.BASE_CHOICES, *((KVPRESS_POLICY,) if kvpress_usable() else ()))
+
+
+def declared(cls: type[kvcrush.Policy]) -> tuple[OptionSpec, ...]:
+    """`kvcrush.declared_options(cls)`, with the choices a class knows only at run time filled in (a classmethod
+    `option_choices(name) -> (choices, help) | None`: the kvpress policy's runnable presses)."""
+    offered = getattr(cls, "option_choices", None)
+    specs = []
+    for spec in kvcrush.declared_options(cls):
+        found = offered(spec.name) if offered is not None else None
+        if found is not None:
+            choices, help_text = found
+            spec = dataclasses.replace(spec, choices=tuple(choices), help=help_text)
+        specs.append(spec)
+    return tuple(specs)
+
+
+def needs_choice(group: OptionGroup) -> bool:
+    """Whether the group has an option the user must pick (choices but no default: the kvpress policy's press), so a
+    form shows it unfolded."""
+    return any(spec.choices and spec.default is None for spec in group.specs)
 
 
 @cache
 def groups(name: str, base: str | None = None) -> tuple[OptionGroup, ...]:
     """The form sections of `name` (with `base` for a composite policy), in declaration order."""
     cls = policy_class(name)
-    specs = tuple(kvcrush.declared_options(cls))
+    specs = declared(cls)
     if not has_base(name):
         return (OptionGroup(name, f"{name} options", cls.help, specs),)
     shared = {spec.name for spec in kvcrush.declared_options(kvcrush.Policy)} & BASE_ROUTED
@@ -68,7 +110,7 @@ def groups(name: str, base: str | None = None) -> tuple[OptionGroup, ...]:
     owned = {spec.name for spec in own}
     base_name = base or default_base(name)
     base_cls = policy_class(base_name)
-    base_specs = tuple(spec for spec in kvcrush.declared_options(base_cls) if spec.name not in owned)
+    base_specs = tuple(spec for spec in declared(base_cls) if spec.name not in owned)
     return (OptionGroup(name, f"{name} options", cls.help, own),
             OptionGroup(base_name, f"Base policy: {base_name}", base_cls.help, base_specs))
 

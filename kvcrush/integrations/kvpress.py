@@ -35,6 +35,11 @@ signature_heads="kv")` over `SnapKVPress(window_size=W)` therefore keeps exactly
 (tested): `recent=0` makes our SnapKV keep its window through its scores as kvpress does, instead of
 as a recent window outside the split; `pooling="avg"` is kvpress's zero-padded average pooling.
 
+The wrapped press's scores come from the engine's `kvpress` policy (`kvcrush.policies.press.KVPressPolicy`), the
+one that `make_policy("kvcrush", base=press)` uses in our own engine, so both paths score a press alike: a press whose
+scores read the budget (StreamingLLMPress, CriticalKVPress, CompactorPress) is given the ratio at which kvpress would
+keep KVCrush's importance part, not its own `compression_ratio`.
+
 Signatures: kvpress's `ScorerPress.score` returns `[batch, kv_heads, N]`, one row per KV head, so
 the signature bits are over KV heads whatever `signature_heads` says. That is the engine's own rule for
 bases that score per KV head (knorm, random, streaming: "query" and "kv" coincide); query-head
@@ -62,7 +67,9 @@ from kvcrush.errors import PolicyError
 from kvcrush.integrations import require_kvpress
 from kvcrush.kvcache import gather_rows, merge_values
 from kvcrush.policies.base import Policy
+from kvcrush.policies.keydiff import KeyDiff
 from kvcrush.policies.kvcrush import KVCrush
+from kvcrush.policies.press import KVPressPolicy
 from kvcrush.trace import LayerTrace
 
 # Before importing kvpress: says what is wrong and what to install when kvpress is missing or does not accept the
@@ -73,8 +80,7 @@ from kvpress.presses.base_press import BasePress  # noqa: E402
 from kvpress.presses.scorer_press import ScorerPress  # noqa: E402
 from kvpress.utils import compute_n_kept  # noqa: E402
 
-__all__ = ["KVCrushPress", "PolicyPress", "PressLayerInputs", "PressScores", "as_press", "layer_inputs",
-           "with_budget"]
+__all__ = ["KVCrushPress", "PolicyPress", "PressLayerInputs", "as_press", "layer_inputs", "with_budget"]
 
 
 @dataclass
@@ -123,34 +129,6 @@ def with_budget(policy: Policy, tokens: int) -> Policy:
     nested = {f.name: with_budget(getattr(policy, f.name), tokens) for f in dataclasses.fields(policy)
               if f.init and isinstance(getattr(policy, f.name), Policy)}
     return dataclasses.replace(policy, budget=tokens, **nested)
-
-
-@dataclass
-class PressScores(Policy):
-    """A kvpress `ScorerPress`'s scores as one of our policies: `[kv_heads, N]`, higher = keep.
-
-    No sink and no recent window of its own: whatever the press protects, its scores protect. Built
-    from kvpress's hook (`PressLayerInputs`) it passes the press exactly what kvpress would; from a plain
-    `LayerInputs` it passes no attention weights and the layer's rotary embeddings as `kwargs`.
-    """
-
-    name = "kvpress"
-    help = "The scores of a kvpress ScorerPress (one row per KV head)."
-    press: ScorerPress | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.press, ScorerPress):
-            raise TypeError(f"PressScores needs a kvpress ScorerPress, got {type(self.press).__name__}.")
-
-    def score(self, layer: LayerInputs) -> torch.Tensor:
-        attentions = getattr(layer, "attentions", None)
-        kwargs = getattr(layer, "kwargs", None) or {"position_embeddings": (layer.cos, layer.sin)}
-        scores = self.press.score(layer.module, layer.hidden_states, layer.keys, layer.values, attentions, kwargs)
-        return scores[0, :, : layer.n_context]
-
-    def scorer_key(self) -> tuple:
-        return (self.name, repr(self.press))
 
 
 @dataclass
@@ -218,23 +196,47 @@ class KVCrushPress(_EnginePress):
     block_size: int = 16
     seed: int = 0
     trace: list[LayerTrace] = field(default_factory=list, init=False, repr=False, compare=False)
+    _policies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_ratio(self.compression_ratio)
-        self.policy(1)  # the engine validates the KVCrush options (and that `press` is a ScorerPress)
+        if not isinstance(self.press, ScorerPress):
+            raise TypeError(f"KVCrushPress needs a kvpress ScorerPress, got {type(self.press).__name__}.")
+        # The engine validates the KVCrush options here; the press is checked when the first layer is compressed,
+        # after `post_init_from_model` has loaded the weights of presses that need some (QFilterPress, ...).
+        KVCrush(budget=1, base=KeyDiff(budget=1), **self._crush_options())
+
+    def _crush_options(self) -> dict:
+        return {"crush_fraction": self.crush_fraction, "anchor": self.anchor, "signature_heads": self.signature_heads,
+                "granularity": self.granularity, "block_size": self.block_size, "seed": self.seed}
 
     def policy(self, n_kept: int) -> KVCrush:
-        """Our engine's KVCrush over the wrapped press's scores at a budget of `n_kept` tokens per head."""
-        return KVCrush(
-            budget=n_kept, base=PressScores(budget=n_kept, press=self.press), crush_fraction=self.crush_fraction,
-            anchor=self.anchor, signature_heads=self.signature_heads, granularity=self.granularity,
-            block_size=self.block_size, seed=self.seed,
-        )
+        """Our engine's KVCrush over the wrapped press's scores at a budget of `n_kept` tokens per head.
+
+        The scores are the `kvpress` policy's (`kvcrush.policies.press.KVPressPolicy`, which calls the press's own
+        `score` on a private copy of the press): the same as `make_policy("kvcrush", base=press, sink=0, recent=0,
+        ...)` in our engine, a budget-aware press (StreamingLLMPress, CriticalKVPress, ...) sized at KVCrush's
+        importance part rather than at its own `compression_ratio`.
+        """
+        base = KVPressPolicy(budget=n_kept, press=self.press)
+        policy = KVCrush(budget=n_kept, base=base, **self._crush_options())
+        base.follow_kvcrush(policy.crush_fraction)
+        return policy
+
+    @contextmanager
+    def __call__(self, model: PreTrainedModel) -> Generator:
+        self._policies = {}  # the press or the options may have changed since the last context: build afresh
+        with super().__call__(model):
+            yield
 
     def _policy_for(self, n_tokens: int) -> Policy | None:
         if self.compression_ratio == 0:
             return None
-        return self.policy(compute_n_kept(n_tokens, self.compression_ratio))
+        n_kept = compute_n_kept(n_tokens, self.compression_ratio)
+        key = (n_kept, tuple(self._crush_options().items()))
+        if key not in self._policies:  # one copy of the press per budget and context, not one per layer
+            self._policies[key] = self.policy(n_kept)
+        return self._policies[key]
 
     def post_init_from_model(self, model: PreTrainedModel) -> None:
         self.press.post_init_from_model(model)

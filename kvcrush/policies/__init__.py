@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import fields
 from typing import Any
 
@@ -28,6 +29,8 @@ BASE_CHOICES = tuple(name for name in BASELINES if name != "full")
 # Any kvpress ScorerPress as a policy (`kvcrush.policies.press`): built by `make_policy("kvpress", press=...)`, and
 # kept out of `POLICIES` (whose every entry builds with its defaults and runs without kvpress installed).
 KVPRESS_POLICY = "kvpress"
+# What `make_policy("kvcrush", base=NAME)` accepts by name: the baselines, and "kvpress" (with `press=`).
+KVCRUSH_BASES = (*BASE_CHOICES, KVPRESS_POLICY)
 
 
 def _option_names(cls: type[Policy]) -> set[str]:
@@ -39,7 +42,10 @@ def make_policy(name: str, budget: float | int | str = 0.25, **options: Any) -> 
 
     `make_policy("kvcrush", budget=0.25, base="snapkv", crush_fraction=0.25, anchor="alternating",
     granularity="token")`. For `kvcrush`, options the base policy understands (window, sink, ...)
-    go to the base; the rest go to KVCrush. `make_policy("kvpress", press="ExpectedAttentionPress")`: a kvpress
+    go to the base; the rest go to KVCrush. `base` may also be "kvpress" (with `press=`; the press's options go to
+    the base too), a kvpress press instance or class, or a Policy instance (copied). Over a press, signatures are over
+    KV heads and a budget-aware press follows KVCrush's split (`kvcrush.policies.press`).
+    `make_policy("kvpress", press="ExpectedAttentionPress")`: a kvpress
     ScorerPress (name, class or instance) as a policy; options it does not declare go to the press's
     constructor (`kvcrush.policies.press`). Unknown names and options raise `PolicyError`.
     """
@@ -55,15 +61,53 @@ def make_policy(name: str, budget: float | int | str = 0.25, **options: Any) -> 
     if key != KVCrush.name:
         return _build(POLICIES[key], budget_value, options)
 
-    base_name = str(options.pop("base", "snapkv")).strip().lower()
-    if base_name not in BASE_CHOICES:
-        raise PolicyError(f"Unknown base policy {base_name!r} for kvcrush; choose one of {', '.join(BASE_CHOICES)}.")
-    base_cls = BASELINES[base_name]
+    base_spec = options.pop("base", "snapkv")
     crush_options = _option_names(KVCrush) - {"base", "sink", "recent", "budget"}
     base_options = {k: v for k, v in options.items() if k not in crush_options}
     own_options = {k: v for k, v in options.items() if k in crush_options}
-    base = _build(base_cls, budget_value, base_options)
-    return _build(KVCrush, budget_value, {**own_options, "base": base})
+    base = _kvcrush_base(base_spec, budget_value, base_options, own_options)
+    policy = _build(KVCrush, budget_value, {**own_options, "base": base})
+    follow = getattr(policy.base, "follow_kvcrush", None)
+    if follow is not None:  # a press base whose scores read the budget follows KVCrush's split (policies.press)
+        follow(policy.crush_fraction, policy.budget_bytes, policy.kv_bits)
+    return policy
+
+
+def _kvcrush_base(spec: Any, budget: float | int, options: dict[str, Any], crush_options: dict[str, Any]) -> Policy:
+    """KVCrush's base from `base=`: a baseline's name, "kvpress" (with `press=`), a Policy instance (copied: KVCrush
+    sets its budget), or a kvpress press (instance or class; `kvcrush.policies.press`). `options` are the base's."""
+    if isinstance(spec, Policy):
+        if options:
+            raise PolicyError(f"Options {', '.join(sorted(options))} are for the base policy: set them on the "
+                              f"{spec.name} instance passed as base instead.")
+        return copy.deepcopy(spec)
+    if not isinstance(spec, str):
+        if not _is_press(spec):
+            raise PolicyError(f"Unknown base policy {spec!r} for kvcrush: give a name ({', '.join(KVCRUSH_BASES)}), a "
+                              "kvcrush Policy, or a kvpress ScorerPress.")
+        options = {**options, "press": spec}
+        spec = KVPRESS_POLICY
+    base_name = spec.strip().lower()
+    if base_name == KVPRESS_POLICY:
+        if crush_options.get("decode_interval"):
+            from kvcrush.policies.press import DECODING
+
+            raise PolicyError(f"KVCrush over a press: {DECODING}")
+        return make_policy(KVPRESS_POLICY, budget, **options)
+    if base_name not in BASE_CHOICES:
+        raise PolicyError(f"Unknown base policy {base_name!r} for kvcrush; choose one of {', '.join(KVCRUSH_BASES)}.")
+    return _build(BASELINES[base_name], budget, options)
+
+
+def _is_press(value: Any) -> bool:
+    """A kvpress press instance or class (kvpress is imported only when it is usable and `value` is not a name)."""
+    from kvcrush.integrations import kvpress_problem
+
+    if kvpress_problem() is not None:
+        return False
+    from kvpress.presses.base_press import BasePress
+
+    return isinstance(value, BasePress) or (isinstance(value, type) and issubclass(value, BasePress))
 
 
 def _build(cls: type[Policy], budget: float | int, options: dict[str, Any]) -> Policy:
@@ -79,5 +123,6 @@ def _build(cls: type[Policy], budget: float | int, options: dict[str, Any]) -> P
 
 __all__ = [
     "Policy", "FullCache", "RandomEviction", "StreamingLLM", "HeavyHitters", "SnapKV", "PyramidKV", "TOVA",
-    "KeyNorm", "KeyDiff", "KVCrush", "BASELINES", "POLICIES", "BASE_CHOICES", "KVPRESS_POLICY", "make_policy",
+    "KeyNorm", "KeyDiff", "KVCrush", "BASELINES", "POLICIES", "BASE_CHOICES", "KVPRESS_POLICY", "KVCRUSH_BASES",
+    "make_policy",
 ]

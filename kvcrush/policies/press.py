@@ -29,6 +29,24 @@ layer's budget `T`: `compute_n_kept(N, ratio) == T`; their scores then depend on
 `scorer_key` includes it. PyramidKV's per-layer pyramid budgets come from its own `get_layer_budget`
 at the ratio `1 - budget` (a fraction) or the ratio that keeps `budget` tokens of the prompt.
 
+KVCrush over a press: `make_policy("kvcrush", base="kvpress", press="ExpectedAttentionPress", budget=0.25)` (or
+`base=<a press instance or class>`, or `base=<a KVPressPolicy>`) runs KVCrush's split and grouping over the press's
+scores; options the press policy or the press takes go to the base, as for any base. Two things follow from the
+press scoring per KV head and, for some presses, reading the budget:
+
+- Signatures are over KV heads: a press returns one score row per KV head (`[kv_heads, N]`), so each token's
+  signature has one bit per KV head whatever `signature_heads` says ("query" and "kv" coincide, as for knorm).
+  With few KV heads the Hamming distances take only `kv_heads + 1` values, a coarser grouping than over query heads.
+- A press whose scores read the budget (StreamingLLM, CriticalKV, Compactor, a press of one's own) follows KVCrush's
+  budget: it is scored at the tokens it selects itself, the budget's importance part (`T` minus the KVCrush
+  representatives, sink and recent included), so that e.g. StreamingLLMPress's window is exactly what KVCrush's
+  importance step keeps and the representatives stand in for what it drops. `make_policy` records KVCrush's split on
+  the base (`KVPressPolicy.follow_kvcrush`); the split is the fixed one (`crush_fraction`; an adaptive split's
+  per-layer fractions need every layer's scores first, so they cannot size the scoring), and with
+  `representative_bits` below `kv_bits` under `budget_bytes` the importance part is sized as if the
+  representatives were stored at `kv_bits`. A KVCrush built directly (`KVCrush(base=KVPressPolicy(...))`) passes
+  its budget but not its split: its press is scored at the whole budget unless `follow_kvcrush` is called.
+
 Which presses run: `press_table()` classifies every name kvpress exports (a `ScorerPress` or not) and
 says why the others are refused (`make_policy` raises `PolicyError` with that reason). Presses that need
 trained weights or statistics from the Hugging Face Hub (Q-Filters, KVzap, ExpectedAttentionStats) are
@@ -49,7 +67,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from types import SimpleNamespace
 from typing import Any
 
@@ -69,6 +87,8 @@ REFUSED = "refused"
 READS = ("keys", "window", "last", "all", "attentions")
 
 OWN_FORWARDS = "not yet supported: needs its own forward passes"
+DECODING = ("kvpress presses score a prefill: the kvpress policy does not evict while decoding (decode_interval=0); "
+            "kvpress's own DecodingPress does that in kvpress.")
 
 
 @dataclass(frozen=True)
@@ -196,6 +216,27 @@ def _status(name: str, kind: str) -> tuple[str, str]:
     if info.wraps:
         return SUPPORTED, f"{info.note}; name the wrapped scorer: {name}(SnapKVPress)"
     return SUPPORTED, info.note
+
+
+def runnable_presses() -> tuple[str, ...]:
+    """Every press `make_policy("kvpress", press=...)` runs by name alone: each scorer of `SCORERS` that needs no
+    Hub weights, and each wrapper (CriticalKVPress) over SnapKVPress and over ExpectedAttentionPress (its paper's
+    pair), as `press=` spells them.
+
+    Read from the hand-kept table alone, so it needs no kvpress (`press_table()`, which imports it, marks exactly
+    these scorers supported: tested). The one list the explorer's press choice and the benchmark grid's press systems
+    read.
+    """
+    names: list[str] = []
+    for name, info in SCORERS.items():
+        if info.weights:
+            continue
+        names += [f"{name}({inner})" for inner in WRAPPED_SCORERS] if info.wraps else [name]
+    return tuple(names)
+
+
+# The scorers a wrapper press (CriticalKVPress) is offered over by name in `runnable_presses()`.
+WRAPPED_SCORERS = ("SnapKVPress", "ExpectedAttentionPress")
 
 
 def press_table() -> dict[str, PressStatus]:
@@ -415,13 +456,49 @@ class KVPressPolicy(Policy):
     press: Any = option(None, "kvpress ScorerPress: a class name (ExpectedAttentionPress, snapkv, "
                         "CriticalKVPress(SnapKVPress), ...), a class or an instance; its compression_ratio is "
                         "replaced by the budget.", kind=str, scorer=True)
+    # Set by `follow_kvcrush` when this policy is KVCrush's base: KVCrush's crush fraction. A press whose scores read
+    # the budget is then scored at the budget's importance part (see the module docstring). Not a user option.
+    crush_share: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
         self.press = resolve_press(self.press)
         if self.decode_interval:
-            raise PolicyError("kvpress presses score a prefill: the kvpress policy does not evict while decoding "
-                              "(decode_interval=0); kvpress's own DecodingPress does that in kvpress.")
+            raise PolicyError(DECODING)
+        share = self.crush_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= float(share) <= 1.0:
+            raise BudgetError(f"crush_share must be a fraction in [0, 1] (KVCrush's crush_fraction), got {share!r}.")
+        self.crush_share = float(share)
         super().__post_init__()
+
+    def follow_kvcrush(self, crush_fraction: float, budget_bytes: int | None = None, kv_bits: int = 16) -> None:
+        """Make this policy, as KVCrush's base, score a budget-aware press at KVCrush's importance part.
+
+        `make_policy("kvcrush", base=...)` calls it with the KVCrush's `crush_fraction`, `budget_bytes` and `kv_bits`
+        (KVCrush itself hands its base only its `budget`). Changes the scorer key of budget-aware presses only.
+        """
+        self.crush_share = float(crush_fraction)
+        self.budget_bytes = budget_bytes
+        self.kv_bits = kv_bits
+
+    @classmethod
+    def option_choices(cls, name: str) -> tuple[tuple[str, ...], str] | None:
+        """Choices and help for an option whose choices are known only at run time (for forms: the explorer's
+        sidebar): `press` offers `runnable_presses()`, ExpectedAttentionPress first, with each one's description
+        from `press_table()`. None for the other options, or when kvpress cannot be used here."""
+        from kvcrush.integrations import kvpress_problem
+
+        if name != "press" or kvpress_problem() is not None:
+            return None
+        table = press_table()
+        names = runnable_presses()
+        names = tuple(sorted(names, key=lambda n: n != "ExpectedAttentionPress"))  # stable: table order otherwise
+        lines = [f"**{n}**: {table[n.split('(')[0]].reason}" for n in names]
+        refused = sum(row.status != SUPPORTED for row in table.values())
+        help_text = ("The kvpress ScorerPress whose own score() ranks the tokens (its compression_ratio is replaced by "
+                     "the budget).\n\n" + "\n\n".join(lines)
+                     + f"\n\n{refused} other names kvpress exports are refused here: "
+                       "kvcrush.policies.press.press_table() says why.")
+        return names, help_text
 
     @property
     def info(self) -> ScorerInfo:
@@ -436,13 +513,23 @@ class KVPressPolicy(Policy):
     def describe(self) -> dict[str, Any]:
         described = super().describe()
         described["press"] = press_label(self.press)
+        if not self.crush_share:
+            described.pop("crush_share", None)  # a press of its own: nothing to say
         return described
 
     def scorer_key(self) -> tuple:
         key: tuple = (self.name, press_label(self.press))
-        if self.info.budget_scores:  # its scores read the ratio, i.e. the budget
+        if self.info.budget_scores:  # its scores read the ratio, i.e. the budget (and, under KVCrush, its split)
             key += (("budget", self.budget, self.budget_bytes),)
+            if self.crush_share:
+                key += (("crush_share", self.crush_share, self.kv_bits),)
         return key
+
+    def scoring_budget(self, layer: LayerInputs) -> int:
+        """Tokens the press is told it keeps on this layer: the budget, or under KVCrush its importance part (the
+        budget less the representatives' share, sink and recent included)."""
+        plan = self.plan(layer, crush_fraction=self.crush_share) if self.crush_share else self.plan(layer)
+        return plan.budget - plan.crush
 
     def supports_decode_eviction(self) -> bool:
         return False
@@ -512,7 +599,7 @@ class KVPressPolicy(Policy):
                              f"{layer.hidden_offset}")
         press = self.press
         if self.info.budget_scores:
-            press = _set_ratio(press, ratio_for(n, min(n, self.plan(layer).budget)))
+            press = _set_ratio(press, ratio_for(n, min(n, self.scoring_budget(layer))))
         keys, values = layer.keys[:, :, :n], layer.values[:, :, :n]
         cos, sin = layer.cos[:, :n], layer.sin[:, :n]
         positions = torch.arange(n, device=keys.device)
@@ -527,7 +614,7 @@ class KVPressPolicy(Policy):
 
 def make_press_policy(budget: float | int, options: dict[str, Any]) -> KVPressPolicy:
     """`make_policy("kvpress", ...)`: our options go to the policy, the others to the press's constructor."""
-    own = {f.name for f in fields(KVPressPolicy)} - {"budget"}
+    own = {f.name for f in fields(KVPressPolicy)} - {"budget", "crush_share"}
     press_options = {k: v for k, v in options.items() if k not in own}
     policy_options = {k: v for k, v in options.items() if k in own}
     press = resolve_press(policy_options.pop("press", None), press_options)

@@ -48,7 +48,8 @@ def test_groups_expand_without_duplicates_and_skip_full():
     labels = [s.label for s in specs]
     assert labels[0] == "snapkv" and len(labels) == len(set(labels)) == 8 + 9
     assert "kvpress:kvcrush" in labels  # our KVCrushPress, run by kvpress
-    assert len(parse_policies(["all"])) == len(GROUPS["all"]) == 37 + len(GROUPS["storage"]) + len(GROUPS["variants"])
+    assert len(parse_policies(["all"])) == len(GROUPS["all"]) == (37 + len(GROUPS["storage"]) + len(GROUPS["variants"])
+                                                                 + 2 * len(GROUPS["presses"]))
     assert {s.label for s in parse_policies(["variants"])} & set(STANDARD_POLICIES) == set()  # --full only
 
 
@@ -154,3 +155,54 @@ def test_storage_group_holds_every_base_and_paper_run_it_compares_with():
             assert paper_label(spec.label) in (None, *labels), spec.label
     quick = {s.label for s in parse_policies(list(QUICK_POLICIES))}
     assert {"snapkv~4", "snapkv~4b", "kvcrush:snapkv:alternating~4"} <= quick
+
+
+def test_press_specs_run_a_kvpress_scorer_on_our_engine():
+    from kvcrush.policies.press import runnable_presses
+
+    spec = parse_spec("press:ExpectedAttentionPress")
+    assert (spec.label, spec.engine, spec.method, spec.options) == (
+        "press:expectedattentionpress", "ours", "kvpress", {"press": "ExpectedAttentionPress"})
+    assert parse_spec("press:SnapKVPress", window=16).options == {"press": "SnapKVPress", "window_size": 16}
+    crush = parse_spec("kvcrush:press:ExpectedAttentionPress", crush_fraction=0.5)
+    assert (crush.label, crush.method, crush.base, crush.base_label) == (
+        "kvcrush:press:expectedattentionpress:alternating", "kvcrush", "kvpress", "press:expectedattentionpress")
+    assert crush.options == {"crush_fraction": 0.5, "press": "ExpectedAttentionPress"}
+    variant = parse_spec("kvcrush:press:criticalkvpress(snapkvpress):mean:best~4+qa")
+    assert base_label(variant.label) == variant.base_label == "press:criticalkvpress(snapkvpress)~4+qa"
+    assert paper_label(variant.label) == "kvcrush:press:criticalkvpress(snapkvpress):mean~4+qa"
+    assert [parse_spec(s).options["press"] for s in GROUPS["presses"]] == list(runnable_presses())
+    assert {parse_spec(s).base_label for s in GROUPS["kvcrush-presses"]} == set(GROUPS["presses"])
+    assert not set(GROUPS["presses"]) & set(STANDARD_POLICIES)  # --full only until their cost is measured
+    for bad in ("press:nope", "press:qfilterpress", "kvcrush:press:nope", "press:knormpress@all",
+                "kvcrush:press:knormpress:alternating@all"):
+        with pytest.raises(ValueError):
+            parse_spec(bad)
+
+
+def test_press_specs_build_policies():
+    from tests.conftest import kvpress_or_skip
+
+    kvpress_or_skip()
+    policy = parse_spec("press:ExpectedAttentionPress").policy(0.25, seed=0)
+    assert policy.name == "kvpress" and type(policy.press).__name__ == "ExpectedAttentionPress"
+    crush = parse_spec("kvcrush:press:streamingllmpress:mean~4").policy(0.25, seed=0)
+    assert crush.base.name == "kvpress" and crush.base.crush_share == 0.25 and crush.base.kv_bits == 4
+
+
+def test_one_registry_of_kvpress_engine_presses_and_the_readme_table_is_current():
+    from pathlib import Path
+
+    from tests.conftest import kvpress_or_skip
+
+    kvpress_or_skip()
+    from benchmarks.grid import KVPRESS_ENGINE_PRESSES, KVPRESS_NAMES, press_table_md
+    from benchmarks.kvpress_runner import KVPRESS_PRESSES, make_press
+
+    assert tuple(KVPRESS_PRESSES) == KVPRESS_NAMES == tuple(KVPRESS_ENGINE_PRESSES)
+    for name, label in KVPRESS_ENGINE_PRESSES.items():
+        press = make_press(name, 0.5)
+        assert type(press).__name__ == label.split("(")[0], name
+    readme = (Path(__file__).resolve().parents[2] / "benchmarks" / "README.md").read_text()
+    table = readme.split("<!-- press-table:begin -->\n", 1)[1].split("\n<!-- press-table:end -->", 1)[0]
+    assert table == press_table_md(), "regenerate the README's press table: benchmarks.grid.press_table_md()"
