@@ -58,6 +58,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from benchmarks.grid import KVPRESS_ENGINE_PRESSES
 from benchmarks.outcome import Outcome, press_outcome
 from kvcrush.attention import attention_modules, forward_hooks
 from kvcrush.decoding import (
@@ -80,17 +81,8 @@ from kvcrush.sizes import format_bytes
 # accept the installed transformers (kvpress 0.5.5 requires transformers<5.3).
 require_kvpress()
 
-from kvpress import (  # noqa: E402
-    ExpectedAttentionPress,
-    KeyDiffPress,
-    KnormPress,
-    ObservedAttentionPress,
-    PyramidKVPress,
-    ScorerPress,
-    SnapKVPress,
-    StreamingLLMPress,
-    TOVAPress,
-)
+import kvpress  # noqa: E402
+from kvpress import ScorerPress, SnapKVPress  # noqa: E402
 from kvpress.presses.base_press import BasePress, is_prefilling  # noqa: E402
 from kvpress.utils import extract_keys_and_values  # noqa: E402
 
@@ -112,16 +104,10 @@ def _kvcrush_press(compression_ratio: float, **opts: Any):
     return KVCrushPress(SnapKVPress(), compression_ratio=compression_ratio, **opts)
 
 
+# Every press the grid runs on kvpress's engine, from the grid's one list (`benchmarks.grid.KVPRESS_ENGINE_PRESSES`).
 KVPRESS_PRESSES: dict[str, PressFactory] = {
-    "snapkv": _factory(SnapKVPress),
-    "streaming": _factory(StreamingLLMPress),
-    "knorm": _factory(KnormPress),
-    "tova": _factory(TOVAPress),
-    "observed_attention": _factory(ObservedAttentionPress),
-    "expected_attention": _factory(ExpectedAttentionPress),
-    "keydiff": _factory(KeyDiffPress),
-    "pyramidkv": _factory(PyramidKVPress),
-    "kvcrush": _kvcrush_press,
+    name: _kvcrush_press if name == "kvcrush" else _factory(getattr(kvpress, class_name))
+    for name, class_name in KVPRESS_ENGINE_PRESSES.items()
 }
 
 # Presses whose scores need the attention matrices returned by eager attention.

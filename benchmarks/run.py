@@ -43,6 +43,7 @@ from benchmarks.env import (  # noqa: E402
 from benchmarks.grid import (  # noqa: E402
     ENGINE_KVPRESS,
     FULL_BUDGETS,
+    KVPRESS_POLICY,
     QUICK_POLICIES,
     STANDARD_POLICIES,
     parse_budgets,
@@ -393,11 +394,12 @@ def _require_kvpress_for(specs: list) -> None:
     refuses the installed transformers): the message says what to install, or which systems to leave out."""
     from kvcrush.integrations import kvpress_problem
 
-    wanted = [spec.label for spec in specs if spec.engine == ENGINE_KVPRESS]
+    wanted = [spec.label for spec in specs if spec.engine == ENGINE_KVPRESS or spec.method == KVPRESS_POLICY
+              or spec.base == KVPRESS_POLICY or "press" in spec.options]
     problem = kvpress_problem() if wanted else None
     if problem:
-        raise SystemExit(f"{problem}\nThis run asks for {', '.join(wanted)}; choose --policies without kvpress:* "
-                         "systems to run the rest here.")
+        raise SystemExit(f"{problem}\nThis run asks for {', '.join(wanted)}; choose --policies without kvpress:*, "
+                         "press:* and kvcrush:press:* systems to run the rest here.")
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import kvcrush
+from kvcrush.policies import KVPRESS_POLICY
+from kvcrush.policies.press import KVPressPolicy
 from kvcrush.trace import EVICTED, IMPORTANT, PROTECTED, RECENT, REPRESENTATIVE, SINK, STATUS_NAMES
 
 OKABE_ITO = {
@@ -53,7 +55,8 @@ CONTINUOUS_SCALE = "Cividis"  # perceptually uniform and colour-blind safe
 def policy_color(name: str) -> str:
     """Colour of a policy by its name (a label like 'kvcrush (snapkv)' or 'kvcrush-h2o' uses its first word)."""
     words = re.split(r"[^a-z0-9_]+", str(name).lower())
-    cls = kvcrush.POLICIES.get(words[0] if words else "")  # read at call time: a policy added later has one too
+    word = words[0] if words else ""
+    cls = KVPressPolicy if word == KVPRESS_POLICY else kvcrush.POLICIES.get(word)  # at call time: added ones too
     return cls.color if cls is not None else OKABE_ITO["grey"]
 
 

@@ -57,7 +57,8 @@ def show_model(slots: SidebarSlots, lm: kvcrush.LoadedModel) -> None:
 
 
 def _policy_help() -> str:
-    return "\n\n".join(f"**{name}**: {cls.help}" for name, cls in kvcrush.POLICIES.items())
+    names = policy_options.policy_names()
+    return "\n\n".join(f"**{name}**: {policy_options.policy_class(name).help}" for name in names)
 
 
 def _budget() -> float | int:
@@ -75,7 +76,7 @@ def _options(name: str) -> tuple[str | None, dict]:
     """The base policy (for a composite policy) and every declared option, one expander per declaring class.
 
     The first section opens by itself for a composite policy (KVCrush's own options are what the app is
-    about); the others stay folded.
+    about); the others stay folded, but for one that holds a choice the user must make (the kvpress policy's press).
     """
     base = None
     values: dict = {}
@@ -92,14 +93,14 @@ def _options(name: str) -> tuple[str | None, dict]:
     else:
         rest = list(policy_options.groups(name))
     for group in rest:
-        if group.specs:
-            with st.expander(group.title, expanded=False):
+        if group.specs:  # folded, unless it holds a choice the user must make (the kvpress policy's press)
+            with st.expander(group.title, expanded=policy_options.needs_choice(group)):
                 values.update(option_widgets.render(group))
     return base, values
 
 
 def policy_section(slots: SidebarSlots) -> PolicyConfig:
-    names = list(kvcrush.POLICIES)
+    names = list(policy_options.policy_names())
     with slots.policy:
         st.subheader("Policy")
         name = st.selectbox("Policy", names, index=names.index(DEFAULT_POLICY), key="policy", help=_policy_help())
@@ -120,6 +121,10 @@ def _example_prompt(lm: kvcrush.LoadedModel) -> tuple[PromptInput | None, str | 
     if example.question:
         answers = ", ".join(example.answers)
         st.caption(f"**Question:** {example.question}" + (f"  \n**Answer:** {answers}" if answers else ""))
+    needles = getattr(example, "needles", ())
+    if len(needles) > 1:
+        st.caption(f"**{len(needles)} needles**, shallowest first (type a key or a value in **Find text** on the "
+                   "Tokens page to follow it):  \n" + "  \n".join(f"{i + 1}. {n}" for i, n in enumerate(needles)))
     return PromptInput("example", choice, example.context, example.question, tuple(example.answers),
                        example.kind), None
 

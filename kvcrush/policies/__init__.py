@@ -66,11 +66,7 @@ def make_policy(name: str, budget: float | int | str = 0.25, **options: Any) -> 
     base_options = {k: v for k, v in options.items() if k not in crush_options}
     own_options = {k: v for k, v in options.items() if k in crush_options}
     base = _kvcrush_base(base_spec, budget_value, base_options, own_options)
-    policy = _build(KVCrush, budget_value, {**own_options, "base": base})
-    follow = getattr(policy.base, "follow_kvcrush", None)
-    if follow is not None:  # a press base whose scores read the budget follows KVCrush's split (policies.press)
-        follow(policy.crush_fraction, policy.budget_bytes, policy.kv_bits)
-    return policy
+    return _build(KVCrush, budget_value, {**own_options, "base": base})
 
 
 def _kvcrush_base(spec: Any, budget: float | int, options: dict[str, Any], crush_options: dict[str, Any]) -> Policy:

@@ -141,6 +141,9 @@ class KVCrush(Policy):
         self._check_beyond_paper()
         self.base.budget = self.budget
         self.sink = self.base.sink
+        follow = getattr(self.base, "follow_kvcrush", None)
+        if follow is not None:  # a press base whose scores read the budget follows the split (kvcrush.policies.press)
+            follow(float(self.crush_fraction), self.budget_bytes, self.kv_bits)
 
     def _check_beyond_paper(self) -> None:
         """Validate the spec section 7 options."""

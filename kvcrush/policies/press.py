@@ -473,8 +473,8 @@ class KVPressPolicy(Policy):
     def follow_kvcrush(self, crush_fraction: float, budget_bytes: int | None = None, kv_bits: int = 16) -> None:
         """Make this policy, as KVCrush's base, score a budget-aware press at KVCrush's importance part.
 
-        `make_policy("kvcrush", base=...)` calls it with the KVCrush's `crush_fraction`, `budget_bytes` and `kv_bits`
-        (KVCrush itself hands its base only its `budget`). Changes the scorer key of budget-aware presses only.
+        `KVCrush.__post_init__` calls it with its `crush_fraction`, `budget_bytes` and `kv_bits`, however the
+        KVCrush was built. Changes the scorer key of budget-aware presses only.
         """
         self.crush_share = float(crush_fraction)
         self.budget_bytes = budget_bytes
