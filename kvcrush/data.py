@@ -78,7 +78,9 @@ class Example:
 
     ``context`` is the long text whose KV cache gets compressed; ``question`` (None for a plain
     essay) is asked after it; ``answers`` holds the accepted answer strings (empty when there is no
-    question). ``kind`` is one of "needle", "squad", "hotpotqa", "essay".
+    question). ``kind`` is one of "needle", "squad", "hotpotqa", "essay". ``needles``: the needle
+    sentences a multi-needle prompt holds (`multi_needle_example`), so the app can offer each one to
+    follow; empty otherwise.
     """
 
     name: str
@@ -86,6 +88,7 @@ class Example:
     question: str | None
     answers: tuple[str, ...]
     kind: str
+    needles: tuple[str, ...] = ()  # every needle sentence in the context (the asked one included), shallowest first
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +297,49 @@ def needle_example(tokenizer: Tokenizer, n_tokens: int, depth: float, seed: int)
     )
 
 
+def distinct_needles(n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` needle (key, value) pairs drawn from seeds ``seed``, ``seed + 1``, ...; no two share a value or a
+    word of their keys, so finding one key's word or its value finds that needle alone."""
+    pairs: list[tuple[str, str]] = []
+    words: set[str] = set()
+    draw = seed
+    while len(pairs) < n:
+        key, value = needle_key_value(draw)
+        draw += 1
+        if words.isdisjoint(key.split("-")) and all(value != v for _, v in pairs):
+            pairs.append((key, value))
+            words.update(key.split("-"))
+    return pairs
+
+
+def multi_needle_example(tokenizer: Tokenizer, n_tokens: int, depths: tuple[float, ...], seed: int,
+                         ask: int | None = None) -> Example:
+    """Several RULER-style needles in about ``n_tokens`` tokens of essays, one per depth in ``depths``.
+
+    Every needle has its own key and 7-digit value (`distinct_needles`); the question asks for needle
+    ``ask`` (default: the middle one), so its value is the gold answer, and ``needles`` lists all of
+    them (shallowest first) so the others can be followed too (find their key or value in the text).
+    """
+    if not depths:
+        raise KVCrushError("A multi-needle prompt needs at least one depth.")
+    ask = len(depths) // 2 if ask is None else ask
+    if not 0 <= ask < len(depths):
+        raise KVCrushError(f"ask={ask} is not one of the {len(depths)} needles.")
+    pairs = distinct_needles(len(depths), seed)
+    sentences = [NEEDLE_TEMPLATE.format(key=key, value=value) for key, value in pairs]
+    context = haystack(tokenizer, n_tokens, sentences, list(depths), seed)
+    key, value = pairs[ask]
+    order = sorted(range(len(depths)), key=lambda i: depths[i])
+    return Example(
+        name=f"{len(depths)} needles ~{n_tokens} tokens, asking the one at depth {depths[ask]:.2f}, seed {seed}",
+        context=context,
+        question=NEEDLE_QUESTION.format(key=key),
+        answers=(value,),
+        kind="needle",
+        needles=tuple(sentences[i] for i in order),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading comprehension
 
@@ -372,11 +418,19 @@ def _first_extractive_hotpot(seed: int) -> Example:
     return hotpotqa_examples(1, seed, distractors=False)[0]
 
 
+# The long built-in example: near the packaged model's 8,192-token limit with the chat template, the question
+# (about 50 tokens together) and 32 new tokens; four needles at different depths, the question asks the third.
+LONG_EXAMPLE = "Four needles in essays (~7.5k tokens)"
+LONG_TOKENS = 7450
+LONG_DEPTHS = (0.12, 0.37, 0.62, 0.87)
+
+
 def builtin_examples(tokenizer: Tokenizer) -> dict[str, Example]:
     """Named, reproducible examples for the app's picker (fixed seeds and offsets)."""
     picks = {
         "Needle in essays (~2k tokens)": needle_example(tokenizer, 2000, depth=0.5, seed=0),
         "Needle in essays (~1k tokens)": needle_example(tokenizer, 1000, depth=0.3, seed=1),
+        LONG_EXAMPLE: multi_needle_example(tokenizer, LONG_TOKENS, LONG_DEPTHS, seed=7, ask=2),
         "SQuAD passage + question": squad_examples(1, seed=0)[0],
         "HotpotQA pair + question": _first_extractive_hotpot(seed=0),
         "Paul Graham essay (no question)": _essay_example(tokenizer, 1500, offset=0),

@@ -56,11 +56,17 @@ def render(live: runs.LiveRun) -> None:
     if st.session_state.get("grp_color") not in (None, *color_by):  # "nearest anchor" left from a several-anchor run
         del st.session_state["grp_color"]
     color_label = cols[1].radio("Colour by", list(color_by), key="grp_color", horizontal=True)
-    with st.spinner(f"Fitting {method} on {view.n_units:,} signatures (the first UMAP fit takes a while)…"):
-        coords, used, note = embedding.embed(view.bits, method, seed=int(trace.policy.get("seed") or 0))
-    cols[2].caption(f"{used}: {note}. Identical signatures are spread slightly so their count shows.")
+    # At most plots.MAX_POINTS units are mapped (every representative, the rest evenly along the prompt), so
+    # the fit and the figure cost the same whatever the prompt length.
+    rows = plots.sample_units(view)
+    mapped = plots.take_units(view, rows) if len(rows) < view.n_units else view
+    sampled = (f" A sample of {len(rows):,} of the {view.n_units:,} {unit}s is mapped: every representative, the "
+               "others evenly along the prompt.") if len(rows) < view.n_units else ""
+    with st.spinner(f"Fitting {method} on {mapped.n_units:,} signatures (the first UMAP fit takes a while)…"):
+        coords, used, note = embedding.embed(mapped.bits, method, seed=int(trace.policy.get("seed") or 0))
+    cols[2].caption(f"{used}: {note}. Identical signatures are spread slightly so their count shows.{sampled}")
     with st.container(key="embedding_view"):
-        st.plotly_chart(plots.embedding_scatter(coords, view, color_by[color_label], used), key="grp_map",
+        st.plotly_chart(plots.embedding_scatter(coords, mapped, color_by[color_label], used), key="grp_map",
                         config={"displayModeBar": False})
 
 

@@ -1,5 +1,8 @@
 """Signatures: one layer's binary head signatures (units x heads), the anchor, distances and statuses.
 
+An overview draws every unit's bits binned along the prompt (at most `plots.MAX_COLUMNS` columns); the matrix
+below draws `MAX_ROWS` rows at full resolution from "First row" on, so neither grows with the prompt.
+
 Rendered from the selection; the run's answer decodes meanwhile and streams in (see `ui.runs`).
 """
 
@@ -44,6 +47,14 @@ def render(live: runs.LiveRun) -> None:
         f"**{trace.policy.get('anchor')}**; {int(view.candidate.sum()):,} evicted candidates, "
         f"{n_rep} representatives. Showing rows {start:,}–{start + len(shown) - 1:,}."
     )
+    with st.container(key="signature_overview"):
+        # Every unit at a glance, binned to at most plots.MAX_COLUMNS columns; the rows drawn in full below are
+        # the zoom (outlined here when they are a run of positions).
+        outline = (int(view.starts[shown].min()), int(view.starts[shown].max())) if len(shown) and \
+            SORTS[sort_label] == "position" else None
+        st.plotly_chart(plots.signature_overview(view.bits, view.starts, view.bit_labels, outline,
+                                                 f"Layer {layer_index}: share of 1-bits along the prompt"),
+                        key="sig_overview", config={"displayModeBar": False})
     with st.container(key="signature_view"):
         st.plotly_chart(plots.signature_heatmap(view, shown, f"Layer {layer_index}: signatures sorted by {sort_label}"),
                         key="sig_heatmap", config={"displayModeBar": False})

@@ -25,6 +25,8 @@ from ui.fmt import seconds
 WINDOWS = (200, 400, 600)
 GRID_KEY = "tok_grid"
 STEP_KEY = "tok_step"
+FOLLOWED_KEY = "_tok_followed"  # the followed span the token window last moved to
+ZOOM_KEY = "tok_strip_zoom"
 COLOR_BY = {"agreement with the other heads": "agreement", "share of tokens kept": "kept"}
 
 
@@ -48,7 +50,30 @@ def _compared_policy(policy):
     return None
 
 
+def _window_size() -> int:
+    size = st.session_state.get("tok_window", WINDOWS[1])
+    return size if size in WINDOWS else WINDOWS[1]
+
+
+def _show_position(position: int, n_tokens: int) -> None:
+    """Move the token window so `position` sits a quarter of the way down it (before the slider renders)."""
+    st.session_state["tok_start"] = max(0, min(position - _window_size() // 4, n_tokens - 1))
+
+
+def _follow(followed, pointed: bool, n_tokens: int) -> None:
+    """The token window follows the followed span: on the prompt's first visit (its gold answer), whenever
+    the span changes (another source, occurrence, find hit or range), on any prompt, uploads included, and when
+    the window's own position was dropped (Streamlit forgets a widget's value while another page is shown)."""
+    where = None if followed is None else (followed.start, followed.end)
+    lost = "tok_start" not in st.session_state
+    if where is not None and (pointed or lost or where != st.session_state.get(FOLLOWED_KEY)):
+        _show_position(followed.start, n_tokens)
+    st.session_state[FOLLOWED_KEY] = where
+
+
 def _window(token_strings: list[str], n_tokens: int) -> tuple[int, int]:
+    """The page of tokens drawn (`[start, end)`, at most the chosen window): text is drawn for it only, so the
+    view costs the same whatever the prompt length. "Find text" moves it to the first match."""
     cols = st.columns([1, 1.4, 3])
     size = cols[0].selectbox("Tokens per window", WINDOWS, index=1, key="tok_window")
     needle = cols[1].text_input("Find text", key="tok_find", placeholder="e.g. magic number")
@@ -58,13 +83,38 @@ def _window(token_strings: list[str], n_tokens: int) -> tuple[int, int]:
         if position is None:
             st.toast(f"{needle!r} is not in the prompt.")
         else:
-            st.session_state["tok_start"] = max(0, min(position - size // 4, n_tokens - 1))
+            _show_position(position, n_tokens)
     if n_tokens <= size:
         return 0, n_tokens
     if st.session_state.get("tok_start", 0) >= n_tokens:
         st.session_state["tok_start"] = 0
     start = cols[2].slider("Window start (token position)", 0, n_tokens - 1, step=10, key="tok_start")
     return start, min(n_tokens, start + size)
+
+
+def _zoom_to(start: int, end: int) -> None:
+    st.session_state[ZOOM_KEY] = (start, end)
+
+
+def _strip_zoom(n_tokens: int, start: int, end: int) -> tuple[int, int]:
+    """The range of positions the strip draws: the whole prompt (binned when longer than `plots.MAX_COLUMNS`) or
+    a zoomed range, at full resolution once it is no wider than that."""
+    if n_tokens <= plots.MAX_COLUMNS:
+        return 0, n_tokens
+    zoom = st.session_state.get(ZOOM_KEY)
+    if not (isinstance(zoom, tuple | list) and len(zoom) == 2 and 0 <= zoom[0] < zoom[1] <= n_tokens):
+        st.session_state[ZOOM_KEY] = (0, n_tokens)
+    cols = st.columns([4, 1, 1])
+    low, high = cols[0].slider("Strip range (token positions; a range of ≤ "
+                               f"{plots.MAX_COLUMNS:,} tokens is drawn token by token)", 0, n_tokens, step=1,
+                               key=ZOOM_KEY)
+    middle = (start + end) // 2
+    first = max(0, min(middle - plots.MAX_COLUMNS // 2, n_tokens - plots.MAX_COLUMNS))
+    cols[1].button("Zoom to the window", key="tok_zoom_window", on_click=_zoom_to,
+                   args=(first, first + plots.MAX_COLUMNS), width="stretch",
+                   help="Draw the positions around the token window, one column per token.")
+    cols[2].button("Whole prompt", key="tok_zoom_all", on_click=_zoom_to, args=(0, n_tokens), width="stretch")
+    return int(low), int(max(high, low + 1))
 
 
 def _decode_eviction(record, tokenizer, followed, layer_index: int, head_index: int, table, start: int, end: int,
@@ -137,8 +187,7 @@ with span_box:
     choice = span_view.picker(trace, answers, st.session_state.get("tok_find", ""), live.request.prompt.digest,
                               lambda: span_view.copied_by_full_cache(config, lm))
 followed = choice.span
-if choice.pointed and followed is not None:  # the first visit points the token window at the gold answer
-    st.session_state["tok_start"] = max(0, followed.start - WINDOWS[1] // 4)
+_follow(followed, choice.pointed, trace.n_context)  # the first visit points the token window at the gold answer
 with left:
     chooser = st.columns([1, 1, 3])
     layer_index = pick.layer("tok", n_layers, chooser[0])
@@ -195,7 +244,8 @@ with why_box:
 
 statuses = tok.status_matrix(trace, head_index)
 strip_title = f"Every layer's decisions for KV head {head_index} (outlined: this layer and window)"
-st.plotly_chart(plots.status_strip(statuses, layer_index, (start, end), strip_title),
+st.plotly_chart(plots.status_strip(statuses, layer_index, (start, end), strip_title,
+                                   _strip_zoom(statuses.shape[1], start, end)),
                 key="tok_strip", config={"displayModeBar": False})
 
 with st.expander("Token table and downloads"):

@@ -211,6 +211,7 @@ def test_builtin_examples_are_named_reproducible_and_sized(packaged_tokenizer):
     assert list(examples) == [
         "Needle in essays (~2k tokens)",
         "Needle in essays (~1k tokens)",
+        "Four needles in essays (~7.5k tokens)",
         "SQuAD passage + question",
         "HotpotQA pair + question",
         "Paul Graham essay (no question)",

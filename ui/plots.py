@@ -3,6 +3,7 @@ same on every page. Builders take plain arrays, never recompute a policy."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,31 +32,141 @@ MAX_HOVER_CELLS = 20_000
 BIT_SCALE = [[0.0, "#F7F7F7"], [0.5, "#F7F7F7"], [0.5, OKABE_ITO["blue"]], [1.0, OKABE_ITO["blue"]]]
 
 
+# Views stay bounded in marks whatever the prompt length N (issue 23): a strip or matrix along the prompt draws at
+# most MAX_COLUMNS columns (wider ones are binned: each column aggregates `width` consecutive positions), and a
+# scatter along the candidates at most MAX_POINTS markers. A zoom (a range of positions no wider than MAX_COLUMNS)
+# draws at full resolution.
+MAX_COLUMNS = 1_000
+MAX_POINTS = 2_000
+
+
+def bin_edges(n: int, max_columns: int = MAX_COLUMNS) -> np.ndarray:
+    """`[bins + 1]` edges cutting `[0, n)` into consecutive bins of one width (the last may be shorter), with at
+    most `max_columns` bins: width 1 (one bin per position) when `n <= max_columns`."""
+    if n <= 0:
+        return np.zeros(1, dtype=np.int64)
+    width = -(-n // max(1, max_columns))  # ceil
+    return np.append(np.arange(0, n, width, dtype=np.int64), n)
+
+
+def bin_mean(values: np.ndarray, edges: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean of `values` over each bin `[edges[i], edges[i + 1])` along `axis` (NaN-free input; bool counts as 0/1)."""
+    values = np.asarray(values, dtype=np.float64)
+    axis = axis % values.ndim
+    if edges.size < 2:
+        shape = list(values.shape)
+        shape[axis] = 0
+        return np.zeros(shape)
+    sums = np.add.reduceat(values, edges[:-1], axis=axis)
+    widths = np.diff(edges).astype(np.float64)
+    shape = [1] * values.ndim
+    shape[axis] = len(widths)
+    return sums / widths.reshape(shape)
+
+
+def bin_min_max(values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bin minimum and maximum of a 1-D array."""
+    values = np.asarray(values)
+    if edges.size < 2:
+        return values[:0], values[:0]
+    return np.minimum.reduceat(values, edges[:-1]), np.maximum.reduceat(values, edges[:-1])
+
+
+def kept_share(statuses: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """`[rows, bins]` share of tokens kept (any status but evicted) per bin of a `[rows, n]` status matrix."""
+    return bin_mean(np.asarray(statuses) != EVICTED, edges, axis=1)
+
+
+def ones_share(bits: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """`[bins, width]` fraction of 1-bits per bin of a `[units, width]` signature matrix (bins over the units)."""
+    return bin_mean(np.asarray(bits) > 0, edges, axis=0)
+
+
+def zoom_range(n: int, start: int, end: int) -> tuple[int, int]:
+    """`[start, end)` clipped to `[0, n)`, at least one position wide."""
+    start = int(max(0, min(start, n - 1)))
+    end = int(max(start + 1, min(end, n)))
+    return start, end
+
+
+def thin(indices: np.ndarray, limit: int = MAX_POINTS) -> np.ndarray:
+    """At most `limit` of `indices`, evenly spaced (first and last kept); all of them when there are fewer."""
+    indices = np.asarray(indices)
+    if len(indices) <= limit:
+        return indices
+    return indices[np.unique(np.linspace(0, len(indices) - 1, limit).round().astype(np.int64))]
+
+
 def _layout(fig: go.Figure, height: int, **kwargs) -> go.Figure:
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), template="plotly_white", **kwargs)
     return fig
 
 
-def status_strip(statuses: np.ndarray, layer: int, window: tuple[int, int], title: str) -> go.Figure:
-    """All layers x all tokens of one KV head, coloured by status; the window and layer are outlined."""
+def status_strip(statuses: np.ndarray, layer: int, window: tuple[int, int], title: str,
+                 zoom: tuple[int, int] | None = None, max_columns: int = MAX_COLUMNS) -> go.Figure:
+    """Every layer x the tokens of one KV head (`statuses`, `[layers, n]` codes): the window and layer outlined.
+
+    `zoom` (`[start, end)`, default the whole prompt) is the range drawn. Up to `max_columns` tokens it is drawn
+    at full resolution, coloured by status; a wider range is binned (`bin_edges`) and each column shows the share
+    of its tokens kept, so the figure never holds more than layers x `max_columns` cells.
+    """
     n_layers, n_tokens = statuses.shape
-    hover = None
-    if statuses.size <= MAX_HOVER_CELLS:
-        names = np.array([STATUS_SHORT[i] for i in range(N_STATUS)], dtype=object)
-        hover = names[statuses]
-    fig = go.Figure(go.Heatmap(
-        z=statuses, zmin=-0.5, zmax=N_STATUS - 0.5, colorscale=status_colorscale(), showscale=False,
-        text=hover, hovertemplate="layer %{y} · token %{x}<br>%{text}<extra></extra>" if hover is not None
-        else "layer %{y} · token %{x}<extra></extra>", xgap=0, ygap=1,
-    ))
-    start, end = window
-    fig.add_shape(type="rect", x0=start - 0.5, x1=end - 0.5, y0=-0.5, y1=n_layers - 0.5,
-                  line=dict(color=OKABE_ITO["black"], width=2))
-    fig.add_shape(type="rect", x0=-0.5, x1=n_tokens - 0.5, y0=layer - 0.5, y1=layer + 0.5,
+    lo, hi = zoom_range(n_tokens, *(zoom or (0, n_tokens)))
+    part = statuses[:, lo:hi]
+    edges = bin_edges(hi - lo, max_columns)
+    width = int(edges[1] - edges[0]) if len(edges) > 1 else 1
+    if width == 1:
+        hover = None
+        if part.size <= MAX_HOVER_CELLS:
+            names = np.array([STATUS_SHORT[i] for i in range(N_STATUS)], dtype=object)
+            hover = names[part]
+        heat = go.Heatmap(
+            z=part.astype(np.int8), x=np.arange(lo, hi, dtype=np.int32), zmin=-0.5, zmax=N_STATUS - 0.5,
+            colorscale=status_colorscale(), showscale=False, text=hover,
+            hovertemplate="layer %{y} · token %{x}<br>%{text}<extra></extra>" if hover is not None
+            else "layer %{y} · token %{x}<extra></extra>", xgap=0, ygap=1)
+    else:
+        share = np.rint(100 * kept_share(part, edges)).astype(np.uint8)  # percent: one byte per cell in the spec
+        heat = go.Heatmap(
+            z=share, x=(lo + edges[:-1] + (np.diff(edges) - 1) / 2).astype(np.float32), zmin=0, zmax=100,
+            colorscale=[[0.0, STATUS_COLORS[EVICTED]], [1.0, STATUS_COLORS[IMPORTANT]]],
+            colorbar=dict(title="% kept", thickness=10, len=0.8), xgap=0, ygap=1,
+            hovertemplate=f"layer %{{y}} · {width} tokens around %{{x:.0f}}<br>%{{z}}% kept<extra></extra>")
+        title = f"{title} · binned: {width} tokens per column"
+    fig = go.Figure(heat)
+    start, end = max(window[0], lo), min(window[1], hi)
+    if start < end:  # the token window, where it overlaps the range drawn
+        fig.add_shape(type="rect", x0=start - 0.5, x1=end - 0.5, y0=-0.5, y1=n_layers - 0.5,
+                      line=dict(color=OKABE_ITO["black"], width=2))
+    fig.add_shape(type="rect", x0=lo - 0.5, x1=hi - 0.5, y0=layer - 0.5, y1=layer + 0.5,
                   line=dict(color=OKABE_ITO["vermillion"], width=2))
     fig.update_yaxes(autorange="reversed", title="layer")
-    fig.update_xaxes(title="token position")
+    fig.update_xaxes(title="token position", range=[lo - 0.5, hi - 0.5])
     return _layout(fig, int(min(420, max(150, 70 + 9 * n_layers))), title=title)
+
+
+def signature_overview(bits: np.ndarray, starts: np.ndarray, bit_labels: list[str], shown: tuple[int, int] | None,
+                       title: str, max_columns: int = MAX_COLUMNS) -> go.Figure:
+    """Every unit's signature at a glance: bits along the prompt (x) per head (y), binned to at most
+    `max_columns` columns (each the fraction of 1-bits of its units); `shown` (`[first, last]` unit
+    positions of the rows drawn in full below) is outlined."""
+    n_units = len(starts)
+    edges = bin_edges(n_units, max_columns)
+    share = np.rint(100 * ones_share(bits, edges)).astype(np.uint8).T  # [width, bins], percent
+    x = starts[edges[:-1]] if n_units else np.zeros(0, dtype=np.int64)
+    width = int(edges[1] - edges[0]) if len(edges) > 1 else 1
+    fig = go.Figure(go.Heatmap(
+        z=share, x=x.astype(np.int32), y=list(bit_labels), zmin=0, zmax=100, colorscale=[[0.0, "#F7F7F7"],
+                                                                                         [1.0, OKABE_ITO["blue"]]],
+        colorbar=dict(title="% 1-bits", thickness=10, len=0.8), xgap=0,
+        hovertemplate=f"%{{y}} · {width} unit(s) from #%{{x}}: %{{z}}% 1-bits<extra></extra>"))
+    if shown is not None:
+        fig.add_shape(type="rect", x0=shown[0] - 0.5, x1=shown[1] + 0.5, y0=-0.5, y1=len(bit_labels) - 0.5,
+                      line=dict(color=OKABE_ITO["vermillion"], width=2))
+    fig.update_yaxes(autorange="reversed", showticklabels=len(bit_labels) <= 40)
+    fig.update_xaxes(title="position of the unit's first token")
+    suffix = f" · binned: {width} units per column" if width > 1 else ""
+    return _layout(fig, int(min(320, max(160, 90 + 8 * len(bit_labels)))), title=title + suffix)
 
 
 def head_grid(values: np.ndarray, kept: np.ndarray, agreement: np.ndarray, selected: tuple[int, int],
@@ -125,7 +236,10 @@ def signature_heatmap(view: UnitView, rows: np.ndarray, title: str) -> go.Figure
 
 
 def distance_histogram(view: UnitView) -> go.Figure:
-    """Hamming distances to the anchor: representatives, the evicted candidates they stand for, kept units."""
+    """Hamming distances to the anchor: representatives, the evicted candidates they stand for, kept units.
+
+    Counted here (one bar per distance), so the figure holds at most `width + 1` bars per group, not one
+    value per unit."""
     fig = go.Figure()
     groups = [
         ("KVCrush representative", view.candidate & (view.status == REPRESENTATIVE), STATUS_COLORS[REPRESENTATIVE],
@@ -134,8 +248,11 @@ def distance_histogram(view: UnitView) -> go.Figure:
         ("kept by importance", ~view.candidate & (view.status == IMPORTANT), STATUS_COLORS[IMPORTANT], "legendonly"),
     ]
     for name, mask, color, visible in groups:
-        fig.add_trace(go.Histogram(x=view.distances[mask], name=f"{name} ({int(mask.sum())})", marker_color=color,
-                                   xbins=dict(start=-0.5, size=1), visible=visible))
+        counts = np.bincount(view.distances[mask].astype(np.int64), minlength=1) if mask.any() else np.zeros(0)
+        present = np.flatnonzero(counts)
+        fig.add_trace(go.Bar(x=present.astype(np.int32), y=counts[present].astype(np.int32),
+                             name=f"{name} ({int(mask.sum())})", marker_color=color, visible=visible,
+                             hovertemplate="distance %{x}: %{y} units<extra></extra>"))
     fig.update_layout(barmode="stack", bargap=0.05)
     anchor = "its nearest anchor" if view.n_anchors > 1 else "the anchor"
     fig.update_xaxes(title=f"Hamming distance to {anchor}")
@@ -162,36 +279,91 @@ def _anchor_groups(fig: go.Figure, view: UnitView, ranked: np.ndarray, text: lis
         ))
 
 
-def bucket_figure(view: UnitView) -> go.Figure:
+def _binned_ranks(fig: go.Figure, ranks: np.ndarray, distances: np.ndarray, name: str, color: str,
+                  max_points: int) -> None:
+    """Candidates `ranks` (consecutive) binned to at most `max_points` markers: each at its bin's mean distance,
+    with the bin's minimum and maximum as an error bar."""
+    if not len(ranks):
+        return
+    edges = bin_edges(len(ranks), max_points)
+    mean = bin_mean(distances, edges)
+    low, high = bin_min_max(distances, edges)
+    first, last = ranks[edges[:-1]], ranks[edges[1:] - 1]
+    fig.add_trace(go.Scattergl(
+        x=((first + last) / 2).astype(np.float32), y=mean.astype(np.float32), mode="markers", name=name,
+        marker=dict(color=color, size=4),
+        error_y=dict(type="data", symmetric=False, array=(high - mean).astype(np.float32),
+                     arrayminus=(mean - low).astype(np.float32), thickness=1, width=0, color=color),
+        customdata=np.stack([first, last, low, high], axis=1).astype(np.int32),
+        hovertemplate="ranks %{customdata[0]}–%{customdata[1]}<br>distance %{customdata[2]}–%{customdata[3]} "
+                      "(mean %{y:.1f})<extra></extra>"))
+
+
+def bucket_figure(view: UnitView, max_points: int = MAX_POINTS) -> go.Figure:
     """Candidates in KVCrush's order (distance, position): buckets alternate colours, stars are representatives.
 
     With several anchors the order is group after group (nearest anchor, then distance to it, then
-    position) and colours tell the anchors' groups apart.
+    position) and colours tell the anchors' groups apart. More than `max_points` candidates are binned along
+    the order (`_binned_ranks`: a marker per bin, its distance range as an error bar) and at most `max_points`
+    representatives are drawn (`thin`), so the figure stays bounded whatever the prompt length.
     """
     ranked = candidate_order(view)
     several = view.n_anchors > 1
-    text = [f"#{view.starts[i]} {view.labels[i]}<br>bucket {view.bucket[i]} · distance {view.distances[i]}"
-            + (f" · anchor {view.groups[i]}" if several else "") for i in ranked]
+    binned = len(ranked) > max_points
+    reps = thin(np.flatnonzero(view.status[ranked] == REPRESENTATIVE), max_points)
+
+    def describe(i: int) -> str:
+        return (f"#{view.starts[i]} {view.labels[i]}<br>bucket {view.bucket[i]} · distance {view.distances[i]}"
+                + (f" · anchor {view.groups[i]}" if several else ""))
+
     fig = go.Figure()
-    if several:
-        _anchor_groups(fig, view, ranked, text)
+    if binned:
+        groups = view.groups[ranked]
+        for g in range(view.n_anchors):
+            rows = np.flatnonzero(groups == g)
+            name = f"anchor {g} ({len(rows)})" if several else f"evicted candidates ({len(rows):,}, binned)"
+            _binned_ranks(fig, rows, view.distances[ranked][rows], name,
+                          anchor_color(g) if several else "#7a7a7a", max_points)
+    elif several:
+        _anchor_groups(fig, view, ranked, [describe(i) for i in ranked])
     else:
         colors = [bucket_color(int(b)) if b >= 0 else "#cccccc" for b in view.bucket[ranked]]
         fig.add_trace(go.Scattergl(
             x=np.arange(len(ranked)), y=view.distances[ranked], mode="markers", name="evicted candidate",
-            marker=dict(color=colors, size=6), text=text, hovertemplate="%{text}<extra></extra>",
+            marker=dict(color=colors, size=6), text=[describe(i) for i in ranked],
+            hovertemplate="%{text}<extra></extra>",
         ))
-    reps = np.flatnonzero(view.status[ranked] == REPRESENTATIVE)
     fig.add_trace(go.Scattergl(
         x=reps, y=view.distances[ranked][reps], mode="markers", name="representative",
-        marker=dict(symbol="star", size=13, color=STATUS_COLORS[REPRESENTATIVE], line=dict(color="#000", width=1)),
-        text=[text[i] for i in reps], hovertemplate="representative<br>%{text}<extra></extra>",
+        marker=dict(symbol="star", size=13 if not binned else 9, color=STATUS_COLORS[REPRESENTATIVE],
+                    line=dict(color="#000", width=1)),
+        text=[describe(ranked[i]) for i in reps], hovertemplate="representative<br>%{text}<extra></extra>",
     ))
     order_text = "nearest anchor, distance, then position" if several else "distance, then position"
     fig.update_xaxes(title=f"candidate rank (sorted by {order_text})")
     fig.update_yaxes(title="distance to its anchor" if several else "distance to anchor")
     title = f"Buckets of {view.n_anchors} anchors' groups" if several else "Buckets along the distance order"
+    if binned:
+        title += f" · {len(ranked):,} candidates binned"
     return _layout(fig, 330, title=title, legend=dict(orientation="h", y=-0.25))
+
+
+def sample_units(view: UnitView, limit: int = MAX_POINTS) -> np.ndarray:
+    """At most `limit` unit rows for a map of the signatures: every representative (thinned only if they alone
+    exceed `limit`), then the other units evenly spaced along the prompt. All rows when there are few enough."""
+    if view.n_units <= limit:
+        return np.arange(view.n_units)
+    reps = thin(np.flatnonzero(view.status == REPRESENTATIVE), limit)
+    others = np.flatnonzero(view.status != REPRESENTATIVE)
+    return np.sort(np.concatenate([reps, thin(others, max(0, limit - len(reps)))]))
+
+
+def take_units(view: UnitView, rows: np.ndarray) -> UnitView:
+    """The view restricted to unit `rows` (the anchors and bit labels unchanged)."""
+    return dataclasses.replace(
+        view, starts=view.starts[rows], ends=view.ends[rows], bits=view.bits[rows], distances=view.distances[rows],
+        status=view.status[rows], bucket=view.bucket[rows], candidate=view.candidate[rows],
+        labels=[view.labels[i] for i in rows], group=None if view.group is None else view.group[rows])
 
 
 def embedding_scatter(coords: np.ndarray, view: UnitView, color_by: str, method: str) -> go.Figure:
