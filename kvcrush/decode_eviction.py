@@ -14,8 +14,9 @@ the prompt's compression; `split="adaptive"` needs every layer's scores at once,
 evictions use the fixed split.
 
 Everything in the cache is evictable then (kept prompt tokens, the appended question, generated
-tokens) except what the policy itself protects (sink, recent window). Each eviction is recorded with
-the true positions each head keeps, so the explorer can show the cache after every generated token.
+tokens) except what the policy itself protects (sink, recent window). Each eviction is recorded by what it
+changed (`DecodeEviction`: the true positions each head dropped, and KVCrush's representatives), not by a full
+trace: the cache after every generated token is rebuilt from those deltas (`kvcrush.explain.decode_cache`).
 """
 
 from __future__ import annotations
@@ -38,19 +39,44 @@ MIN_BUFFER = 32  # recent tokens whose attention inputs are kept for scoring (mo
 
 @dataclass
 class DecodeEviction:
-    """One layer's eviction after `step` generated tokens.
+    """What one layer's eviction after `step` generated tokens changed.
 
-    positions: `[kv_heads, T]` true token positions each head keeps afterwards (prompt positions below
-    `n_prompt`, generated or appended ones above). before: tokens per head just before. trace: the
-    policy's decisions over the cache slots it saw (slot indices, not positions), without their scores.
+    before: tokens per head just before; kept: tokens per head after (`T`). evicted: `[kv_heads, before - kept]`
+    int32 true positions each head dropped, ascending (prompt positions below `n_prompt`, appended or generated
+    ones above); what a head holds afterwards is what it held before without them. representatives: KVCrush's
+    `[kv_heads, R]` int32 true positions of the representatives this eviction kept (None for other policies).
+    crush_fraction: the split this one-layer eviction used (KVCrush; the fixed one).
     """
 
     step: int
     layer: int
     before: int
-    positions: torch.Tensor
-    trace: LayerTrace
+    kept: int
+    evicted: torch.Tensor
     seconds: float
+    representatives: torch.Tensor | None = None
+    crush_fraction: float | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        """What this record holds (for counting a session's bytes)."""
+        return [t for t in (self.evicted, self.representatives) if t is not None]
+
+
+def _changes(positions: torch.Tensor, kept: torch.Tensor, trace: LayerTrace
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(`[kv_heads, slots - T]` true positions each head drops, ascending; `[kv_heads, R]` those of the
+    representatives or None), on the layer's device without a host read: every head keeps exactly `T` of its
+    `slots` (`kept` `[kv_heads, T]` slot indices), so the dropped slots are the first `slots - T` in an order that
+    puts the kept ones last."""
+    heads, n_slots = positions.shape
+    is_kept = torch.zeros((heads, n_slots), dtype=torch.uint8, device=positions.device).scatter_(1, kept, 1)
+    dropped = torch.argsort(is_kept, dim=1, stable=True)[:, : n_slots - kept.shape[1]]
+    evicted = positions.gather(1, dropped).sort(dim=1).values.to(torch.int32)
+    representatives = None
+    if trace.representatives is not None and not trace.no_op:
+        slots = trace.representative_tokens().long().expand(heads, -1)
+        representatives = positions.gather(1, slots).to(torch.int32)
+    return evicted, representatives
 
 
 @dataclass
@@ -162,14 +188,18 @@ class DecodeEvictor:
             scores = [self.policy.score(layer).float() for layer in layers]
             traces = self.policy.select_layers(scores, layers, None, [self.budgets[i] for i, _, _ in due])
             kept = [trace.kept for trace in traces]
+            changes = [_changes(self.positions[i], index, trace) for (i, _, _), index, trace in zip(due, kept, traces,
+                                                                                                 strict=True)]
             bits = [storage.row_bits(trace.kept, trace.representative_tokens()) for trace in traces] \
                 if storage.quantized else []  # the new selection's representatives get their own precision
             for (layer_idx, _, _), index in zip(due, kept, strict=True):
                 self.positions[layer_idx] = self.positions[layer_idx].gather(1, index)
                 if getattr(self.cache, "key_positions", None) is not None:  # sliding-window models: true positions
                     self.cache.key_positions.gather(layer_idx, index)
-            moved = traces_to_host(traces, [self.positions[i] for i, _, _ in due] + bits)
-            positions, host_bits = moved[: len(due)], moved[len(due):]
+            records = [t for change in changes for t in change if t is not None]
+            moved = traces_to_host(traces, records + bits)
+            host_records, host_bits = iter(moved[: len(records)]), moved[len(records):]
+            changes = [tuple(None if t is None else next(host_records) for t in change) for change in changes]
             merges = self._merge_rows(traces, kept)
             for n, ((layer_idx, _, layer), trace, index) in enumerate(zip(due, traces, kept, strict=True)):
                 values = gather_rows(layer.values, index)
@@ -183,9 +213,9 @@ class DecodeEvictor:
                 self.recent[layer_idx] = recent.last(trace.recent) if recent is not None else None
         seconds = watch.seconds
         self.seconds += seconds
-        for ((layer_idx, n_slots, _), trace, held) in zip(due, traces, positions, strict=True):
-            trace.score_view = None  # a record of the decision: its scores over cache slots would pin device memory
-            self.evictions.append(DecodeEviction(step, layer_idx, n_slots, held, trace, seconds / len(due)))
+        for ((layer_idx, n_slots, _), trace, (evicted, representatives)) in zip(due, traces, changes, strict=True):
+            self.evictions.append(DecodeEviction(step, layer_idx, n_slots, int(trace.kept.shape[1]), evicted,
+                                                 seconds / len(due), representatives, trace.crush_fraction))
 
     @staticmethod
     def _merge_rows(traces: list[LayerTrace], kept: list[torch.Tensor]) -> list[MergeRows | None]:

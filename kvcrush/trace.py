@@ -405,8 +405,7 @@ class GenerationResult:
         """Every tensor this result keeps alive (`RunTrace.tensors`, decode-time evictions, final cache positions)."""
         yield from self.trace.tensors()
         for eviction in self.decode_evictions:
-            yield eviction.positions
-            yield from eviction.trace.own_tensors()
+            yield from eviction.tensors()
         yield from (positions for positions in self.cache_positions or [] if isinstance(positions, torch.Tensor))
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import kvcrush
 from kvcrush.compat import cache_kwargs
 from kvcrush.decoding import extend, greedy_decode, stop_ids
 from kvcrush.errors import PolicyError
+from kvcrush.explain.decode_cache import timeline
 from kvcrush.kvcache import compressed_copy
 from kvcrush.policies import make_policy
 
@@ -28,19 +29,24 @@ def test_the_cache_never_holds_more_than_budget_plus_interval(tiny_lm, prepared,
     assert len(result.new_token_ids) == NEW  # the random model never stops early on this prompt
     assert result.peak_cache_tokens <= T + K
     assert result.decode_evictions and all(e.before <= T + K for e in result.decode_evictions)
-    assert all(e.positions.shape[1] <= T for e in result.decode_evictions)
+    assert all(e.kept <= T and e.evicted.shape == (2, e.before - e.kept) for e in result.decode_evictions)
     first = result.decode_evictions[0]  # before it: the kept prompt, the appended tail, the tokens fed back
     assert result.n_appended == len(prepared.appended_ids)
     assert first.before == result.trace.layers[first.layer].kept.shape[1] + result.n_appended + first.step
     assert result.kv_bytes_final <= (T + K) * tiny_lm.kv_bytes_per_token()
     plain = prepared.generate(make_policy(name, budget=T, **options), max_new_tokens=NEW)
     assert plain.kv_bytes_final > 2 * result.kv_bytes_final  # without it the cache grows with the answer
+    lines = {layer: timeline(result, layer) for layer in {e.layer for e in result.decode_evictions}}
     for eviction in result.decode_evictions:
-        assert (eviction.positions.diff(dim=1) > 0).all()  # each head: distinct positions, in order
+        line = lines[eviction.layer]
+        held = torch.from_numpy(line.kept[line.steps.index(eviction.step)])  # replayed from the recorded deltas
+        assert held.shape[1] == eviction.kept
+        assert (held.diff(dim=1) > 0).all()  # each head: distinct positions, in order
+        assert not any(set(h.tolist()) & set(e.tolist()) for h, e in zip(held, eviction.evicted, strict=True))
         newest = prepared.n_budgeted + len(prepared.appended_ids) + eviction.step - 1  # the token just forwarded
-        assert int(eviction.positions.max()) <= newest
+        assert int(held.max()) <= newest
         if name != "knorm":  # a recent window (TOVA: the last token) keeps the newest token
-            assert int(eviction.positions.max()) == newest
+            assert int(held.max()) == newest
 
 
 def test_the_cache_holds_the_keys_of_the_positions_it_records(tiny_lm, prepared):

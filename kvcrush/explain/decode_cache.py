@@ -1,10 +1,11 @@
 """What one layer's KV head holds after each generated token, rebuilt from a run's decode-time evictions.
 
-With a policy's `decode_interval` > 0 the engine records every eviction made while decoding
-(`GenerationResult.decode_evictions`: the step, the layer and the true positions each head keeps).
-Between two evictions the cache only grows: each generated token is fed back and appended. So the
-cache after generated token `n` is the latest eviction with `step <= n` (or, before the first, the
-prompt's kept tokens plus the appended question and template) plus the tokens generated since.
+With a policy's `decode_interval` > 0 the engine records every eviction made while decoding by what it
+changed (`GenerationResult.decode_evictions`: the step, the layer and the true positions each head dropped).
+Between two evictions the cache only grows: each generated token is fed back and appended. So the cache
+after an eviction is the one before it (the prompt's kept tokens plus the appended question and template,
+or the previous eviction's result, plus the tokens generated since) without what it dropped, and the cache
+after generated token `n` is the latest eviction's result with `step <= n` plus the tokens generated since.
 
 Positions: below `n_context` the prompt's tokens under the budget; then the `n_appended` question and
 template tokens; generated token `i` (0-based) is at `n_context + n_appended + i`. The last generated
@@ -56,12 +57,23 @@ class LayerTimeline:
 
 
 def timeline(result: GenerationResult, layer: int, interval: int = 0) -> LayerTimeline:
+    """One layer's cache over the answer, each eviction's result replayed from the recorded deltas."""
     trace = result.trace
     start = prompt_kept(trace.layers[layer])
     own = sorted((e for e in result.decode_evictions if e.layer == layer), key=lambda e: e.step)
+    first_generated = trace.n_context + result.n_appended
+    appended = np.arange(trace.n_context, first_generated)
+    held = [np.concatenate([row, appended]) for row in start]
+    since, kept = 0, []
+    for eviction in own:
+        generated = np.arange(first_generated + since, first_generated + int(eviction.step))
+        dropped = eviction.evicted.numpy()
+        held = [np.setdiff1d(np.concatenate([row, generated]), gone, assume_unique=True)
+                for row, gone in zip(held, dropped, strict=True)]
+        kept.append(np.stack(held))
+        since = int(eviction.step)
     return LayerTimeline(layer, trace.n_context, result.n_appended, len(result.new_token_ids),
-                         start.shape[1], interval, start, tuple(int(e.step) for e in own),
-                         tuple(e.positions.numpy() for e in own))
+                         start.shape[1], interval, start, tuple(int(e.step) for e in own), tuple(kept))
 
 
 def held_positions(line: LayerTimeline, head: int, step: int) -> np.ndarray:

@@ -307,8 +307,8 @@ def test_decode_time_eviction_uses_the_fixed_split_and_merges(prepared, monkeypa
     result = prepared.generate(policy, max_new_tokens=12)
     assert result.decode_evictions and any(merged) and len(merged) == len(result.decode_evictions)
     for eviction in result.decode_evictions:
-        assert eviction.trace.crush_fraction == 0.25  # the fixed split: one layer is evicted alone
-        assert eviction.trace.kept.shape[1] == 48
+        assert eviction.crush_fraction == 0.25  # the fixed split: one layer is evicted alone
+        assert eviction.kept == 48 and eviction.representatives.shape[0] == eviction.evicted.shape[0]
 
 
 # --- head reduction and end to end -----------------------------------------------------------------
