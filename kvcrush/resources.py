@@ -18,13 +18,15 @@ path of its child process. Every path the explorer uses relative to ``app.py`` (
 benchmark results) is then the same in both layouts.
 
 What is written goes to a user folder when it would otherwise land inside site-packages:
-`bench_results_dir` (the converted model already lives in ``kvcrush.models.cache_dir()``).
+`bench_results_dir` (the converted model already lives in ``kvcrush.paths.cache_dir()``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from kvcrush.paths import cache_dir
 
 PACKAGE_FOLDER = "kvcrush_explorer"  # the explorer's folder in an installed wheel (pyproject.toml)
 # What makes a folder the explorer: the entry point and the folders it imports and runs.
@@ -85,6 +87,4 @@ def bench_results_dir(root: Path | None = None) -> Path:
     root = explorer_root() if root is None else root
     if is_checkout(root) and os.access(root / "benchmarks", os.W_OK):
         return root / "benchmarks" / "results"
-    from kvcrush.models.loading import cache_dir
-
     return cache_dir() / "benchmarks" / "results"

