@@ -32,7 +32,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 from kvcrush.attention import attention_modules
 from kvcrush.decoding import IMPLEMENTATION_WRAPPERS, visible_rows
 from kvcrush.devices import layer_devices
-from kvcrush.explain.span import layer_status
+from kvcrush.explain.span_fate import layer_status
 from kvcrush.host import to_host
 from kvcrush.trace import IMPORTANT, PROTECTED, RECENT, REPRESENTATIVE, SINK, RunTrace
 

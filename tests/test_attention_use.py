@@ -9,7 +9,7 @@ import kvcrush
 from kvcrush.attention import attention_modules
 from kvcrush.attention_use import ANSWER_C, CATEGORIES, QUESTION_C, REPRESENTATIVE_C, AttentionRecorder
 from kvcrush.compat import cache_kwargs
-from kvcrush.explain.span import layer_status
+from kvcrush.explain.span_fate import layer_status
 from kvcrush.kvcache import compressed_copy
 
 QUESTION = "Who wrote this essay?"

@@ -1,7 +1,7 @@
 """Follow a span (Tokens page): pick prompt tokens, then draw what every layer and KV head did with them.
 
 The span comes from a gold answer of a built-in example, a "Find text" hit, a range of positions or a
-run of tokens the full cache's answer copied from the prompt (`kvcrush.explain.spans`); its fate is
+run of tokens the full cache's answer copied from the prompt (`kvcrush.explain.span_search`); its fate is
 `kvcrush.explain.span_fate` of the run's trace, optionally beside another policy's at the same budget.
 """
 

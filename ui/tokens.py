@@ -24,7 +24,7 @@ ONLY_WHEN_PRESENT = (PROTECTED, DECODE_EVICTED)
 
 def layer_status(layer: LayerTrace, head: int) -> np.ndarray:
     """`[n_tokens]` status codes for one KV head. A no-op layer (budget >= prompt) keeps everything,
-    which the view shows as kept rather than as one long 'recent' window (`kvcrush.explain.span.layer_status`)."""
+    which the view shows as kept rather than as one long 'recent' window (`kvcrush.explain.span_fate.layer_status`)."""
     return explain_span.layer_status(layer, head).numpy()
 
 

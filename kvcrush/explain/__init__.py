@@ -8,7 +8,7 @@
 The app's Tokens and Walk pages render these; nothing here runs the model.
 """
 
-from kvcrush.explain.span import (
+from kvcrush.explain.span_fate import (
     ALL_KEPT,
     EVICTED_SPAN,
     FATE_NAMES,
@@ -18,7 +18,7 @@ from kvcrush.explain.span import (
     SpanFate,
     span_fate,
 )
-from kvcrush.explain.spans import TokenSpan, answer_spans, copied_spans, text_spans
+from kvcrush.explain.span_search import TokenSpan, answer_spans, copied_spans, text_spans
 from kvcrush.explain.units import LayerUnits, layer_units
 from kvcrush.explain.walk import STEP_KEYS, STEP_TITLES, WalkStep, walk_steps
 from kvcrush.explain.why import HeadDecision, TokenWhy, why_token

@@ -156,14 +156,78 @@ def layer_units(layer: LayerTrace) -> LayerUnits | None:
     representatives = layer.representatives if layer.representatives is not None else torch.zeros(0, dtype=torch.long)
     picks = representatives.long() - (0 if block_level else start)
     is_representative[picks] = True
-    bucket = torch.full((n_units,), -1, dtype=torch.int64)
-    if layer.buckets:
-        members = torch.cat(layer.buckets).long() - (0 if block_level else start)
-        sizes = torch.tensor([int(b.numel()) for b in layer.buckets])
-        bucket[members] = torch.repeat_interleave(torch.arange(len(layer.buckets)), sizes)
+    bucket = unit_buckets(layer, n_units)  # from the flat bucket_members / bucket_sizes
     cutoff, candidate_cutoff, crush = _cutoffs(layer, int(picks.numel()))
     rank = ranks(scores)
     if cutoff > candidate_cutoff:
         rank = _fill_ranks(rank, is_representative)
     return LayerUnits(layer, size, start, n_units, scores, rank, cutoff, candidate_cutoff, crush, is_representative,
                       bucket, int(picks.numel()))
+
+
+# --- what the trace records per unit, without the scores (the Groups, Signatures and Walk pages' tables) --------
+@dataclass
+class UnitMarks:
+    """What one KVCrush layer recorded about each of its units, read from the trace alone (no scores needed).
+
+    starts / ends: `[n_units]` int64 token span `[start, end)` of each unit. candidate: `[n_units]` bool, outside
+    every head's top `T_imp` (the recorded `candidates`). is_representative: `[n_units]` bool (the recorded
+    `representatives`). bucket: `[n_units]` int64 bucket of each unit, -1 for units in none (`unit_buckets`).
+    kept: `[n_units]` bool, some KV head holds a token of the unit (the recorded kept sets).
+    """
+
+    granularity: str
+    starts: torch.Tensor
+    ends: torch.Tensor
+    candidate: torch.Tensor
+    is_representative: torch.Tensor
+    bucket: torch.Tensor
+    kept: torch.Tensor
+
+    @property
+    def n_units(self) -> int:
+        return int(self.starts.numel())
+
+
+def unit_offset(layer: LayerTrace) -> int:
+    """What to subtract from a recorded unit id to index the layer's units (block ids are indices already)."""
+    return 0 if layer.granularity == "block" else layer.middle_start
+
+
+def unit_buckets(layer: LayerTrace, n_units: int) -> torch.Tensor:
+    """`[n_units]` int64 bucket of every unit (-1: in none), from the flat `bucket_members` / `bucket_sizes`."""
+    bucket = torch.full((n_units,), -1, dtype=torch.int64)
+    if layer.bucket_members is None or layer.bucket_sizes is None or not layer.bucket_members.numel():
+        return bucket
+    sizes = layer.bucket_sizes.long()
+    bucket[layer.bucket_members.long() - unit_offset(layer)] = torch.repeat_interleave(
+        torch.arange(sizes.numel()), sizes)
+    return bucket
+
+
+def unit_mask(layer: LayerTrace, units: torch.Tensor | None, n_units: int) -> torch.Tensor:
+    """`[n_units]` bool: the recorded unit ids `units` (candidates, representatives) as a mask."""
+    mask = torch.zeros(n_units, dtype=torch.bool)
+    if units is not None and units.numel():
+        mask[units.long() - unit_offset(layer)] = True
+    return mask
+
+
+def unit_marks(layer: LayerTrace) -> UnitMarks | None:
+    """Every unit's span, candidacy, bucket, representative and kept flags of a KVCrush layer (one that recorded
+    signatures); None otherwise. Vectorised over the units: no per-unit or per-bucket Python loop."""
+    if layer.packed_signatures is None or layer.distances is None:
+        return None
+    if layer.granularity == "block" and layer.blocks is not None:
+        starts, ends = layer.blocks[:, 0].long(), layer.blocks[:, 1].long()
+    else:
+        size = layer.block_size if layer.granularity == "block" else 1
+        starts = layer.middle_start + torch.arange(int(layer.packed_signatures.shape[0]) // size) * size
+        ends = starts + size
+    n_units = int(starts.numel())
+    held = torch.zeros(layer.n_tokens + 1, dtype=torch.int64)
+    held[1:] = torch.zeros(layer.n_tokens, dtype=torch.int64).index_fill_(0, layer.kept.reshape(-1).long(), 1)
+    held = torch.cumsum(held, 0)  # kept tokens (by any head) before each position
+    kept = (held[ends] - held[starts]) > 0
+    return UnitMarks(layer.granularity, starts, ends, unit_mask(layer, layer.candidates, n_units),
+                     unit_mask(layer, layer.representatives, n_units), unit_buckets(layer, n_units), kept)

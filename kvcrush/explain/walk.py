@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from kvcrush.errors import KVCrushError
-from kvcrush.explain.span import layer_status, stand_ins
+from kvcrush.explain.span_fate import layer_status, stand_ins
 from kvcrush.explain.units import LayerUnits, layer_units
 from kvcrush.explain.why import quote
 from kvcrush.trace import EVICTED, IMPORTANT, PROTECTED, RECENT, REPRESENTATIVE, SINK, LayerTrace, RunTrace

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from kvcrush.errors import KVCrushError
-from kvcrush.explain.span import layer_status
+from kvcrush.explain.span_fate import layer_status
 from kvcrush.explain.units import LayerUnits, layer_units
 from kvcrush.trace import (
     EVICTED,

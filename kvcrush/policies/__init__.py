@@ -10,7 +10,7 @@ from kvcrush.budget import parse_budget
 from kvcrush.errors import PolicyError
 from kvcrush.policies.base import Policy
 from kvcrush.policies.full import FullCache
-from kvcrush.policies.h2o import HeavyHitters
+from kvcrush.policies.h2o import H2O
 from kvcrush.policies.keydiff import KeyDiff
 from kvcrush.policies.knorm import KeyNorm
 from kvcrush.policies.kvcrush import KVCrush
@@ -22,7 +22,7 @@ from kvcrush.policies.tova import TOVA
 
 BASELINES: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (FullCache, RandomEviction, StreamingLLM, HeavyHitters, SnapKV, PyramidKV, TOVA, KeyNorm, KeyDiff)
+    for cls in (FullCache, RandomEviction, StreamingLLM, H2O, SnapKV, PyramidKV, TOVA, KeyNorm, KeyDiff)
 }
 POLICIES: dict[str, type[Policy]] = {**BASELINES, KVCrush.name: KVCrush}
 BASE_CHOICES = tuple(name for name in BASELINES if name != "full")
@@ -118,7 +118,7 @@ def _build(cls: type[Policy], budget: float | int, options: dict[str, Any]) -> P
 
 
 __all__ = [
-    "Policy", "FullCache", "RandomEviction", "StreamingLLM", "HeavyHitters", "SnapKV", "PyramidKV", "TOVA",
+    "Policy", "FullCache", "RandomEviction", "StreamingLLM", "H2O", "SnapKV", "PyramidKV", "TOVA",
     "KeyNorm", "KeyDiff", "KVCrush", "BASELINES", "POLICIES", "BASE_CHOICES", "KVPRESS_POLICY", "KVCRUSH_BASES",
     "make_policy",
 ]

@@ -17,7 +17,7 @@ from kvcrush.policies.options import option
 
 
 @dataclass
-class HeavyHitters(Policy):
+class H2O(Policy):
     name = "h2o"
     kvpress_press = "observed_attention"
     help = "Heavy hitters: attention each token receives from all prompt queries."

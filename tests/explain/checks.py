@@ -19,7 +19,7 @@ from kvcrush.explain import (
     walk_steps,
     why_token,
 )
-from kvcrush.explain.span import layer_status
+from kvcrush.explain.span_fate import layer_status
 from kvcrush.metrics import kept_mask
 from kvcrush.trace import EVICTED, IMPORTANT, REPRESENTATIVE
 
