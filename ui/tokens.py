@@ -11,8 +11,8 @@ import html
 import numpy as np
 import pandas as pd
 
-from kvcrush.explain import span as explain_span
 from kvcrush.explain import text_spans
+from kvcrush.explain.span_fate import layer_status as engine_layer_status
 from kvcrush.metrics import kept_mask
 from kvcrush.trace import EVICTED, PROTECTED, LayerTrace, RunTrace
 from ui.colors import DECODE_EVICTED, SHOWN_STATUSES, STATUS_COLORS, STATUS_LABELS, STATUS_SHORT, STATUS_TEXT_COLORS
@@ -25,7 +25,7 @@ ONLY_WHEN_PRESENT = (PROTECTED, DECODE_EVICTED)
 def layer_status(layer: LayerTrace, head: int) -> np.ndarray:
     """`[n_tokens]` status codes for one KV head. A no-op layer (budget >= prompt) keeps everything,
     which the view shows as kept rather than as one long 'recent' window (`kvcrush.explain.span_fate.layer_status`)."""
-    return explain_span.layer_status(layer, head).numpy()
+    return engine_layer_status(layer, head).numpy()
 
 
 def status_matrix(trace: RunTrace, head: int) -> np.ndarray:
