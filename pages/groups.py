@@ -1,6 +1,8 @@
 """Groups: distances of the evicted candidates, KVCrush's buckets and representatives, a map of signatures.
 
-Rendered from the selection; the run's answer decodes meanwhile and streams in (see `ui.runs`).
+Rendered from the selection; the run's answer decodes meanwhile and streams in (see `ui.runs`). The layer's view
+(`ui.units.unit_view`) and everything drawn from it (the bucket table, the figures, the mapped sample and its map)
+are built once per run, layer and choice (`ui.units.cached`): a rerun that changes none of them only sends them.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import embedding, export, page, pick, plots, runs
-from ui.units import bucket_table
+from ui.units import bucket_table, cached
 
 COLOR_BY = {"kept / evicted / representative": "status", "bucket": "bucket", "distance to the anchor": "distance"}
 ANCHOR_COLOR = {"nearest anchor": "anchor"}  # offered when the run grouped around several anchors
@@ -34,11 +36,13 @@ def render(live: runs.LiveRun) -> None:
                + anchors)
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(plots.distance_histogram(view), key="grp_hist", config={"displayModeBar": False})
+        st.plotly_chart(cached(view, "distance_histogram", lambda: plots.distance_histogram(view)), key="grp_hist",
+                        config={"displayModeBar": False})
     with right:
-        st.plotly_chart(plots.bucket_figure(view), key="grp_buckets", config={"displayModeBar": False})
+        st.plotly_chart(cached(view, "bucket_figure", lambda: plots.bucket_figure(view)), key="grp_buckets",
+                        config={"displayModeBar": False})
 
-    buckets = bucket_table(view)
+    buckets = cached(view, "bucket_table", lambda: bucket_table(view))
     with st.container(key="bucket_table"):
         st.markdown("**Buckets**: each representative stands in for the evicted candidates next to it in the "
                     "distance order.")
@@ -58,16 +62,27 @@ def render(live: runs.LiveRun) -> None:
     color_label = cols[1].radio("Colour by", list(color_by), key="grp_color", horizontal=True)
     # At most plots.MAX_POINTS units are mapped (every representative, the rest evenly along the prompt), so
     # the fit and the figure cost the same whatever the prompt length.
-    rows = plots.sample_units(view)
-    mapped = plots.take_units(view, rows) if len(rows) < view.n_units else view
+    rows, mapped = cached(view, ("mapped", plots.MAX_POINTS), lambda: _sample(view))
     sampled = (f" A sample of {len(rows):,} of the {view.n_units:,} {unit}s is mapped: every representative, the "
                "others evenly along the prompt.") if len(rows) < view.n_units else ""
-    with st.spinner(f"Fitting {method} on {mapped.n_units:,} signatures (the first UMAP fit takes a while)…"):
-        coords, used, note = embedding.embed(mapped.bits, method, seed=int(trace.policy.get("seed") or 0))
+    seed = int(trace.policy.get("seed") or 0)
+
+    def fit():
+        with st.spinner(f"Fitting {method} on {mapped.n_units:,} signatures (the first UMAP fit takes a while)…"):
+            return embedding.embed(mapped.bits, method, seed=seed)
+
+    coords, used, note = cached(mapped, ("embed", method, seed), fit)
     cols[2].caption(f"{used}: {note}. Identical signatures are spread slightly so their count shows.{sampled}")
     with st.container(key="embedding_view"):
-        st.plotly_chart(plots.embedding_scatter(coords, mapped, color_by[color_label], used), key="grp_map",
-                        config={"displayModeBar": False})
+        figure = cached(mapped, ("map", method, seed, color_by[color_label]),
+                        lambda: plots.embedding_scatter(coords, mapped, color_by[color_label], used))
+        st.plotly_chart(figure, key="grp_map", config={"displayModeBar": False})
+
+
+def _sample(view):
+    """(rows, view of those rows): at most `plots.MAX_POINTS` units to map (`plots.sample_units`)."""
+    rows = plots.sample_units(view)
+    return rows, (plots.take_units(view, rows) if len(rows) < view.n_units else view)
 
 
 opened = page.single_run("Groups")

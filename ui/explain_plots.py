@@ -13,7 +13,12 @@ from kvcrush.attention_use import CATEGORIES, AttentionUse
 from kvcrush.explain import FATE_NAMES, WalkStep
 from kvcrush.trace import IMPORTANT, PROTECTED, RECENT, REPRESENTATIVE, SINK
 from ui.colors import OKABE_ITO, STATUS_COLORS
-from ui.plots import _layout
+from ui.plots import MAX_POINTS, _layout, bin_edges, thin
+
+# The walk's figures stay bounded in marks whatever the prompt length (issue 23): at most `MAX_POINTS` points per
+# trace (`ui.plots`' binning helpers). Score lines become min-max envelopes, the ranked scores are thinned except
+# `NEAR_CUTOFF` ranks each side of the head's cut-off (drawn exactly), and the candidates are counted per bin.
+NEAR_CUTOFF = 200
 
 # Fate colours: kept green, partly kept yellow, only a stand-in orange (the representatives' colour), lost grey.
 FATE_COLORS = (STATUS_COLORS[IMPORTANT], OKABE_ITO["yellow"], STATUS_COLORS[REPRESENTATIVE], "#9a9a9a")
@@ -48,49 +53,114 @@ def fate_grid(codes: np.ndarray, selected: tuple[int, int], title: str) -> go.Fi
 
 
 # --- the walk --------------------------------------------------------------------------------------------
-def _scores(step: WalkStep, head: int) -> go.Figure:
+def envelope(y: np.ndarray, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Indices of a line's points to draw, in order: all of them up to `max_points`, else each bin's minimum and
+    maximum (at most `max_points // 2` bins, `ui.plots.bin_edges`), so every peak and dip stays on the line."""
+    y = np.asarray(y)
+    n = len(y)
+    if n <= max_points:
+        return np.arange(n)
+    edges = bin_edges(n, max(1, max_points // 2))
+    width = int(edges[1] - edges[0])
+    bins = len(edges) - 1
+    padded = np.concatenate([y, np.full(bins * width - n, y[-1])]).reshape(bins, width)  # the last bin repeats
+    starts = edges[:-1]
+    low = np.minimum(starts + np.argmin(padded, axis=1), n - 1)
+    high = np.minimum(starts + np.argmax(padded, axis=1), n - 1)
+    pairs = np.stack([np.minimum(low, high), np.maximum(low, high)], axis=1).ravel()
+    return pairs[np.r_[True, pairs[1:] != pairs[:-1]]]  # a flat bin gives one point
+
+
+def near(indices: np.ndarray, at: int, n: int, reach: int = NEAR_CUTOFF) -> np.ndarray:
+    """`indices` with every index within `reach` of `at` added (sorted, unique, inside `[0, n)`)."""
+    around = np.arange(max(0, at - reach), min(n, at + reach))
+    return np.union1d(np.asarray(indices, dtype=np.int64), around)
+
+
+def _scores(step: WalkStep, head: int, max_points: int = MAX_POINTS) -> go.Figure:
     positions = step.data["positions"].numpy()
     scores = step.data["scores"].numpy()
     fig = go.Figure()
     for h in range(scores.shape[0]):
         mine = h == head
-        fig.add_trace(go.Scattergl(x=positions, y=scores[h], mode="lines", name=f"KV head {h}",
+        drawn = envelope(scores[h], max_points)
+        fig.add_trace(go.Scattergl(x=positions[drawn], y=scores[h][drawn], mode="lines", name=f"KV head {h}",
                                    line=dict(width=2 if mine else 1, color=OKABE_ITO["blue"] if mine else "#bbbbbb")))
     fig.update_xaxes(title="token position (first token of each unit)")
     fig.update_yaxes(title="base score")
-    return _layout(fig, 320, title=f"Base scores of the middle, KV head {head} in blue")
+    title = f"Base scores of the middle, KV head {head} in blue"
+    if len(positions) > max_points:
+        title += f" · {len(positions):,} units as min-max envelopes"
+    return _layout(fig, 320, title=title)
 
 
-def _cutoff(step: WalkStep) -> go.Figure:
+def _cutoff(step: WalkStep, max_points: int = MAX_POINTS) -> go.Figure:
     ranked = step.data["sorted"].numpy()
     cut = int(step.data["cutoff"])
-    ranks = np.arange(1, len(ranked) + 1)
+    n = len(ranked)
+    drawn = np.arange(n) if n <= max_points else near(thin(np.arange(n), max(2, max_points - 2 * NEAR_CUTOFF)),
+                                                         cut, n)
+    kept, below = drawn[drawn < cut], drawn[drawn >= cut]
     fig = go.Figure([
-        go.Scattergl(x=ranks[:cut], y=ranked[:cut], mode="markers", name=f"kept by importance ({cut})",
+        go.Scattergl(x=kept + 1, y=ranked[kept], mode="markers", name=f"kept by importance ({cut})",
                      marker=dict(color=STATUS_COLORS[IMPORTANT], size=4)),
-        go.Scattergl(x=ranks[cut:], y=ranked[cut:], mode="markers", name=f"below the cut-off ({len(ranked) - cut})",
+        go.Scattergl(x=below + 1, y=ranked[below], mode="markers", name=f"below the cut-off ({n - cut})",
                      marker=dict(color="#9a9a9a", size=4)),
     ])
     fig.add_vline(x=cut + 0.5, line=dict(color=OKABE_ITO["vermillion"], width=2, dash="dash"))
     fig.update_xaxes(title="rank (1 = best)")
     fig.update_yaxes(title="base score")
-    return _layout(fig, 320, title="The head's scores, best first, and the cut-off",
-                   legend=dict(orientation="h", y=-0.25))
+    title = "The head's scores, best first, and the cut-off"
+    if len(drawn) < n:
+        title += f" · {len(drawn):,} of {n:,} ranks drawn, every one near the cut-off"
+    return _layout(fig, 320, title=title, legend=dict(orientation="h", y=-0.25))
 
 
-def _candidates(step: WalkStep) -> go.Figure:
+def _binned_levels(positions: np.ndarray, levels: np.ndarray, mask: np.ndarray, edges: np.ndarray):
+    """(x, y, counts, first, last) of one marker per bin and level where `mask` holds units of that level."""
+    xs, ys, counts, firsts, lasts = [], [], [], [], []
+    first, last = positions[edges[:-1]], positions[edges[1:] - 1]
+    for level in np.unique(levels[mask]):
+        count = np.add.reduceat((mask & (levels == level)).astype(np.int64), edges[:-1])
+        present = np.flatnonzero(count)
+        xs.append((first[present] + last[present]) / 2)
+        ys.append(np.full(len(present), level))
+        counts.append(count[present])
+        firsts.append(first[present])
+        lasts.append(last[present])
+    if not xs:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty, empty
+    return tuple(np.concatenate(part) for part in (xs, ys, counts, firsts, lasts))
+
+
+def _candidates(step: WalkStep, max_points: int = MAX_POINTS) -> go.Figure:
     positions = step.data["positions"].numpy()
     keeping = step.data["heads_keeping"].numpy()
     candidate = step.data["candidate"].numpy().astype(bool)
-    fig = go.Figure([
-        go.Scattergl(x=positions[~candidate], y=keeping[~candidate], mode="markers", name="kept by some head",
-                     marker=dict(color=STATUS_COLORS[IMPORTANT], size=5)),
-        go.Scattergl(x=positions[candidate], y=keeping[candidate], mode="markers", name="candidate (no head)",
-                     marker=dict(color=STATUS_COLORS[REPRESENTATIVE], size=5)),
-    ])
+    n = len(positions)
+    groups = [("kept by some head", ~candidate, STATUS_COLORS[IMPORTANT]),
+              ("candidate (no head)", candidate, STATUS_COLORS[REPRESENTATIVE])]
+    fig = go.Figure()
+    if n <= max_points:
+        for name, mask, color in groups:
+            fig.add_trace(go.Scattergl(x=positions[mask], y=keeping[mask], mode="markers", name=name,
+                                       marker=dict(color=color, size=5)))
+        title = "How many KV heads keep each middle unit"
+    else:  # one marker per bin of positions and number of heads, at most max_points per trace
+        n_levels = int(keeping.max()) + 1 if n else 1
+        edges = bin_edges(n, max(1, max_points // n_levels))
+        for name, mask, color in groups:
+            x, y, count, first, last = _binned_levels(positions, keeping, mask, edges)
+            fig.add_trace(go.Scattergl(
+                x=x.astype(np.float32), y=y.astype(np.int32), mode="markers", name=name,
+                marker=dict(color=color, size=5), customdata=np.stack([count, first, last], axis=1).astype(np.int32),
+                hovertemplate="#%{customdata[1]}–#%{customdata[2]}: %{customdata[0]} unit(s) kept by %{y} "
+                              "head(s)<extra></extra>"))
+        title = f"How many KV heads keep each middle unit · {n:,} units binned by {int(edges[1] - edges[0])}"
     fig.update_xaxes(title="token position")
     fig.update_yaxes(title="KV heads keeping it", dtick=1)
-    return _layout(fig, 300, title="How many KV heads keep each middle unit", legend=dict(orientation="h", y=-0.3))
+    return _layout(fig, 300, title=title, legend=dict(orientation="h", y=-0.3))
 
 
 def _anchor(step: WalkStep) -> go.Figure:
@@ -103,19 +173,23 @@ def _anchor(step: WalkStep) -> go.Figure:
     return _layout(fig, int(120 + 30 * len(anchors)), title="Anchor bits (blue = 1)")
 
 
-def _representatives(step: WalkStep) -> go.Figure:
+def _representatives(step: WalkStep, max_points: int = MAX_POINTS) -> go.Figure:
     positions = step.data["positions"].numpy()
     sizes = step.data["sizes"].numpy()
     distances = step.data["distances"].numpy()
+    drawn = thin(np.arange(len(positions)), max_points)
     fig = go.Figure(go.Scattergl(
-        x=positions, y=distances, mode="markers", name="representative",
+        x=positions[drawn], y=distances[drawn], mode="markers", name="representative",
         marker=dict(symbol="star", color=STATUS_COLORS[REPRESENTATIVE], line=dict(color="#000", width=1),
-                    size=np.clip(6 + np.sqrt(sizes) * 2, 6, 30)),
-        text=[f"bucket {i}: {n} members" for i, n in enumerate(sizes)],
-        hovertemplate="#%{x} · distance %{y}<br>%{text}<extra></extra>"))
+                    size=np.clip(6 + np.sqrt(sizes[drawn]) * 2, 6, 30)),
+        customdata=np.stack([drawn, sizes[drawn]], axis=1).astype(np.int32),
+        hovertemplate="#%{x} · distance %{y}<br>bucket %{customdata[0]}: %{customdata[1]} members<extra></extra>"))
     fig.update_xaxes(title="token position of the representative")
     fig.update_yaxes(title="distance to its anchor")
-    return _layout(fig, 300, title="Representatives (size: members they stand in for)")
+    title = "Representatives (size: members they stand in for)"
+    if len(drawn) < len(positions):
+        title += f" · {len(drawn):,} of {len(positions):,} drawn"
+    return _layout(fig, 300, title=title)
 
 
 def walk_figure(step: WalkStep, head: int) -> go.Figure | None:

@@ -16,7 +16,7 @@ import streamlit as st
 from kvcrush.explain import WalkStep
 from kvcrush.trace import RunTrace, to_jsonable
 from ui import explain_plots, export, plots
-from ui.units import unit_view
+from ui.units import cached, trace_cached, unit_view
 
 STEP_KEY = "_walk_step"
 SIGNATURE_ROWS = 80  # candidate rows shown in the signatures step (nearest the anchor first)
@@ -48,7 +48,14 @@ def navigation(steps: list[WalkStep]) -> int:
 
 
 def figure(step: WalkStep, trace: RunTrace, layer_index: int, head: int):
-    """The step's figure (None when it has none)."""
+    """The step's figure (None when it has none), built once per run, layer, head and step (`ui.units`' caches:
+    a rerun sends the same figure again; the distances, buckets and signatures figures are the Groups and
+    Signatures pages' own, shared with them)."""
+    return trace_cached(trace, ("walk_figure", layer_index, head, step.key),
+                        lambda: _figure(step, trace, layer_index, head))
+
+
+def _figure(step: WalkStep, trace: RunTrace, layer_index: int, head: int):
     own = explain_plots.walk_figure(step, head)
     if own is not None:
         return own
@@ -61,9 +68,9 @@ def figure(step: WalkStep, trace: RunTrace, layer_index: int, head: int):
     if view is None:
         return None
     if step.key == "distances":
-        return plots.distance_histogram(view)
+        return cached(view, "distance_histogram", lambda: plots.distance_histogram(view))
     if step.key == "buckets":
-        return plots.bucket_figure(view)
+        return cached(view, "bucket_figure", lambda: plots.bucket_figure(view))
     if step.key == "signatures":
         candidates = np.flatnonzero(view.candidate)
         rows = candidates[np.lexsort((view.starts[candidates], view.distances[candidates]))][:SIGNATURE_ROWS]
