@@ -118,7 +118,9 @@ class LayerTrace:
         """Record buckets given as a list of `[members]` unit tensors (joined here, on their device; their sizes
         are shapes, read without a sync) and, with a value merge, their joined `[kv_heads, P]` weights."""
         self.bucket_members = torch.cat(buckets) if buckets else None
-        self.bucket_sizes = torch.tensor([b.numel() for b in buckets], dtype=torch.int32) if buckets else None
+        # On the host on purpose, whatever the buckets' device: made from shapes, read by `merge_rows` without a sync.
+        self.bucket_sizes = (torch.tensor([b.numel() for b in buckets], dtype=torch.int32, device="cpu")
+                             if buckets else None)
         self.merge_weight_rows = merge_weights
         self._forget_views()
 

@@ -1,8 +1,8 @@
 """Groups: distances of the evicted candidates, KVCrush's buckets and representatives, a map of signatures.
 
 Rendered from the selection; the run's answer decodes meanwhile and streams in (see `ui.runs`). The layer's view
-(`ui.units.unit_view`) and everything drawn from it (the bucket table, the figures, the mapped sample and its map)
-are built once per run, layer and choice (`ui.units.cached`): a rerun that changes none of them only sends them.
+(`ui.unit_view.unit_view`) and everything drawn from it (the bucket table, the figures, the mapped sample and its map)
+are built once per run, layer and choice (`ui.unit_view.cached`): a rerun that changes none of them only sends them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import embedding, export, page, pick, plots, runs
-from ui.units import bucket_table, cached
+from ui.unit_view import bucket_table, cached
 
 COLOR_BY = {"kept / evicted / representative": "status", "bucket": "bucket", "distance to the anchor": "distance"}
 ANCHOR_COLOR = {"nearest anchor": "anchor"}  # offered when the run grouped around several anchors

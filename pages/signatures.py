@@ -12,7 +12,7 @@ import streamlit as st
 
 from kvcrush.trace import REPRESENTATIVE
 from ui import export, page, pick, plots, runs
-from ui.units import order
+from ui.unit_view import order
 
 MAX_ROWS = 400
 SORTS = {"position": "position", "distance to the anchor": "distance"}

@@ -10,7 +10,7 @@ import streamlit as st
 
 from kvcrush import explain
 from ui import page, pick, runs, walk_view
-from ui.units import trace_cached
+from ui.unit_view import trace_cached
 
 opened = page.single_run("Walk")
 live = opened.live
@@ -22,7 +22,7 @@ layer_index = pick.layer("walk", len(trace.layers), cols[0])
 head_index = pick.head("walk", trace.layers[0].kept.shape[0], cols[1])
 cols[2].markdown(f"<div style='padding-top:1.9rem'>{live.request.policy.label} at {live.request.policy.budget_text}"
                  f" · {page.trace_notes(trace)}</div>", unsafe_allow_html=True)
-# The steps of a run, layer and head never change: made once and read back on every rerun (`ui.units.trace_cached`).
+# The steps of a run, layer and head never change: made once and read back on every rerun (`ui.unit_view.trace_cached`).
 steps = trace_cached(trace, ("walk_steps", layer_index, head_index),
                      lambda: explain.walk_steps(trace, layer_index, head_index))
 if trace.layers[layer_index].signatures is None and not trace.layers[layer_index].no_op:

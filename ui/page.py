@@ -12,7 +12,7 @@ from ui import runs, shell
 from ui.run_view import RunSlots, run_header
 from ui.runs import LiveRun
 from ui.state import AppConfig
-from ui.units import unit_view
+from ui.unit_view import unit_view
 
 
 @dataclass
@@ -58,7 +58,7 @@ def trace_notes(trace: kvcrush.RunTrace) -> str:
 
 
 def kvcrush_view(trace: kvcrush.RunTrace, layer, policy_label: str, what: str):
-    """The layer's KVCrush units (`ui.units.unit_view`), or None after saying why there are none to show."""
+    """The layer's KVCrush units (`ui.unit_view.unit_view`), or None after saying why there are none to show."""
     view = unit_view(trace, layer)
     if view is None:
         reason = ("this layer kept everything (the budget covers the prompt)" if layer.no_op

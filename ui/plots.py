@@ -22,7 +22,7 @@ from ui.colors import (
     policy_color,
     status_colorscale,
 )
-from ui.units import UnitView, candidate_order
+from ui.unit_view import UnitView, candidate_order
 
 N_STATUS = len(STATUS_NAMES)
 # Status names per cell cost about 11 bytes each in the chart spec: a 30-layer x 2k-token strip was 690 KB,

@@ -2,7 +2,7 @@
 
 The current step is remembered by its key, so changing the layer or head keeps the same step. Steps with a
 figure of their own draw `ui.explain_plots`; distances, buckets and signatures reuse the Groups and
-Signatures pages' figures on the same layer (`ui.units.unit_view`), and the kept set the status strip.
+Signatures pages' figures on the same layer (`ui.unit_view.unit_view`), and the kept set the status strip.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import streamlit as st
 from kvcrush.explain import WalkStep
 from kvcrush.trace import RunTrace, to_jsonable
 from ui import explain_plots, export, plots
-from ui.units import cached, trace_cached, unit_view
+from ui.unit_view import cached, trace_cached, unit_view
 
 STEP_KEY = "_walk_step"
 SIGNATURE_ROWS = 80  # candidate rows shown in the signatures step (nearest the anchor first)
@@ -48,7 +48,7 @@ def navigation(steps: list[WalkStep]) -> int:
 
 
 def figure(step: WalkStep, trace: RunTrace, layer_index: int, head: int):
-    """The step's figure (None when it has none), built once per run, layer, head and step (`ui.units`' caches:
+    """The step's figure (None when it has none), built once per run, layer, head and step (`ui.unit_view`' caches:
     a rerun sends the same figure again; the distances, buckets and signatures figures are the Groups and
     Signatures pages' own, shared with them)."""
     return trace_cached(trace, ("walk_figure", layer_index, head, step.key),

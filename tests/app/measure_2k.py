@@ -33,6 +33,8 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
+from benchmarks.browser_timing import IDLE, KEPT_TEXT  # the same page probes as the Chromium timing benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "test-artifacts" / "measure-2k"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -68,12 +70,6 @@ WATCH = """([before, budget]) => {
   window.__observer = new MutationObserver(check);
   window.__observer.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
 }"""
-KEPT_TEXT = """() => {
-  const el = [...document.querySelectorAll('[data-testid=stMarkdownContainer]')]
-    .find(e => /Layer \\d+, KV head \\d+: /.test(e.innerText));
-  return el ? el.innerText : null;
-}"""
-IDLE = "() => document.querySelector('[data-testid=stApp]').dataset.testScriptState === 'notRunning'"
 
 
 def _seconds(text: str) -> float:

@@ -9,8 +9,9 @@ import pytest
 
 import kvcrush
 from kvcrush.trace import EVICTED, IMPORTANT, REPRESENTATIVE, STATUS_NAMES
-from ui import colors, embedding, memory_panel, policy_options, textdiff, units
+from ui import colors, embedding, memory_panel, policy_options, textdiff
 from ui import tokens as tok
+from ui import unit_view as units
 from ui.state import ModelChoice, PolicyConfig, PromptInput, ResultStore, RunRecord, RunRequest
 
 

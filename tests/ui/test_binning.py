@@ -6,7 +6,7 @@ import numpy as np
 
 from kvcrush.trace import EVICTED, IMPORTANT, REPRESENTATIVE, SINK
 from ui import plots
-from ui.units import UnitView
+from ui.unit_view import UnitView
 
 
 def test_bin_edges_cover_the_range_with_at_most_max_columns_bins():

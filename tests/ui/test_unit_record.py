@@ -1,4 +1,4 @@
-"""ui.units reads the library's per-unit record (`kvcrush.explain.units.unit_marks` / `layer_units`) and builds
+"""ui.unit_view reads the library's per-unit record (`kvcrush.explain.units.unit_marks` / `layer_units`) and builds
 each layer's view once; its tables agree with a plain per-bucket reference."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import kvcrush
 from kvcrush.explain.units import layer_units, unit_marks
 from kvcrush.trace import EVICTED, IMPORTANT, REPRESENTATIVE
-from ui import units
+from ui import unit_view as units
 
 
 @pytest.fixture(scope="module")
