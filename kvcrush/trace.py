@@ -124,6 +124,14 @@ class LayerTrace:
         self.merge_weight_rows = merge_weights
         self._forget_views()
 
+    def set_joined_buckets(self, members: torch.Tensor, sizes: list[int],
+                           merge_weights: torch.Tensor | None = None) -> None:
+        """Record buckets already joined: `[P]` members in bucket order and each bucket's size (host ints)."""
+        self.bucket_members = members if sizes else None
+        self.bucket_sizes = torch.tensor(sizes, dtype=torch.int32, device="cpu") if sizes else None
+        self.merge_weight_rows = merge_weights
+        self._forget_views()
+
     def _forget_views(self) -> None:
         for name in ("buckets", "merge_weights"):
             self.__dict__.pop(name, None)

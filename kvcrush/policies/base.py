@@ -45,6 +45,9 @@ class MiddleSelection:
     candidates: torch.Tensor | None = None
     representatives: torch.Tensor | None = None
     buckets: list[torch.Tensor] | None = None
+    # The buckets joined (`[P]` members in bucket order) with their sizes, in place of `buckets`: what a selection
+    # that has them joined already passes, sparing a split into hundreds of views and a join back.
+    joined_buckets: tuple[torch.Tensor, list[int]] | None = None
     blocks: torch.Tensor | None = None
     extra_recent: int = 0
     crush_s: float = 0.0
@@ -331,7 +334,10 @@ class Policy:
             protected=layer.protected_tail,
         )
         trace.set_signatures(selection.signatures)
-        trace.set_buckets(selection.buckets or [])
+        if selection.joined_buckets is not None:
+            trace.set_joined_buckets(*selection.joined_buckets)
+        else:
+            trace.set_buckets(selection.buckets or [])
         if offset and trace.bucket_members is not None:
             trace.bucket_members = trace.bucket_members + offset
         for name, value in selection.trace_fields.items():

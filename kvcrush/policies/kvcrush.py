@@ -308,7 +308,7 @@ class KVCrush(Policy):
             selection = MiddleSelection(
                 kept=kept[i], crush_used=plan.crush, signatures=bits[i], anchor=anchors[i], distances=distances[i],
                 candidates=ascending[i, : counts[i]], representatives=picks[i] + lo,
-                buckets=list(torch.split(in_order[i, : counts[i]], crush.bucket_sizes(counts[i], plan.crush))),
+                joined_buckets=(in_order[i, : counts[i]], crush.bucket_sizes(counts[i], plan.crush)),
                 crush_s=crush_s / n_layers, absolute=True,
                 trace_fields={"anchors": anchors[i][None], "unit_anchor": unit_anchor,
                               "bucket_anchor": bucket_anchor, "crush_fraction": fraction,
