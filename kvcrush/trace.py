@@ -117,20 +117,28 @@ class LayerTrace:
     def set_buckets(self, buckets: list[torch.Tensor], merge_weights: torch.Tensor | None = None) -> None:
         """Record buckets given as a list of `[members]` unit tensors (joined here, on their device; their sizes
         are shapes, read without a sync) and, with a value merge, their joined `[kv_heads, P]` weights."""
-        self.bucket_members = torch.cat(buckets) if buckets else None
-        # On the host on purpose, whatever the buckets' device: made from shapes, read by `merge_rows` without a sync.
-        self.bucket_sizes = (torch.tensor([b.numel() for b in buckets], dtype=torch.int32, device="cpu")
-                             if buckets else None)
-        self.merge_weight_rows = merge_weights
-        self._forget_views()
+        members = torch.cat(buckets) if buckets else None
+        self.set_joined_buckets(members, [b.numel() for b in buckets], merge_weights)
 
-    def set_joined_buckets(self, members: torch.Tensor, sizes: list[int],
+    def set_joined_buckets(self, members: torch.Tensor | None, sizes: list[int],
                            merge_weights: torch.Tensor | None = None) -> None:
         """Record buckets already joined: `[P]` members in bucket order and each bucket's size (host ints)."""
         self.bucket_members = members if sizes else None
+        # On the host on purpose, whatever the members' device: made from shapes, read without a sync.
         self.bucket_sizes = torch.tensor(sizes, dtype=torch.int32, device="cpu") if sizes else None
         self.merge_weight_rows = merge_weights
         self._forget_views()
+
+    def member_buckets(self) -> torch.Tensor:
+        """`[P]` int64, on the host: the bucket of every member of `bucket_members`, in its order (from the sizes
+        alone, so no device read). Empty without buckets."""
+        if self.bucket_members is None or self.bucket_sizes is None:
+            return torch.zeros(0, dtype=torch.int64, device="cpu")
+        sizes = self.bucket_sizes.long()
+        if sizes.device.type != "cpu":  # a trace built elsewhere; `set_joined_buckets` makes them on the host
+            sizes = sizes.to("cpu")
+        return torch.repeat_interleave(torch.arange(sizes.shape[0], device="cpu"), sizes,
+                                       output_size=self.bucket_members.shape[0])
 
     def _forget_views(self) -> None:
         for name in ("buckets", "merge_weights"):
@@ -249,11 +257,7 @@ class LayerTrace:
         if self.merge_weight_rows is None or self.representatives is None or self.bucket_members is None:
             return None
         members = self.bucket_members.long()
-        sizes = self.bucket_sizes.long()  # made on the host from shapes (`set_buckets`); never read back here
-        if sizes.device.type != "cpu":
-            sizes = sizes.to("cpu")
-        slot = torch.repeat_interleave(torch.arange(sizes.shape[0], device="cpu"), sizes,
-                                       output_size=members.shape[0])
+        slot = self.member_buckets()
         if slot.device != members.device:  # a trace still on its layer's device
             slot = slot.to(members.device)
         targets = self.representatives.long()

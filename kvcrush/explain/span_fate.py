@@ -143,17 +143,15 @@ def layer_status(layer: LayerTrace, head: int) -> torch.Tensor:
 def stand_ins(layer: LayerTrace) -> torch.Tensor:
     """`[n_tokens]` int64: first token position of the representative of each token's bucket (-1: no bucket)."""
     out = torch.full((layer.n_tokens,), -1, dtype=torch.int64)
-    if not layer.buckets or layer.representatives is None:
+    if layer.bucket_members is None or layer.representatives is None:
         return out
-    sizes = torch.tensor([int(b.numel()) for b in layer.buckets])
-    members = torch.cat(layer.buckets).long()
+    members = layer.bucket_members.long()
     firsts = layer.representatives.long()
+    owner = firsts[layer.member_buckets()]
     if layer.granularity == "block" and layer.blocks is not None:  # units are block ids: to their tokens
         size = layer.block_size
-        firsts = layer.blocks[firsts, 0].long()
+        owner = layer.blocks[owner, 0].long().repeat_interleave(size)
         members = (layer.blocks[members, 0][:, None] + torch.arange(size)).reshape(-1)
-        sizes = sizes * size
-    owner = torch.repeat_interleave(firsts, sizes)
     out[members] = owner
     return out
 

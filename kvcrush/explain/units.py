@@ -150,19 +150,15 @@ def layer_units(layer: LayerTrace) -> LayerUnits | None:
     n_units = scores.shape[1] // size
     if size > 1:
         scores = scores[:, : n_units * size].reshape(scores.shape[0], n_units, size).sum(dim=-1)
-    start = layer.middle_start
-    block_level = layer.granularity == "block"
-    is_representative = torch.zeros(n_units, dtype=torch.bool)
-    representatives = layer.representatives if layer.representatives is not None else torch.zeros(0, dtype=torch.long)
-    picks = representatives.long() - (0 if block_level else start)
-    is_representative[picks] = True
+    is_representative = unit_mask(layer, layer.representatives, n_units)
+    n_picks = 0 if layer.representatives is None else int(layer.representatives.numel())
     bucket = unit_buckets(layer, n_units)  # from the flat bucket_members / bucket_sizes
-    cutoff, candidate_cutoff, crush = _cutoffs(layer, int(picks.numel()))
+    cutoff, candidate_cutoff, crush = _cutoffs(layer, n_picks)
     rank = ranks(scores)
     if cutoff > candidate_cutoff:
         rank = _fill_ranks(rank, is_representative)
-    return LayerUnits(layer, size, start, n_units, scores, rank, cutoff, candidate_cutoff, crush, is_representative,
-                      bucket, int(picks.numel()))
+    return LayerUnits(layer, size, layer.middle_start, n_units, scores, rank, cutoff, candidate_cutoff, crush,
+                      is_representative, bucket, n_picks)
 
 
 # --- what the trace records per unit, without the scores (the Groups, Signatures and Walk pages' tables) --------
@@ -197,11 +193,8 @@ def unit_offset(layer: LayerTrace) -> int:
 def unit_buckets(layer: LayerTrace, n_units: int) -> torch.Tensor:
     """`[n_units]` int64 bucket of every unit (-1: in none), from the flat `bucket_members` / `bucket_sizes`."""
     bucket = torch.full((n_units,), -1, dtype=torch.int64)
-    if layer.bucket_members is None or layer.bucket_sizes is None or not layer.bucket_members.numel():
-        return bucket
-    sizes = layer.bucket_sizes.long()
-    bucket[layer.bucket_members.long() - unit_offset(layer)] = torch.repeat_interleave(
-        torch.arange(sizes.numel()), sizes)
+    if layer.bucket_members is not None and layer.bucket_members.numel():
+        bucket[layer.bucket_members.long() - unit_offset(layer)] = layer.member_buckets()
     return bucket
 
 

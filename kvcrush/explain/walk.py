@@ -205,8 +205,8 @@ class _Walk:
 
     def buckets(self) -> WalkStep:
         layer = self.layer
-        sizes = [int(b.numel()) for b in layer.buckets]
-        ordered = torch.cat(layer.buckets).long() if layer.buckets else torch.zeros(0, dtype=torch.long)
+        sizes = layer.bucket_sizes.tolist() if layer.bucket_sizes is not None else []
+        ordered = layer.bucket_members.long() if sizes else torch.zeros(0, dtype=torch.long)
         unit_ids = ordered - (0 if self.block else self.units.start)
         ordered_distances = layer.distances[unit_ids].long() if ordered.numel() else ordered
         group = (layer.bucket_anchor.long() if layer.bucket_anchor is not None
@@ -237,7 +237,7 @@ class _Walk:
     def representatives(self) -> WalkStep:
         layer, units = self.layer, self.units
         reps = [units.unit_id(r) for r in layer.representatives.tolist()] if layer.representatives is not None else []
-        sizes = [int(b.numel()) for b in layer.buckets]
+        sizes = layer.bucket_sizes.tolist() if layer.bucket_sizes is not None else []
         how = ("the member with the highest base score (mean over KV heads; beyond the paper)"
                if self.policy.get("representative") == "best" else "the first member in distance order")
         examples = "; ".join(f"bucket {i} → {self.unit_text(u)} ({sizes[i]} members, distance "
